@@ -1,0 +1,114 @@
+"""Library entry points: convert one source text or one file's bytes.
+
+``convert_source`` never raises on bad input: syntax errors, undecodable bytes and internal
+errors inside a pass become diagnostics, and the result then carries the original text so
+nothing is lost. Tree-level conversion (directories, copying, reports) builds on these.
+"""
+from __future__ import annotations
+
+import io
+import tokenize
+import traceback
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from . import diagnostics as diag
+from .diagnostics import Diagnostic
+
+STATUSES = ("converted", "partial", "copied", "failed")
+
+
+@dataclass(frozen=True)
+class Options:
+    parallel: str = "pmap"      # pmap | sharding
+    layout: str = "nchw"        # nchw | nhwc
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str                         # converted | partial | copied | failed
+    output: bytes                       # what to write to the output tree
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    torch_call_sites: int = 0
+    converted_call_sites: int = 0
+    changed: bool = False
+    traceback: str | None = None        # for -v on internal errors
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.diagnostics)
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "status": self.status,
+                "diagnostics": [d.to_json() for d in sorted(self.diagnostics)]}
+
+
+def decode(data: bytes) -> tuple[str | None, str, Diagnostic | None]:
+    """Decode Python source bytes honouring BOM and PEP 263 cookies; returns (text, encoding, error)."""
+    if b"\x00" in data:
+        return None, "", diag.make("JP002", "file contains NUL bytes: not a text file")
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:
+        return None, "", diag.make("JP002", f"bad encoding declaration: {exc}")
+    try:
+        text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        line = data[: getattr(exc, "start", 0)].count(b"\n") + 1
+        return None, encoding, diag.make("JP002", f"cannot decode as {encoding}: {exc.reason if hasattr(exc, 'reason') else exc}", line)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text, encoding, None
+
+
+def encode(text: str, encoding: str, original: bytes) -> bytes:
+    bom = b"\xef\xbb\xbf" if original.startswith(b"\xef\xbb\xbf") else b""
+    return bom + text.encode(encoding if encoding != "utf-8-sig" else "utf-8")
+
+
+def convert_source(source: str, path: str = "<string>", options: Options | None = None) -> FileResult:
+    """Convert Python source text. The result's ``output`` is UTF-8 bytes."""
+    data = source.encode("utf-8")
+    return _convert_text(source, "utf-8", data, path, options or Options())
+
+
+def convert_bytes(data: bytes, path: str, options: Options | None = None) -> FileResult:
+    """Convert one file's bytes (decoding per PEP 263); bad input yields a failed result."""
+    text, encoding, error = decode(data)
+    if error is not None:
+        return FileResult(path, "failed", data, [error])
+    return _convert_text(text, encoding, data, path, options or Options())
+
+
+def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Options) -> FileResult:
+    from .pipeline import run_pipeline, mentions_torch
+
+    if not mentions_torch(text):
+        return FileResult(path, "copied", data)
+    try:
+        module = cst.parse_module(text)
+    except cst.ParserSyntaxError as exc:
+        return FileResult(path, "failed", data,
+                          [diag.make("JP001", f"syntax error: {exc.message}", exc.raw_line, exc.raw_column)])
+    except RecursionError:
+        return FileResult(path, "failed", data, [diag.make("JP001", "nesting too deep to parse")])
+    try:
+        outcome = run_pipeline(module, path, options)
+    except Exception as exc:  # a bug in a pass: report it per file, never crash the run
+        return FileResult(path, "failed", data,
+                          [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
+                          traceback=traceback.format_exc())
+    new_text = outcome.code
+    try:
+        compile(new_text, path, "exec")
+    except (SyntaxError, ValueError, RecursionError) as exc:
+        return FileResult(path, "failed", data,
+                          outcome.diagnostics + [diag.make("JP004", f"converted code does not compile: {exc}")])
+    problems = [d for d in outcome.diagnostics if d.severity in ("warning", "error")]
+    status = "partial" if problems else "converted"
+    output = encode(new_text, encoding, data)
+    return FileResult(path, status, output, outcome.diagnostics,
+                      outcome.torch_call_sites, outcome.converted_call_sites,
+                      changed=output != data)

@@ -1,0 +1,144 @@
+"""Load the declarative mapping tables in ``mappings/*.toml`` into typed, validated entries.
+
+Tables are data (see ``mappings/README.md`` for the format). Loading fails fast: a malformed
+entry raises ``MappingError`` naming the table and the key, so a bad table never reaches a
+user's conversion. Loading is cached; importing this module does not import torch or jax.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from .template import Signature, TemplateError, emitted_roots, template_names
+
+TABLES = ("functions", "tensor_methods", "tensor_attributes", "layers")
+
+
+class MappingError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One torch API and how to emit it."""
+
+    key: str                      # fully qualified torch name, or method/attribute name
+    table: str
+    sig: Signature | None         # None: a value (``torch.float32``) rather than a call
+    templates: tuple[str, ...] = ()
+    always: frozenset[str] = frozenset()
+    ignore: frozenset[str] = frozenset()
+    exact: bool = True
+    note: str = ""
+    rewriter: str | None = None
+    unsupported: str | None = None
+    receiver: str = "tensor"       # tensor methods: "tensor" or "any" (safe on any object)
+    call: str = "plain"           # layers: how a call site passes the train flag
+    params: dict[str, str] = field(default_factory=dict)   # layers: torch → flax layout
+    params_converter: str | None = None
+    example: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def emits(self) -> set[str]:
+        names: set[str] = set()
+        sig = self.sig or Signature(())
+        for t in self.templates:
+            names |= emitted_roots(t, sig)
+        return names
+
+
+_KNOWN_KEYS = {"sig", "to", "always", "ignore", "exact", "note", "rewriter", "unsupported",
+               "receiver", "call", "params", "params_converter", "example", "inputs", "input",
+               "expect", "init", "tolerance", "skip_example", "train", "nhwc"}
+
+
+def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
+    where = f"mappings/{table}.toml [{key!r}]"
+    unknown = set(raw) - _KNOWN_KEYS
+    if unknown:
+        raise MappingError(f"{where}: unknown field(s) {sorted(unknown)}")
+    try:
+        sig = Signature.parse(raw["sig"]) if "sig" in raw else None
+    except TemplateError as exc:
+        raise MappingError(f"{where}: {exc}") from None
+    to = raw.get("to", ())
+    templates = (to,) if isinstance(to, str) else tuple(to)
+    has_action = bool(templates) or "rewriter" in raw or "unsupported" in raw
+    if not has_action:
+        raise MappingError(f"{where}: needs one of 'to', 'rewriter', 'unsupported'")
+    exact = bool(raw.get("exact", True))
+    if not exact and not raw.get("note"):
+        raise MappingError(f"{where}: an approximate entry (exact = false) needs a 'note'")
+    if table in ("tensor_methods",) and sig is not None and (not sig.params or sig.params[0].name != "self"):
+        raise MappingError(f"{where}: a method signature starts with 'self'")
+    params = {p.name for p in sig.params} if sig else set()
+    for t in templates:
+        try:
+            template_names(t)
+        except TemplateError as exc:
+            raise MappingError(f"{where}: {exc}") from None
+    always = frozenset(raw.get("always", ()))
+    ignore = frozenset(raw.get("ignore", ()))
+    for name in ignore:
+        if name not in params:
+            raise MappingError(f"{where}: ignore names unknown parameter {name!r}")
+    inputs = raw.get("inputs", {})
+    if "input" in raw:
+        inputs = {"input": raw["input"], **inputs}
+    extra = {k: raw[k] for k in ("expect", "init", "tolerance", "skip_example", "train", "nhwc") if k in raw}
+    return Entry(
+        key=key, table=table, sig=sig, templates=templates, always=always, ignore=ignore,
+        exact=exact, note=raw.get("note", ""), rewriter=raw.get("rewriter"),
+        unsupported=raw.get("unsupported"), receiver=raw.get("receiver", "tensor"),
+        call=raw.get("call", "plain"), params=dict(raw.get("params", {})),
+        params_converter=raw.get("params_converter"), example=raw.get("example"),
+        inputs=inputs, extra=extra,
+    )
+
+
+@dataclass(frozen=True)
+class Tables:
+    functions: dict[str, Entry]
+    tensor_methods: dict[str, Entry]
+    tensor_attributes: dict[str, Entry]
+    layers: dict[str, Entry]
+    imports: dict[str, str]
+    diagnostics: dict[str, dict[str, Any]]
+
+    def lookup_qualified(self, name: str) -> Entry | None:
+        return self.layers.get(name) or self.functions.get(name)
+
+
+def _read(name: str) -> dict[str, Any]:
+    """Read ``{name}.toml`` and every ``{name}_*.toml`` (split tables), rejecting duplicate keys."""
+    root = resources.files("mappings")
+    files = sorted(f.name for f in root.iterdir()
+                   if f.name == f"{name}.toml" or (f.name.startswith(f"{name}_") and f.name.endswith(".toml")))
+    merged: dict[str, Any] = {}
+    for file in files:
+        text = root.joinpath(file).read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise MappingError(f"mappings/{file}: {exc}") from None
+        for key in data:
+            if key in merged:
+                raise MappingError(f"mappings/{file}: duplicate entry {key!r}")
+        merged.update(data)
+    return merged
+
+
+@lru_cache(maxsize=1)
+def load_tables() -> Tables:
+    loaded: dict[str, dict[str, Entry]] = {}
+    for table in TABLES:
+        raw = _read(table)
+        loaded[table] = {key: _entry(table, key, value) for key, value in raw.items()}
+    imports = _read("imports")
+    diagnostics = _read("diagnostics")
+    return Tables(imports={k: v for k, v in imports.items()}, diagnostics=diagnostics, **loaded)

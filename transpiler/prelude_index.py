@@ -1,0 +1,77 @@
+"""Index the helper definitions in ``transpiler/prelude/*.py`` without importing them (the
+conversion path must not import jax), and produce the source of the helpers a file needs."""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class Helper:
+    name: str
+    source: str
+    order: tuple[str, int]            # (file, line) to keep the emitted order stable
+    helpers: frozenset[str]           # other helpers it uses
+    imports: frozenset[str]           # names provided by imports (jnp, nn, ...)
+
+
+def _free_names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+@lru_cache(maxsize=1)
+def helpers() -> dict[str, Helper]:
+    root = resources.files("transpiler.prelude")
+    raw: dict[str, tuple[str, ast.stmt, str, int]] = {}
+    import_names: set[str] = set()
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".py") or entry.name == "__init__.py":
+            continue
+        text = entry.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        for stmt in tree.body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                for alias in stmt.names:
+                    import_names.add((alias.asname or alias.name).split(".")[0])
+                continue
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+                continue  # module docstring
+            if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+                name = stmt.name
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                target = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+                name = target.id  # type: ignore[attr-defined]
+            else:
+                raise ValueError(f"prelude/{entry.name}:{stmt.lineno}: only definitions allowed")
+            if name in raw:
+                raise ValueError(f"prelude helper {name!r} defined twice")
+            segment = ast.get_source_segment(text, stmt)
+            start = stmt.lineno - 1 - len(getattr(stmt, "decorator_list", []) or [])
+            if getattr(stmt, "decorator_list", None):
+                lines = text.splitlines()
+                first = min(d.lineno for d in stmt.decorator_list) - 1
+                segment = "\n".join(lines[first: stmt.end_lineno])
+            raw[name] = (segment, stmt, entry.name, start)
+    out = {}
+    for name, (segment, stmt, file, line) in raw.items():
+        names = _free_names(stmt)
+        out[name] = Helper(name, segment, (file, line),
+                           frozenset(n for n in names if n in raw and n != name),
+                           frozenset(n for n in names if n in import_names))
+    return out
+
+
+def closure(names: set[str]) -> list[Helper]:
+    """The helpers named, plus the helpers they use, in a stable definition order."""
+    table = helpers()
+    seen: set[str] = set()
+    stack = [n for n in names if n in table]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(table[n].helpers)
+    return sorted((table[n] for n in seen), key=lambda h: h.order)
