@@ -1,0 +1,129 @@
+"""Weight-layout converters for the attention layers (``params_converter = "attention:NAME"``).
+
+Same contract as ``layouts_recurrent``: ``converter(torch_module, flax_subtrees)`` returns
+``flax_subtrees``' structure filled with numpy arrays, every leaf shape-checked.
+
+MultiheadAttention (see ``transpiler/prelude/attention.py``): ``q_proj``/``k_proj``/``v_proj``
+kernels are the row blocks [0:E], [E:2E], [2E:3E] of torch's ``in_proj_weight`` transposed
+(or ``q/k/v_proj_weight`` transposed when kdim/vdim differ from embed_dim), their biases the
+same blocks of ``in_proj_bias``; ``out_proj`` is a Linear (kernel = weight.T);
+``bias_k``/``bias_v`` are copied as they are. Transformer layers add ``linear1``/``linear2``
+(Linear) and ``norm1``/``norm2`` (LayerNorm: scale = weight), the encoder ``layers_{i}``
+and ``norm``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .layouts_recurrent import Source, _check_type, _identity, _transpose, convert_leaves, torch_arrays
+
+
+def _rows(start: int, stop: int, transpose: bool) -> Callable[[np.ndarray], np.ndarray]:
+    def take(a: np.ndarray) -> np.ndarray:
+        block = a[start:stop]
+        return block.T if transpose else block
+    return take
+
+
+def _linear(prefix: str, leaf: str):
+    if leaf == "kernel":
+        return f"{prefix}weight", _transpose
+    if leaf == "bias":
+        return f"{prefix}bias", _identity
+    raise KeyError(leaf)
+
+
+def _layer_norm(prefix: str, leaf: str):
+    if leaf == "scale":
+        return f"{prefix}weight", _identity
+    if leaf == "bias":
+        return f"{prefix}bias", _identity
+    raise KeyError(leaf)
+
+
+def mha_source(torch_mha, prefix: str = "") -> Source:
+    e = torch_mha.embed_dim
+    packed = torch_mha._qkv_same_embed_dim
+
+    def source(collection: str, path: tuple[str, ...]):
+        if collection != "params":
+            raise KeyError(path)
+        if path in (("bias_k",), ("bias_v",)):
+            return prefix + path[0], _identity
+        if len(path) != 2:
+            raise KeyError(path)
+        sub, leaf = path
+        if sub == "out_proj":
+            return _linear(prefix + "out_proj.", leaf)
+        which = {"q_proj": 0, "k_proj": 1, "v_proj": 2}.get(sub)
+        if which is None:
+            raise KeyError(path)
+        rows = _rows(which * e, (which + 1) * e, leaf == "kernel")
+        if leaf == "bias":
+            return prefix + "in_proj_bias", rows
+        if leaf != "kernel":
+            raise KeyError(path)
+        if packed:
+            return prefix + "in_proj_weight", rows
+        return f"{prefix}{sub}_weight", _transpose
+
+    return source
+
+
+def encoder_layer_source(torch_layer, prefix: str = "") -> Source:
+    attention = mha_source(torch_layer.self_attn, prefix + "self_attn.")
+
+    def source(collection: str, path: tuple[str, ...]):
+        if collection != "params" or not path:
+            raise KeyError(path)
+        head, rest = path[0], path[1:]
+        if head == "self_attn":
+            return attention(collection, rest)
+        if len(rest) != 1:
+            raise KeyError(path)
+        if head in ("linear1", "linear2"):
+            return _linear(f"{prefix}{head}.", rest[0])
+        if head in ("norm1", "norm2"):
+            return _layer_norm(f"{prefix}{head}.", rest[0])
+        raise KeyError(path)
+
+    return source
+
+
+def encoder_source(torch_encoder, prefix: str = "") -> Source:
+    layers = {f"layers_{i}": encoder_layer_source(layer, f"{prefix}layers.{i}.")
+              for i, layer in enumerate(torch_encoder.layers)}
+
+    def source(collection: str, path: tuple[str, ...]):
+        if collection != "params" or not path:
+            raise KeyError(path)
+        if path[0] in layers:
+            return layers[path[0]](collection, path[1:])
+        if path[0] == "norm" and len(path) == 2:
+            return _layer_norm(prefix + "norm.", path[1])
+        raise KeyError(path)
+
+    return source
+
+
+def multihead_attention(torch_module, flax_subtrees):
+    """torch.nn.MultiheadAttention → TorchMultiheadAttention."""
+    _check_type(torch_module, "MultiheadAttention")
+    return convert_leaves("MultiheadAttention", flax_subtrees, torch_arrays(torch_module),
+                          mha_source(torch_module))
+
+
+def transformer_encoder_layer(torch_module, flax_subtrees):
+    """torch.nn.TransformerEncoderLayer → TorchTransformerEncoderLayer."""
+    _check_type(torch_module, "TransformerEncoderLayer")
+    return convert_leaves("TransformerEncoderLayer", flax_subtrees, torch_arrays(torch_module),
+                          encoder_layer_source(torch_module))
+
+
+def transformer_encoder(torch_module, flax_subtrees):
+    """torch.nn.TransformerEncoder (its layers and optional final LayerNorm) → TorchTransformerEncoder."""
+    _check_type(torch_module, "TransformerEncoder")
+    return convert_leaves("TransformerEncoder", flax_subtrees, torch_arrays(torch_module),
+                          encoder_source(torch_module))
