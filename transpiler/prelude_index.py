@@ -26,6 +26,8 @@ def helpers() -> dict[str, Helper]:
     root = resources.files("transpiler.prelude")
     raw: dict[str, tuple[str, ast.stmt, str, int]] = {}
     import_names: set[str] = set()
+    statements = _IMPORT_STATEMENTS
+    statements.clear()
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".py") or entry.name == "__init__.py":
             continue
@@ -34,7 +36,13 @@ def helpers() -> dict[str, Helper]:
         for stmt in tree.body:
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 for alias in stmt.names:
-                    import_names.add((alias.asname or alias.name).split(".")[0])
+                    bound = (alias.asname or alias.name).split(".")[0]
+                    import_names.add(bound)
+                    if isinstance(stmt, ast.Import):
+                        statement = f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
+                    else:
+                        statement = f"from {stmt.module} import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
+                    statements.setdefault(bound, statement)
                 continue
             if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
                 continue  # module docstring
@@ -47,12 +55,11 @@ def helpers() -> dict[str, Helper]:
                 raise ValueError(f"prelude/{entry.name}:{stmt.lineno}: only definitions allowed")
             if name in raw:
                 raise ValueError(f"prelude helper {name!r} defined twice")
-            segment = ast.get_source_segment(text, stmt)
-            start = stmt.lineno - 1 - len(getattr(stmt, "decorator_list", []) or [])
-            if getattr(stmt, "decorator_list", None):
-                lines = text.splitlines()
-                first = min(d.lineno for d in stmt.decorator_list) - 1
-                segment = "\n".join(lines[first: stmt.end_lineno])
+            lines = text.splitlines()
+            decorators = getattr(stmt, "decorator_list", None) or []
+            first = min([stmt.lineno, *(d.lineno for d in decorators)]) - 1
+            segment = "\n".join(lines[first: stmt.end_lineno])
+            start = first
             raw[name] = (segment, stmt, entry.name, start)
     out = {}
     for name, (segment, stmt, file, line) in raw.items():
@@ -61,6 +68,15 @@ def helpers() -> dict[str, Helper]:
                            frozenset(n for n in names if n in raw and n != name),
                            frozenset(n for n in names if n in import_names))
     return out
+
+
+_IMPORT_STATEMENTS: dict[str, str] = {}
+
+
+def import_statement(name: str) -> str | None:
+    """The import statement the prelude files use to bind ``name`` (``inspect``, ``nn``)."""
+    helpers()
+    return _IMPORT_STATEMENTS.get(name)
 
 
 def closure(names: set[str]) -> list[Helper]:

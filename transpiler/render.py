@@ -89,3 +89,17 @@ def _finish(entry: Entry, expr: cst.BaseExpression, emits: set[str]) -> Rendered
 
 def code_of(node: cst.CSTNode) -> str:
     return cst.Module([]).code_for_node(node)
+
+
+def render_attribute(entry: Entry, receiver: cst.BaseExpression) -> Rendered:
+    """Render a tensor attribute read (``x.T``, ``x.data``); templates refer to ``self``."""
+    from .template import Signature, emitted_roots, render
+    if entry.unsupported:
+        return Rendered(None, "JP102", entry.unsupported)
+    sig = entry.sig or Signature.parse("self")
+    bound = Bound(values={"self": receiver})
+    text = entry.templates[0]
+    expr = render(text, sig, bound, entry.always)
+    if expr is None:
+        return Rendered(None, "JP103", f"cannot render attribute {entry.key}")
+    return _finish(entry, expr, emitted_roots(text, sig))

@@ -1,0 +1,265 @@
+"""The ``jaxport`` command line. Thin: parse arguments, call the library, print, exit.
+
+Exit codes: 0 clean; 1 some file has error diagnostics or ``--check`` found changes;
+2 usage error or internal error. A traceback reaches the user only with ``-v``.
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+import time
+import traceback
+from typing import Sequence
+
+import click
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("jaxport")
+    except Exception:
+        return "0+unknown"
+
+
+def _fail_internal(exc: BaseException, verbose: bool) -> "None":
+    click.echo(f"jaxport: internal error: {type(exc).__name__}: {exc}", err=True)
+    if verbose:
+        click.echo(traceback.format_exc(), err=True, nl=False)
+    else:
+        click.echo("(run again with -v for the traceback, and please report it)", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(_version(), "--version", prog_name="jaxport")
+def cli() -> None:
+    """jaxport: convert PyTorch code to JAX (flax.linen, optax) and check the result."""
+
+
+# --------------------------------------------------------------------------- convert
+
+def _styled_diff(lines: list[str], color: bool) -> str:
+    if not color:
+        return "".join(lines)
+    out = []
+    for line in lines:
+        if line.startswith(("+++", "---")):
+            out.append(click.style(line, bold=True))
+        elif line.startswith("@@"):
+            out.append(click.style(line, fg="cyan"))
+        elif line.startswith("+"):
+            out.append(click.style(line, fg="green"))
+        elif line.startswith("-"):
+            out.append(click.style(line, fg="red"))
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+def unified_diff(record) -> list[str]:
+    old = (record.original_text or "").splitlines(keepends=True)
+    new = (record.output_text or "").splitlines(keepends=True)
+    lines = list(difflib.unified_diff(old, new, f"a/{record.path}", f"b/{record.path}"))
+    return [l if l.endswith("\n") else l + "\n\\ No newline at end of file\n" for l in lines]
+
+
+class _Progress:
+    """A rich progress bar with ETA on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self.task = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.bar = Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int, record) -> None:
+        if self.bar is None:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("convert", total=total)
+        self.bar.update(self.task, completed=done)
+
+
+def _print_diagnostics(run, verbose: bool, quiet: bool) -> None:
+    shown = ("error",) if quiet else ("error", "warning", "info") if verbose else ("error", "warning")
+    colors = {"error": "red", "warning": "yellow", "info": "blue"}
+    for r in run.records:
+        for d in r.diagnostics:
+            if d.severity in shown:
+                loc = f"{r.display}:{d.line}:{d.col}:"
+                click.echo(f"{click.style(loc, bold=True)} "
+                           f"{click.style(d.code, fg=colors.get(d.severity), bold=True)} {d.message}",
+                           err=True)
+        if verbose and r.result.traceback:
+            click.echo(r.result.traceback.rstrip("\n"), err=True)
+    if verbose:
+        for note in run.notes:
+            click.echo(f"note: {note}", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True,
+                type=click.Path(exists=True, allow_dash=True))
+@click.option("-o", "--output", "out", metavar="OUT", type=click.Path(),
+              help="Output directory (or FILE.py for a single input file). Required unless "
+                   "PATH is '-' or --check is given.")
+@click.option("--diff", is_flag=True, help="Print a unified diff of every changed file on stdout.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if any file would change.")
+@click.option("--report", "reports", metavar="FILE.{json,md,html}", multiple=True,
+              type=click.Path(dir_okay=False), help="Write a report; the format follows the suffix.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Worker processes (default: all cores).")
+@click.option("--parallel", type=click.Choice(["pmap", "sharding"]), default="pmap",
+              show_default=True, help="How data parallelism (DDP) is converted.")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="Image layout of converted models' interfaces.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only error diagnostics, no summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every diagnostic, notes and tracebacks.")
+def convert(paths: tuple[str, ...], out: str | None, diff: bool, check: bool,
+            reports: tuple[str, ...], jobs: int | None, parallel: str, layout: str,
+            quiet: bool, verbose: bool) -> None:
+    """Convert PyTorch files and directories into OUT.
+
+    Every .py file is converted, every other file copied byte for byte; the inputs are never
+    modified. PATH '-' reads standard input and writes the result to standard output.
+    """
+    from .report import report_format
+    if quiet and verbose:
+        raise click.UsageError("-q and -v cannot be used together")
+    for rep in reports:
+        if report_format(rep) is None:
+            raise click.BadParameter(f"{rep!r}: the report's suffix must be .json, .md or .html",
+                                     param_hint="'--report'")
+    try:
+        code = _convert(list(paths), out, diff, check, reports, jobs, parallel, layout, quiet, verbose)
+    except (click.ClickException, BrokenPipeError):
+        raise   # click reports these itself (usage errors exit 2)
+    except Exception as exc:
+        _fail_internal(exc, verbose)
+    sys.exit(code)
+
+
+def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, verbose) -> int:
+    from . import report as rep
+    from .api import Options
+    from .tree import STDIN, TreeError, convert_tree
+
+    stdin_mode = paths == [STDIN]
+    if not stdin_mode and out is None and not check:
+        raise click.UsageError("missing option '-o' / '--output' (where to write the converted tree)")
+    if stdin_mode and out is not None:
+        raise click.UsageError("'-' writes to standard output: drop -o")
+    keep_text = diff or any(rep.report_format(r) == "html" for r in reports)
+    options = Options(parallel=parallel, layout=layout)
+    started = time.monotonic()
+    progress = _Progress(enabled=not quiet and not stdin_mode and sys.stderr.isatty())
+    try:
+        with progress:
+            run = convert_tree(paths, out, options, jobs, progress, check=check, keep_text=keep_text)
+    except TreeError as exc:
+        raise click.UsageError(str(exc)) from None
+    elapsed = time.monotonic() - started
+
+    stdout = click.get_text_stream("stdout")
+    if diff:
+        color = stdout.isatty()
+        for record in run.changed:
+            click.echo(_styled_diff(unified_diff(record), color), nl=False, color=color)
+    elif stdin_mode and not check and run.stdout is not None:
+        out_stream = sys.stdout.buffer
+        out_stream.write(run.stdout)
+        out_stream.flush()
+
+    _print_diagnostics(run, verbose, quiet)
+    for path in reports:
+        try:
+            rep.write_report(run, path)
+        except OSError as exc:
+            click.echo(f"jaxport: cannot write report {path}: {exc.strerror or exc}", err=True)
+            return EXIT_USAGE
+    if not quiet:
+        click.echo(rep.render_text(run, elapsed), err=True, nl=False)
+    return run.exit_code()
+
+
+# --------------------------------------------------------------------------- validate / weights
+
+def _not_implemented(what: str) -> None:
+    click.echo(f"jaxport {what}: not implemented yet", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("original", type=click.Path(exists=True, dir_okay=False))
+@click.argument("converted", type=click.Path(exists=True, dir_okay=False))
+@click.option("--module", "modules", metavar="NAME", multiple=True,
+              help="Module class to validate (repeatable; default: all).")
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False), metavar="SPEC.toml",
+              help="Validation spec: constructor arguments, input shapes, dims.")
+@click.option("--examples", type=click.IntRange(min=1), metavar="N", help="Hypothesis examples per module.")
+@click.option("--train-steps", type=click.IntRange(min=0), metavar="K", help="Optimizer steps to compare.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the validation report as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Write JUnit XML.")
+@click.option("--seed", type=int, metavar="S", help="Random seed.")
+def validate(original, converted, modules, spec, examples, train_steps, json_path, junit, seed) -> None:
+    """Check converted modules against the originals: same weights, random inputs."""
+    _not_implemented("validate")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("checkpoint", metavar="CHECKPOINT.pt", type=click.Path(exists=True, dir_okay=False))
+@click.option("--module", "module", required=True, metavar="FILE.py:CLASS",
+              help="The converted flax module the weights are for.")
+@click.option("-o", "--output", "out", required=True, metavar="PARAMS.msgpack",
+              type=click.Path(dir_okay=False), help="Where to write the flax variables.")
+def weights(checkpoint, module, out) -> None:
+    """Convert a torch state_dict checkpoint into flax variables (msgpack)."""
+    _not_implemented("weights")
+
+
+# --------------------------------------------------------------------------- explain
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("code")
+def explain(code: str) -> None:
+    """Explain a diagnostic code (JP101, ...) with an example."""
+    from .diagnostics import explain as explain_code
+    try:
+        text = explain_code(code.strip())
+    except Exception as exc:
+        _fail_internal(exc, False)
+    if text is None:
+        click.echo(f"jaxport explain: unknown code {code!r}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(text, nl=False)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``jaxport``); ``python cli.py`` calls the same."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="jaxport",
+             standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""One traversal, several concerns: a transformer that dispatches each node to every rule.
+
+A rule is a plain object with libcst-style ``visit_<Node>(node)`` and
+``leave_<Node>(original, updated)`` methods. Rules run in a fixed order on each node; a leave
+hook that changes a node's type ends the chain for that node. The composite also turns the
+diagnostics reported inside a statement into ``# jaxport: CODE message`` comment lines above
+that statement.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import libcst as cst
+
+from ..context import FileContext
+
+MARKER_PREFIX = "# jaxport: "
+
+
+class Rule:
+    def __init__(self, ctx: FileContext) -> None:
+        self.ctx = ctx
+
+
+def _is_statement(node: cst.CSTNode) -> bool:
+    return isinstance(node, (cst.SimpleStatementLine, cst.BaseCompoundStatement))
+
+
+def marker_lines(diags) -> list[cst.EmptyLine]:
+    seen: set[str] = set()
+    lines = []
+    for d in diags:
+        text = f"{MARKER_PREFIX}{d.code} {d.message}".replace("\n", " ")
+        if text in seen:
+            continue
+        seen.add(text)
+        lines.append(cst.EmptyLine(indent=True, comment=cst.Comment(text)))
+    return lines
+
+
+def _with_markers(node, markers: list[cst.EmptyLine]):
+    if not markers:
+        return node
+    if isinstance(node, cst.FlattenSentinel):
+        nodes = list(node.nodes)
+        if nodes:
+            nodes[0] = _with_markers(nodes[0], markers)
+        return cst.FlattenSentinel(nodes)
+    if isinstance(node, (cst.SimpleStatementLine, cst.BaseCompoundStatement)) and hasattr(node, "leading_lines"):
+        existing = [l for l in node.leading_lines
+                    if not (l.comment and l.comment.value.startswith(MARKER_PREFIX))]
+        return node.with_changes(leading_lines=[*existing, *markers])
+    return node
+
+
+class Composite(cst.CSTTransformer):
+    def __init__(self, ctx: FileContext, rules: Sequence[Rule]) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.rules = list(rules)
+        self._visit_hooks: dict[str, list] = {}
+        self._leave_hooks: dict[str, list] = {}
+
+    def _hooks(self, cache: dict, prefix: str, type_name: str) -> list:
+        hooks = cache.get(type_name)
+        if hooks is None:
+            hooks = [h for r in self.rules if (h := getattr(r, f"{prefix}{type_name}", None))]
+            cache[type_name] = hooks
+        return hooks
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if _is_statement(node):
+            self.ctx.statement_stack.append([])
+        descend = True
+        for hook in self._hooks(self._visit_hooks, "visit_", type(node).__name__):
+            if hook(node) is False:
+                descend = False
+        return descend
+
+    def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode):
+        result = updated
+        type_name = type(original).__name__
+        for hook in self._hooks(self._leave_hooks, "leave_", type_name):
+            result = hook(original, result)
+            if not isinstance(result, cst.CSTNode) or type(result).__name__ != type_name:
+                break
+        if _is_statement(original):
+            pending = self.ctx.statement_stack.pop()
+            if pending:
+                if isinstance(result, cst.RemovalSentinel) or (
+                        isinstance(result, cst.FlattenSentinel) and not result.nodes):
+                    if self.ctx.statement_stack:
+                        self.ctx.statement_stack[-1].extend(pending)
+                else:
+                    result = _with_markers(result, marker_lines(pending))
+        return result

@@ -1,0 +1,142 @@
+"""Final pass: replace torch imports with the imports the converted code needs, and copy in
+the prelude helpers it uses.
+
+Runs after the rules, on the whole module. torch imports are removed unless ``torch`` is
+still referenced (unconverted code was rewritten to fully qualified ``torch.*`` names, so a
+plain ``import torch`` then suffices).
+"""
+from __future__ import annotations
+
+import libcst as cst
+
+from ..context import FileContext
+from ..names import ROOTS, dotted
+from .. import prelude_index
+
+HELPERS_BANNER = "# --- helpers added by jaxport (PyTorch semantics in JAX) ---"
+
+
+def _is_torch_module(name: str | None) -> bool:
+    return bool(name) and name.split(".", 1)[0] in ROOTS
+
+
+def _strip_torch_imports(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine | None:
+    small = []
+    for s in stmt.body:
+        if isinstance(s, cst.Import):
+            names = [a for a in s.names if not _is_torch_module(dotted(a.name))]
+            if not names:
+                continue
+            if len(names) != len(s.names):
+                names[-1] = names[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+                s = s.with_changes(names=names)
+        elif isinstance(s, cst.ImportFrom) and not s.relative and _is_torch_module(dotted(s.module) if s.module else None):
+            continue
+        small.append(s)
+    if not small:
+        return None
+    return stmt.with_changes(body=small)
+
+
+class _TorchImportRemover(cst.CSTTransformer):
+    """Removes torch imports at any depth (also inside functions and try blocks)."""
+
+    def leave_SimpleStatementLine(self, original, updated):
+        if not any(isinstance(s, (cst.Import, cst.ImportFrom)) for s in updated.body):
+            return updated
+        stripped = _strip_torch_imports(updated)
+        if stripped is None:
+            return cst.RemoveFromParent()
+        return stripped
+
+    def leave_IndentedBlock(self, original, updated):
+        if not updated.body:
+            return updated.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])])
+        return updated
+
+
+class _References(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.bound: set[str] = set()
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        for a in node.names:
+            self.bound.add(dotted(a.asname.name) if a.asname else (dotted(a.name) or "").split(".")[0])
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        if not isinstance(node.names, cst.ImportStar):
+            for a in node.names:
+                self.bound.add(dotted(a.asname.name) if a.asname else dotted(a.name))
+        return False
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self.bound.add(node.name.value)
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.bound.add(node.name.value)
+
+
+def _import_block_end(body) -> int:
+    """Index after the leading docstring/imports block of a module body."""
+    index = 0
+    for i, stmt in enumerate(body):
+        if isinstance(stmt, cst.SimpleStatementLine) and all(
+                isinstance(s, (cst.Import, cst.ImportFrom)) for s in stmt.body):
+            index = i + 1
+            continue
+        if i == 0 and isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Expr) \
+                and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)):
+            index = 1
+            continue
+        break
+    return index
+
+
+def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
+    module = module.visit(_TorchImportRemover())
+    refs = _References()
+    module.visit(refs)
+    helpers = prelude_index.closure({n for n in ctx.emits | refs.names if n not in refs.bound})
+    helper_names = {h.name for h in helpers}
+    needed: list[str] = []
+    wanted = (ctx.emits | refs.names) - refs.bound - helper_names
+    for h in helpers:
+        wanted |= set(h.imports)
+    if "torch" in refs.names and "torch" not in refs.bound:
+        needed.append("import torch")
+    for name, statement in ctx.tables.imports.items():
+        if name in wanted and name not in refs.bound and statement not in needed:
+            needed.append(statement)
+    for h in helpers:
+        for name in sorted(h.imports):
+            if name in ctx.tables.imports or name in refs.bound:
+                continue
+            statement = prelude_index.import_statement(name)
+            if statement and statement not in needed:
+                needed.append(statement)
+    body = list(module.body)
+    at = _import_block_end(body)
+    new_stmts: list[cst.BaseStatement] = [cst.parse_statement(s) for s in needed]
+    if helpers:
+        source = "\n\n\n".join(h.source for h in helpers)
+        helper_module = cst.parse_module(source + "\n")
+        helper_stmts = list(helper_module.body)
+        helper_stmts[0] = helper_stmts[0].with_changes(leading_lines=[
+            cst.EmptyLine(), cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment(HELPERS_BANNER))])
+        for i in range(1, len(helper_stmts)):
+            helper_stmts[i] = helper_stmts[i].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+        new_stmts += helper_stmts
+    if at < len(body) and new_stmts and (helpers or at == 0):
+        body[at] = body[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine(), *body[at].leading_lines]) \
+            if helpers else body[at]
+    body[at:at] = new_stmts
+    return module.with_changes(body=body)

@@ -1,0 +1,673 @@
+"""torch ``nn.Module`` classes → ``flax.linen.Module`` classes.
+
+* constructor parameters become dataclass fields with the same names and defaults;
+* ``__init__`` becomes ``setup()``: ``super().__init__()`` goes, parameters are read from the
+  fields, ``nn.Sequential``/``ModuleList``/``ModuleDict`` become flax Sequential / lists /
+  dicts (so ``features.0.weight`` ↔ ``features/layers_0/kernel``), ``nn.Parameter`` becomes
+  ``self.param``, ``register_buffer`` a constant attribute;
+* ``forward`` becomes ``__call__(..., train: bool = False)``; ``self.training`` reads the flag
+  and calls to dropout, batch norm and converted submodules pass it on.
+
+The layer constructors themselves are rewritten by the op tables (``layers.toml``); this
+rule only needs their ``call`` kind, which it learns from a scan of each class before the
+traversal reaches it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+import libcst.matchers as m
+
+from ..names import dotted, qualify
+from .base import Rule
+
+TRAIN = "train"
+MODULE_BASES = {"torch.nn.Module"}
+INIT_STATEMENT_CALLS = ("torch.nn.init.",)
+
+
+@dataclass
+class SubmoduleKind:
+    kind: str                    # layer | sequential | list | dict | custom | param | value
+    call: str = "plain"          # plain | dropout | batchnorm | train
+    element: "SubmoduleKind | None" = None   # lists/dicts: kind of their elements, if known
+
+
+@dataclass
+class ClassInfo:
+    name: str
+    fields: list[cst.Param] = field(default_factory=list)
+    field_names: set[str] = field(default_factory=set)
+    reassigned: set[str] = field(default_factory=set)     # parameters rebound inside __init__
+    submodules: dict[str, SubmoduleKind] = field(default_factory=dict)
+    setup_helpers: set[str] = field(default_factory=set)  # methods called from __init__
+    runtime_methods: set[str] = field(default_factory=set)  # methods that take `train`
+    accumulated: set[str] = field(default_factory=set)    # ModuleList() built by .append
+    has_init: bool = False
+    has_forward: bool = False
+
+
+# ------------------------------------------------------------------ pre-scan
+
+
+def _call_kind_for(expr: cst.BaseExpression, ctx, classes: dict[str, ClassInfo],
+                   helper_returns: dict[str, SubmoduleKind]) -> SubmoduleKind:
+    if isinstance(expr, cst.Call):
+        q = qualify(expr.func, ctx.aliases)
+        if q == "torch.nn.Sequential":
+            return SubmoduleKind("sequential", "train")
+        if q == "torch.nn.ModuleList":
+            element = None
+            if expr.args:
+                element = _element_kind(expr.args[0].value, ctx, classes, helper_returns)
+            return SubmoduleKind("list", element=element)
+        if q == "torch.nn.ModuleDict":
+            return SubmoduleKind("dict")
+        if q == "torch.nn.Parameter":
+            return SubmoduleKind("param")
+        if q is not None:
+            entry = ctx.tables.layers.get(q)
+            if entry is not None:
+                return SubmoduleKind("layer", entry.call)
+            return SubmoduleKind("value")
+        name = dotted(expr.func)
+        if name in classes:
+            return SubmoduleKind("custom", "train")
+        if name and name.startswith("self.") and name[5:] in helper_returns:
+            return helper_returns[name[5:]]
+        if name and name[:1].isupper():
+            return SubmoduleKind("custom", "plain")
+    if isinstance(expr, (cst.List, cst.Tuple)):
+        return SubmoduleKind("list", element=_element_kind(expr, ctx, classes, helper_returns))
+    return SubmoduleKind("value")
+
+
+def _element_kind(expr, ctx, classes, helper_returns) -> SubmoduleKind | None:
+    if isinstance(expr, (cst.ListComp, cst.GeneratorExp)):
+        return _call_kind_for(expr.elt, ctx, classes, helper_returns)
+    if isinstance(expr, (cst.List, cst.Tuple)) and expr.elements:
+        kinds = [_call_kind_for(e.value, ctx, classes, helper_returns) for e in expr.elements]
+        if all(k.kind == kinds[0].kind and k.call == kinds[0].call for k in kinds):
+            return kinds[0]
+        if any(k.call != "plain" for k in kinds):
+            return SubmoduleKind("mixed", "train")
+    return None
+
+
+def _methods(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
+    out = {}
+    for stmt in cls.body.body:
+        if isinstance(stmt, cst.FunctionDef):
+            out[stmt.name.value] = stmt
+    return out
+
+
+class _SelfCalls(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.called: set[str] = set()
+        self.uses_training = False
+
+    def visit_Call(self, node: cst.Call) -> None:
+        name = dotted(node.func)
+        if name and name.startswith("self.") and name.count(".") == 1:
+            self.called.add(name[5:])
+
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        if dotted(node) == "self.training":
+            self.uses_training = True
+
+
+def _self_assignments(fn: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression]]:
+    found: list[tuple[str, cst.BaseExpression]] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            for t in node.targets:
+                name = dotted(t.target)
+                if name and name.startswith("self.") and name.count(".") == 1:
+                    found.append((name[5:], node.value))
+
+        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+            name = dotted(node.target)
+            if node.value is not None and name and name.startswith("self.") and name.count(".") == 1:
+                found.append((name[5:], node.value))
+
+    fn.visit(_V())
+    return found
+
+
+def _returned(fn: cst.FunctionDef) -> list[cst.BaseExpression]:
+    values: list[cst.BaseExpression] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Return(self, node: cst.Return) -> None:
+            if node.value is not None:
+                values.append(node.value)
+
+    fn.visit(_V())
+    return values
+
+
+def _rebound_names(fn: cst.FunctionDef) -> set[str]:
+    names: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+            for n in m.findall(node.target, m.Name()):
+                names.add(n.value)
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            if isinstance(node.target, cst.Name):
+                names.add(node.target.value)
+
+        def visit_For(self, node: cst.For) -> None:
+            for n in m.findall(node.target, m.Name()):
+                names.add(n.value)
+
+        def visit_Attribute(self, node: cst.Attribute) -> bool:
+            return False
+
+    fn.body.visit(_V())
+    return names
+
+
+def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
+    """Find the nn.Module subclasses of a file and learn what each attribute holds."""
+    classdefs = [s for s in module.body if isinstance(s, cst.ClassDef)]
+    names: set[str] = set()
+    changed = True
+    while changed:  # subclasses of subclasses defined in the same file
+        changed = False
+        for cls in classdefs:
+            if cls.name.value in names:
+                continue
+            for base in cls.bases:
+                if qualify(base.value, ctx.aliases) in MODULE_BASES or dotted(base.value) in names:
+                    names.add(cls.name.value)
+                    changed = True
+    classes = {n: ClassInfo(n) for n in names}
+    for cls in classdefs:
+        info = classes.get(cls.name.value)
+        if info is None:
+            continue
+        methods = _methods(cls)
+        init = methods.get("__init__")
+        info.has_init = init is not None
+        info.has_forward = "forward" in methods
+        # setup helpers: methods reachable from __init__
+        if init is not None:
+            pending = ["__init__"]
+            while pending:
+                fn = methods.get(pending.pop())
+                if fn is None:
+                    continue
+                v = _SelfCalls()
+                fn.visit(v)
+                for callee in v.called:
+                    if callee in methods and callee not in info.setup_helpers and callee != "__init__":
+                        info.setup_helpers.add(callee)
+                        pending.append(callee)
+            params = init.params
+            info.fields = [p for p in [*params.params[1:], *params.kwonly_params]]
+            info.field_names = {p.name.value for p in info.fields}
+            info.reassigned = _rebound_names(init) & info.field_names
+        helper_returns: dict[str, SubmoduleKind] = {}
+        for helper in info.setup_helpers:
+            for value in _returned(methods[helper]):
+                helper_returns[helper] = _call_kind_for(value, ctx, classes, {})
+        for fn_name in ["__init__", *sorted(info.setup_helpers)]:
+            fn = methods.get(fn_name)
+            if fn is None:
+                continue
+            for attr, value in _self_assignments(fn):
+                kind = _call_kind_for(value, ctx, classes, helper_returns)
+                if _is_empty_container(value, ctx):
+                    info.accumulated.add(attr)
+                if kind.kind != "value" or attr not in info.submodules:
+                    info.submodules[attr] = kind
+        # runtime methods: forward plus anything that needs the train flag
+        runtime = {"forward"}
+        uses: dict[str, _SelfCalls] = {}
+        for name, fn in methods.items():
+            v = _SelfCalls()
+            fn.visit(v)
+            uses[name] = v
+        changed = True
+        while changed:
+            changed = False
+            for name, v in uses.items():
+                if name in runtime or name in info.setup_helpers or name.startswith("__"):
+                    continue
+                if _is_static(methods[name]):
+                    continue
+                needs = v.uses_training or any(
+                    c in runtime or (c in info.submodules and info.submodules[c].call != "plain")
+                    for c in v.called)
+                if needs:
+                    runtime.add(name)
+                    changed = True
+        info.runtime_methods = runtime
+    return classes
+
+
+def _is_static(fn: cst.FunctionDef) -> bool:
+    return any(dotted(d.decorator) in ("staticmethod", "classmethod", "property") for d in fn.decorators)
+
+
+def _is_empty_container(value: cst.BaseExpression, ctx) -> bool:
+    if isinstance(value, cst.Call) and not value.args:
+        return qualify(value.func, ctx.aliases) in ("torch.nn.ModuleList", "torch.nn.ModuleDict")
+    return isinstance(value, (cst.List,)) and not value.elements
+
+
+# ------------------------------------------------------------------ rewriting helpers
+
+
+def _train_kwarg(call: str) -> cst.Arg | None:
+    if call == "dropout":
+        return cst.Arg(keyword=cst.Name("deterministic"), value=cst.parse_expression(f"not {TRAIN}"),
+                       equal=_EQ)
+    if call == "batchnorm":
+        return cst.Arg(keyword=cst.Name("use_running_average"),
+                       value=cst.parse_expression(f"not {TRAIN}"), equal=_EQ)
+    if call == "train":
+        return cst.Arg(keyword=cst.Name(TRAIN), value=cst.Name(TRAIN), equal=_EQ)
+    return None
+
+
+_EQ = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+
+
+def _add_arg(call: cst.Call, arg: cst.Arg) -> cst.Call:
+    if any(a.keyword is not None and a.keyword.value == arg.keyword.value for a in call.args):
+        return call
+    args = list(call.args)
+    if args:
+        args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    return call.with_changes(args=[*args, arg])
+
+
+def _annotation_for(param: cst.Param) -> cst.Annotation:
+    if param.annotation is not None:
+        return param.annotation
+    d = param.default
+    name = "Any"
+    if isinstance(d, cst.Integer) or (isinstance(d, cst.UnaryOperation) and isinstance(d.expression, cst.Integer)):
+        name = "int"
+    elif isinstance(d, cst.Float) or (isinstance(d, cst.UnaryOperation) and isinstance(d.expression, cst.Float)):
+        name = "float"
+    elif isinstance(d, cst.Name) and d.value in ("True", "False"):
+        name = "bool"
+    elif isinstance(d, (cst.SimpleString, cst.ConcatenatedString)):
+        name = "str"
+    elif isinstance(d, cst.Tuple):
+        name = "tuple"
+    return cst.Annotation(annotation=cst.Name(name))
+
+
+def _field_default(default: cst.BaseExpression | None) -> cst.BaseExpression | None:
+    """Dataclass fields cannot default to a list/dict/set: use a tuple / frozen equivalent."""
+    if isinstance(default, cst.List):
+        return cst.Tuple(elements=[e.with_changes(comma=cst.MaybeSentinel.DEFAULT) if i == len(default.elements) - 1 and len(default.elements) > 1 else e
+                                   for i, e in enumerate(default.elements)]
+                         if len(default.elements) != 1 else
+                         [default.elements[0].with_changes(comma=cst.Comma())])
+    return default
+
+
+# ------------------------------------------------------------------ the rule
+
+
+class ModulesRule(Rule):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.classes: dict[str, ClassInfo] = {}
+        self.class_stack: list[ClassInfo | None] = []
+        self.function_stack: list[str] = []
+        self.loop_vars: list[dict[str, SubmoduleKind]] = []
+        self.skip: set[int] = set()
+
+    # -------------------------------------------------------------- scopes
+    def visit_Module(self, node: cst.Module) -> None:
+        self.classes = scan_classes(node, self.ctx)
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        info = self.classes.get(node.name.value) if not self.function_stack else None
+        self.class_stack.append(info)
+        self.ctx.current_class = info
+        self._saved_functions = self.function_stack
+        self.function_stack = []
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.function_stack.append(node.name.value)
+        self.skip.add(id(node.name))
+        if len(self.function_stack) == 1:
+            self.ctx.current_function = node.name.value
+            self.loop_vars.append({})
+
+    def visit_Param(self, node: cst.Param) -> None:
+        self.skip.add(id(node.name))
+
+    def visit_Arg(self, node: cst.Arg) -> None:
+        if node.keyword is not None:
+            self.skip.add(id(node.keyword))
+
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        self.skip.add(id(node.attr))
+
+    def visit_For(self, node: cst.For) -> None:
+        info = self._info()
+        if info is None or not self.loop_vars:
+            return
+        name = dotted(node.iter)
+        if isinstance(node.target, cst.Name) and name and name.startswith("self."):
+            kind = info.submodules.get(name[5:])
+            if kind is not None and kind.kind in ("list", "sequential") and kind.element is not None:
+                self.loop_vars[-1][node.target.value] = kind.element
+
+    def _info(self) -> ClassInfo | None:
+        return self.class_stack[-1] if self.class_stack else None
+
+    def _method(self) -> str | None:
+        return self.function_stack[0] if self.function_stack else None
+
+    # -------------------------------------------------------------- expressions
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+        info = self._info()
+        if (info is None or self._method() != "__init__" or id(original) in self.skip
+                or original.value not in info.field_names or original.value in info.reassigned):
+            return updated
+        return cst.Attribute(value=cst.Name("self"), attr=cst.Name(original.value))
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+        info = self._info()
+        if info is None:
+            return updated
+        if dotted(original) == "self.training" and self._method() in info.runtime_methods:
+            return cst.Name(TRAIN)
+        name = dotted(original)
+        if (self._method() in ("__init__", *info.setup_helpers) and name and name.startswith("self.")
+                and name.count(".") == 1 and name[5:] in info.accumulated):
+            return cst.Name(f"_{name[5:]}")
+        return updated
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        q = qualify(original.func, self.ctx.aliases)
+        if q == "torch.nn.Sequential":
+            return self._sequential(original, updated)
+        if q == "torch.nn.ModuleList":
+            return self._module_list(original, updated)
+        if q == "torch.nn.ModuleDict":
+            return self._module_dict(original, updated)
+        info = self._info()
+        if info is None:
+            return updated
+        name = dotted(original.func)
+        method = self._method()
+        if name and name.startswith("self.") and name.count(".") == 1 and method in info.runtime_methods:
+            attr = name[5:]
+            kind = info.submodules.get(attr)
+            if kind is not None:
+                arg = _train_kwarg(kind.call)
+                return _add_arg(updated, arg) if arg else updated
+            if attr in info.runtime_methods:
+                return _add_arg(updated, _train_kwarg("train"))
+            if attr == "forward":
+                return _add_arg(updated.with_changes(func=cst.Name("self")), _train_kwarg("train"))
+        if isinstance(original.func, cst.Name) and self.loop_vars and method in info.runtime_methods:
+            kind = self.loop_vars[-1].get(original.func.value)
+            if kind is not None:
+                arg = _train_kwarg(kind.call if kind.kind != "mixed" else "train")
+                return _add_arg(updated, arg) if arg else updated
+        if (isinstance(original.func, cst.Subscript) and method in info.runtime_methods):
+            base = dotted(original.func.value)
+            if base and base.startswith("self.") and base[5:] in info.submodules:
+                element = info.submodules[base[5:]].element
+                if element is not None:
+                    arg = _train_kwarg(element.call if element.kind != "mixed" else "train")
+                    return _add_arg(updated, arg) if arg else updated
+        return updated
+
+    def _sequential(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        args = updated.args
+        if len(args) == 1 and args[0].star == "" and _looks_like_ordered_dict(args[0].value):
+            self.ctx.report(original, "JP303", "nn.Sequential(OrderedDict(...)) is not converted yet")
+            return updated.with_changes(func=cst.parse_expression("torch.nn.Sequential"))
+        elements = []
+        for a in args:
+            if a.star == "*":
+                elements.append(cst.StarredElement(value=a.value))
+            else:
+                elements.append(cst.Element(value=a.value))
+        elements = [e.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+                    if i < len(elements) - 1 else e for i, e in enumerate(elements)]
+        self.ctx.emits.add("Sequential")
+        return cst.Call(func=cst.Name("Sequential"), args=[cst.Arg(value=cst.List(elements=elements))])
+
+    def _module_list(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        if not updated.args:
+            return cst.List(elements=[])
+        value = updated.args[0].value
+        if isinstance(value, cst.List):
+            return value
+        if isinstance(value, cst.ListComp):
+            return value
+        if isinstance(value, cst.GeneratorExp):
+            return cst.ListComp(elt=value.elt, for_in=value.for_in)
+        return cst.Call(func=cst.Name("list"), args=[cst.Arg(value=value)])
+
+    def _module_dict(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        if not updated.args:
+            return cst.Dict(elements=[])
+        value = updated.args[0].value
+        if isinstance(value, (cst.Dict, cst.DictComp)):
+            return value
+        return cst.Call(func=cst.Name("dict"), args=[cst.Arg(value=value)])
+
+    # -------------------------------------------------------------- statements
+    def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine,
+                                  updated: cst.SimpleStatementLine):
+        info = self._info()
+        if info is None or not self.function_stack:
+            return updated
+        method = self._method()
+        stmt = original.body[0] if len(original.body) == 1 else None
+        new_stmt = updated.body[0] if len(updated.body) == 1 else None
+        if stmt is None:
+            return updated
+        if method == "__init__" and _is_super_init(stmt, self.ctx):
+            return cst.RemoveFromParent()
+        if method in ("__init__", *info.setup_helpers):
+            # `self.hidden = hidden` restates a field: flax already has it
+            if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
+                target = dotted(stmt.targets[0].target)
+                if (target and target.startswith("self.") and target[5:] in info.field_names
+                        and isinstance(stmt.value, cst.Name) and stmt.value.value == target[5:]):
+                    return cst.RemoveFromParent()
+                if target and target.startswith("self.") and target[5:] in info.field_names:
+                    self.ctx.report(stmt, "JP306",
+                                    f"self.{target[5:]} is both a constructor argument and reassigned; "
+                                    "flax fields are frozen, rename the attribute")
+            converted = self._parameter_or_buffer(stmt, new_stmt)
+            if converted is not None:
+                return updated.with_changes(body=[converted])
+            init_call = self._init_statement(stmt)
+            if init_call:
+                self.ctx.report(stmt, "JP305", init_call)
+                return _commented_out(original)
+        if method in info.runtime_methods and isinstance(stmt, (cst.Assign, cst.AugAssign)):
+            targets = [t.target for t in stmt.targets] if isinstance(stmt, cst.Assign) else [stmt.target]
+            for t in targets:
+                name = dotted(t)
+                if name and name.startswith("self."):
+                    self.ctx.report(stmt, "JP302", f"{name} assigned in forward: flax modules are immutable in __call__")
+        return updated
+
+    def _parameter_or_buffer(self, stmt, new_stmt) -> cst.BaseSmallStatement | None:
+        # self.w = nn.Parameter(expr)  →  self.w = self.param('w', lambda rng_key: expr)
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.value, cst.Call):
+            target = dotted(stmt.targets[0].target)
+            q = qualify(stmt.value.func, self.ctx.aliases)
+            if q == "torch.nn.Parameter" and target and target.startswith("self.") and target.count(".") == 1:
+                value = new_stmt.value
+                data = value.args[0].value if value.args else cst.Name("None")
+                requires_grad = [a for a in value.args[1:] if a.keyword is None or a.keyword.value == "requires_grad"]
+                if requires_grad:
+                    self.ctx.report(stmt, "JP303", "nn.Parameter(requires_grad=...) : freeze it with optax.masked instead")
+                param = cst.parse_expression(f"self.param({target[5:]!r}, lambda rng_key: None)")
+                lam = param.args[1].value.with_changes(body=data)
+                param = param.with_changes(args=[param.args[0], param.args[1].with_changes(value=lam)])
+                return new_stmt.with_changes(value=param)
+        # self.register_buffer('name', tensor[, persistent=...]) → self.name = tensor
+        if isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
+            name = dotted(stmt.value.func)
+            call = new_stmt.value
+            if name == "self.register_buffer" and len(call.args) >= 2 and isinstance(call.args[0].value, cst.SimpleString):
+                attr = call.args[0].value.evaluated_value
+                if isinstance(attr, str) and attr.isidentifier():
+                    return cst.Assign(targets=[cst.AssignTarget(target=cst.parse_expression(f"self.{attr}"))],
+                                      value=call.args[1].value)
+        return None
+
+    def _init_statement(self, stmt) -> str | None:
+        """A torch weight-initialisation statement in __init__, described; None otherwise."""
+        code = cst.Module([]).code_for_node(stmt)
+        if isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
+            q = qualify(stmt.value.func, self.ctx.aliases) or ""
+            if q.startswith(INIT_STATEMENT_CALLS):
+                return f"weight initialisation not converted yet ({code.strip()}); layers keep torch's default init"
+            if dotted(stmt.value.func) == "self.apply":
+                return f"self.apply(...) initialisation not converted yet; layers keep torch's default init"
+        return None
+
+    def leave_For(self, original: cst.For, updated: cst.For):
+        info = self._info()
+        if info is None or self._method() not in ("__init__", *info.setup_helpers):
+            return updated
+        if dotted(original.iter.func) if isinstance(original.iter, cst.Call) else None:
+            if dotted(original.iter.func) in ("self.modules", "self.named_modules", "self.children"):
+                self.ctx.report(original, "JP305",
+                                "initialisation loop over self.modules() not converted yet; "
+                                "layers keep torch's default init")
+                return cst.FlattenSentinel([_commented_out(original)])
+        return updated
+
+    # -------------------------------------------------------------- definitions
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef):
+        name = self.function_stack.pop()
+        info = self._info()
+        if self.function_stack:
+            return updated
+        self.ctx.current_function = None
+        if self.loop_vars:
+            self.loop_vars.pop()
+        if info is None:
+            return updated
+        if name == "__init__":
+            return self._setup(original, updated, info)
+        if name == "forward":
+            updated = updated.with_changes(name=cst.Name("__call__"))
+            return _with_train_param(updated)
+        if name in info.runtime_methods:
+            return _with_train_param(updated)
+        return updated
+
+    def _setup(self, original: cst.FunctionDef, updated: cst.FunctionDef, info: ClassInfo):
+        params = original.params
+        if params.star_arg not in (cst.MaybeSentinel.DEFAULT, None) and isinstance(params.star_arg, cst.Param) \
+                or params.star_kwarg is not None:
+            self.ctx.report(original, "JP301", "*args/**kwargs in __init__ cannot become dataclass fields")
+        prologue = [cst.parse_statement(f"{n} = self.{n}") for n in sorted(info.reassigned)]
+        epilogue = [cst.parse_statement(f"self.{a} = _{a}") for a in sorted(info.accumulated)]
+        body = list(updated.body.body)
+        if epilogue:
+            body = body + epilogue
+        body = prologue + body
+        if not body:
+            body = [cst.SimpleStatementLine([cst.Pass()])]
+        return updated.with_changes(
+            name=cst.Name("setup"),
+            params=cst.Parameters(params=[cst.Param(cst.Name("self"))]),
+            body=updated.body.with_changes(body=body),
+            returns=None,
+        )
+
+    def leave_ClassDef(self, original: cst.ClassDef, updated: cst.ClassDef):
+        info = self.class_stack.pop()
+        self.function_stack = getattr(self, "_saved_functions", [])
+        self.ctx.current_class = next((c for c in reversed(self.class_stack) if c is not None), None)
+        if info is None:
+            return updated
+        bases = []
+        for base in updated.bases:
+            q = qualify(base.value, self.ctx.aliases)
+            if q in MODULE_BASES or (isinstance(base.value, cst.Attribute) and dotted(base.value) == "torch.nn.Module"):
+                bases.append(base.with_changes(value=cst.parse_expression("nn.Module")))
+                self.ctx.emits.add("nn")
+            else:
+                bases.append(base)
+        fields = []
+        for p in info.fields:
+            annotation = _annotation_for(p)
+            if isinstance(annotation.annotation, cst.Name) and annotation.annotation.value == "Any":
+                self.ctx.emits.add("Any")
+            default = _field_default(p.default)
+            if default is not None:
+                stmt = cst.AnnAssign(target=cst.Name(p.name.value), annotation=annotation, value=default)
+            else:
+                stmt = cst.AnnAssign(target=cst.Name(p.name.value), annotation=annotation, value=None)
+            fields.append(cst.SimpleStatementLine([stmt]))
+        body = list(updated.body.body)
+        # keep a docstring first
+        head = []
+        if body and isinstance(body[0], cst.SimpleStatementLine) and isinstance(body[0].body[0], cst.Expr) \
+                and isinstance(body[0].body[0].value, (cst.SimpleString, cst.ConcatenatedString)):
+            head, body = body[:1], body[1:]
+        if fields and body:
+            body[0] = body[0].with_changes(leading_lines=[cst.EmptyLine(), *body[0].leading_lines]) \
+                if not body[0].leading_lines else body[0]
+        return updated.with_changes(bases=bases, body=updated.body.with_changes(body=[*head, *fields, *body]))
+
+
+def _with_train_param(fn: cst.FunctionDef) -> cst.FunctionDef:
+    params = fn.params
+    existing = {p.name.value for p in [*params.params, *params.kwonly_params, *params.posonly_params]}
+    if TRAIN in existing:
+        return fn
+    train = cst.Param(name=cst.Name(TRAIN), annotation=cst.Annotation(cst.Name("bool")),
+                      default=cst.Name("False"),
+                      equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(" "),
+                                            whitespace_after=cst.SimpleWhitespace(" ")))
+    if isinstance(params.star_arg, cst.Param) or params.kwonly_params:
+        return fn.with_changes(params=params.with_changes(kwonly_params=[*params.kwonly_params, train]))
+    if isinstance(params.star_arg, cst.ParamStar):
+        return fn.with_changes(params=params.with_changes(kwonly_params=[*params.kwonly_params, train]))
+    plist = list(params.params)
+    if plist:
+        plist[-1] = plist[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    return fn.with_changes(params=params.with_changes(params=[*plist, train]))
+
+
+def _is_super_init(stmt, ctx) -> bool:
+    if not (isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call)):
+        return False
+    func = stmt.value.func
+    if not (isinstance(func, cst.Attribute) and func.attr.value == "__init__"):
+        return False
+    inner = func.value
+    if isinstance(inner, cst.Call) and dotted(inner.func) == "super":
+        return True
+    return qualify(inner, ctx.aliases) in MODULE_BASES
+
+
+def _looks_like_ordered_dict(expr) -> bool:
+    return isinstance(expr, cst.Call) and (dotted(expr.func) or "").endswith("OrderedDict")
+
+
+def _commented_out(stmt: cst.CSTNode) -> cst.SimpleStatementLine:
+    """Replace a statement with ``pass`` preceded by its original code as comments."""
+    code = cst.Module([]).code_for_node(stmt.with_changes(leading_lines=[]))
+    lines = [cst.EmptyLine(indent=True, comment=cst.Comment(f"# {line}" if line.strip() else "#"))
+             for line in code.rstrip("\n").splitlines()]
+    return cst.SimpleStatementLine(body=[cst.Pass()], leading_lines=[*stmt.leading_lines, *lines])

@@ -1,0 +1,208 @@
+"""Table-driven rewriting of torch functions, tensor methods, tensor attributes and values.
+
+Every torch-qualified name is looked up in the tables once, at its outermost dotted chain.
+What is converted is replaced by the entry's rendering; what is not is rewritten to its fully
+qualified torch name (so local torch aliases such as ``F`` can go away) and reported.
+"""
+from __future__ import annotations
+
+import libcst as cst
+
+from ..names import dotted, qualify
+from ..render import Rendered, render_call, render_value
+from .base import Rule
+
+# Structural torch.nn names handled by the modules pass, never by the op tables.
+STRUCTURAL = {"torch.nn.Module", "torch.nn.Sequential", "torch.nn.ModuleList",
+              "torch.nn.ModuleDict", "torch.nn.Parameter", "torch.nn.ParameterList",
+              "torch.nn.ParameterDict"}
+
+# Names another rule rewrites as a whole (statement level).
+OWNED_BY_OTHER_PASSES = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
+                         "torch.autograd.no_grad", "torch.set_grad_enabled"}
+
+_NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString,
+                        cst.List, cst.Dict, cst.Set, cst.Tuple, cst.Integer, cst.Float,
+                        cst.ListComp, cst.DictComp, cst.SetComp)
+
+
+def qualified_expr(name: str) -> cst.BaseExpression:
+    return cst.parse_expression(name)
+
+
+class OpsRule(Rule):
+    """Functions, layer constructors, methods, attributes and values from the tables."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.skip: set[int] = set()      # Name nodes that are not references (keywords, attrs)
+        self.inner: set[int] = set()     # nodes that are the .value of an Attribute
+        self.callee: set[int] = set()    # nodes that are a Call's func
+        self.targets: set[int] = set()   # assignment targets
+
+    # ---------------------------------------------------------------- bookkeeping
+    def visit_Import(self, node) -> bool:
+        return False
+
+    def visit_ImportFrom(self, node) -> bool:
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> None:
+        if node.keyword is not None:
+            self.skip.add(id(node.keyword))
+
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        self.skip.add(id(node.attr))
+        self.inner.add(id(node.value))
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.callee.add(id(node.func))
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.skip.add(id(node.name))
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self.skip.add(id(node.name))
+
+    def visit_Param(self, node: cst.Param) -> None:
+        self.skip.add(id(node.name))
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.targets.add(id(node.target))
+
+    # ---------------------------------------------------------------- calls
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        q = qualify(original.func, self.ctx.aliases)
+        if q is not None:
+            return self._torch_call(original, updated, q)
+        if isinstance(original.func, cst.Attribute) and isinstance(updated.func, cst.Attribute):
+            return self._method_call(original, updated)
+        return updated
+
+    def _torch_call(self, original: cst.Call, updated: cst.Call, q: str) -> cst.BaseExpression:
+        if q in STRUCTURAL or q in OWNED_BY_OTHER_PASSES:
+            return updated
+        if q.startswith("torch.nn.init.") and self.ctx.current_function == "__init__":
+            return updated  # the modules pass reports initialisation code as a whole
+        entry = self.ctx.tables.lookup_qualified(q)
+        if entry is None:
+            self.ctx.call_site(False)
+            self.ctx.report(original, "JP101", f"{q} has no mapping")
+            return updated.with_changes(func=qualified_expr(q))
+        result = render_call(entry, updated.args, call=updated)
+        return self._apply(original, updated, result, q)
+
+    def _apply(self, original, updated, result: Rendered, name: str, method: bool = False):
+        self.ctx.call_site(result.expr is not None)
+        if result.expr is None:
+            self.ctx.report(original, result.code or "JP101", result.message)
+            if not method:
+                return updated.with_changes(func=qualified_expr(name))
+            return updated
+        if result.code:
+            self.ctx.report(original, result.code, result.message)
+        self.ctx.emits |= result.emits
+        return result.expr
+
+    def _method_call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        name = updated.func.attr.value
+        entry = self.ctx.tables.tensor_methods.get(name)
+        if entry is None:
+            return updated
+        receiver = updated.func.value
+        if not self._may_be_tensor(original.func.value, entry.receiver):
+            if entry.receiver == "tensor" and self.ctx.in_module_code():
+                self.ctx.report(original, "JP104", f".{name}() left alone: receiver may not be a tensor")
+            return updated
+        result = render_call(entry, updated.args, receiver=receiver, call=updated)
+        return self._apply(original, updated, result, name, method=True)
+
+    def _may_be_tensor(self, receiver: cst.BaseExpression, kind: str) -> bool:
+        if isinstance(receiver, _NON_TENSOR_LITERALS):
+            return False
+        if qualify(receiver, self.ctx.aliases) is not None:
+            return False
+        name = dotted(receiver)
+        if name == "self" or (name and self.ctx.is_submodule_ref(name)):
+            return False
+        if kind == "any":
+            return True
+        return self.ctx.in_module_code()
+
+    # ---------------------------------------------------------------- values and attributes
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+        if id(original) in self.inner or id(original) in self.callee:
+            return updated
+        q = qualify(original, self.ctx.aliases)
+        if q is not None:
+            return self._torch_value(original, updated, q)
+        if id(original) in self.targets:
+            return updated
+        entry = self.ctx.tables.tensor_attributes.get(original.attr.value)
+        if entry is None or not self._may_be_tensor(original.value, entry.receiver):
+            return updated
+        if entry.unsupported:
+            self.ctx.report(original, "JP102", entry.unsupported)
+            return updated
+        from ..render import render_attribute
+        result = render_attribute(entry, updated.value)
+        if result.expr is None:
+            self.ctx.report(original, result.code or "JP102", result.message)
+            return updated
+        if result.code:
+            self.ctx.report(original, result.code, result.message)
+        self.ctx.emits |= result.emits
+        return result.expr
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+        if id(original) in self.skip or id(original) in self.inner or id(original) in self.callee:
+            return updated
+        if original.value not in self.ctx.aliases or original.value == "torch":
+            return updated
+        q = self.ctx.aliases[original.value]
+        if q.count(".") < 1 or q in ("torch.nn", "torch.nn.functional", "torch.optim"):
+            return updated
+        return self._torch_value(original, updated, q)
+
+    def _torch_value(self, original, updated, q: str) -> cst.BaseExpression:
+        if q in STRUCTURAL:
+            return updated
+        entry = self.ctx.tables.lookup_qualified(q)
+        if entry is None:
+            if _is_module_path(q):
+                return updated
+            self.ctx.report(original, "JP101", f"{q} has no mapping")
+            return qualified_expr(q)
+        result = render_value(entry) if entry.sig is None else _function_as_value(entry)
+        if result.expr is None:
+            self.ctx.report(original, result.code or "JP101", result.message)
+            return qualified_expr(q)
+        if result.code:
+            self.ctx.report(original, result.code, result.message)
+        self.ctx.emits |= result.emits
+        return result.expr
+
+
+def _is_module_path(q: str) -> bool:
+    """``torch.nn`` or ``torch.cuda``: a package, not an API (its attribute will be handled)."""
+    return q in {"torch", "torch.nn", "torch.nn.functional", "torch.optim", "torch.cuda",
+                 "torch.utils", "torch.utils.data", "torch.distributed", "torch.nn.init",
+                 "torch.autograd", "torch.backends", "torch.distributions", "torch.optim.lr_scheduler"}
+
+
+def _function_as_value(entry) -> Rendered:
+    """``F.relu`` passed as a value: allowed when the template is ``f(first_param)``."""
+    from ..template import _parse_template
+    if entry.unsupported:
+        return Rendered(None, "JP102", entry.unsupported)
+    if not entry.templates or not entry.sig or not entry.sig.params:
+        return Rendered(None, "JP103", f"{entry.key} used as a value")
+    tree = _parse_template(entry.templates[-1])
+    first = entry.sig.params[0].name
+    if (isinstance(tree, cst.Call) and len(tree.args) == 1 and tree.args[0].keyword is None
+            and isinstance(tree.args[0].value, cst.Name) and tree.args[0].value.value == first
+            and dotted(tree.func)):
+        root = dotted(tree.func).split(".")[0]
+        return Rendered(tree.func, "JP201" if not entry.exact else None,
+                        entry.note, {root})
+    return Rendered(None, "JP103", f"{entry.key} is used as a value; only direct calls are converted")

@@ -1,0 +1,491 @@
+"""Convert whole trees: plan which files go where, convert ``.py`` files, copy the rest.
+
+``convert_tree`` is the engine behind ``jaxport convert``. It mirrors every input into the
+output directory (``.py`` files through :func:`transpiler.api.convert_bytes`, every other
+file byte for byte), never writes into an input tree, writes atomically, and runs files in
+parallel. Its result does not depend on the number of workers: records are sorted by path.
+
+Problems with the command line (OUT inside an input, a missing ``-o``) raise
+:class:`TreeError`; problems with one file (unreadable, unwritable, unparseable) become that
+file's diagnostics and the run goes on.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterable
+
+from . import diagnostics as diag
+from .api import FileResult, Options, convert_bytes, decode
+from .diagnostics import Diagnostic
+
+STDIN = "-"
+STDIN_PATH = "<stdin>"
+
+# Directories never worth converting or copying: VCS metadata, caches, virtual environments.
+SKIP_DIRS = frozenset({
+    ".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", ".nox", ".eggs",
+    ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", ".ipynb_checkpoints",
+    "node_modules",
+})
+SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+class TreeError(ValueError):
+    """A problem with the request as a whole (a usage error: exit code 2)."""
+
+
+@dataclass
+class FileRecord:
+    """One input file and what happened to it."""
+
+    path: str                       # relative to its input root, '/'-separated (report path)
+    display: str                    # where the user finds the input (for path:line:col)
+    result: FileResult
+    python: bool                    # a .py file (went through the converter)
+    original_text: str | None = None   # kept only when asked for (diff, html report)
+    output_text: str | None = None
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def diagnostics(self) -> list[Diagnostic]:
+        return sorted(self.result.diagnostics)
+
+    @property
+    def changed(self) -> bool:
+        return self.result.changed
+
+    @property
+    def has_errors(self) -> bool:
+        return self.result.has_errors
+
+    def to_json(self) -> dict:
+        """This file's entry in the JSON report (keys in the documented order)."""
+        return {"path": self.path, "status": self.status,
+                "diagnostics": [{"code": d.code, "severity": d.severity, "line": d.line,
+                                 "col": d.col, "message": d.message} for d in self.diagnostics]}
+
+
+@dataclass
+class RunResult:
+    records: list[FileRecord] = field(default_factory=list)   # sorted by path
+    notes: list[str] = field(default_factory=list)            # skipped links / special files
+    check: bool = False
+    stdout: bytes | None = None                               # stdin mode: the converted bytes
+
+    @property
+    def has_errors(self) -> bool:
+        return any(r.has_errors for r in self.records)
+
+    @property
+    def changed(self) -> list[FileRecord]:
+        return [r for r in self.records if r.changed]
+
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in ("converted", "partial", "copied", "failed")}
+        for r in self.records:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
+
+    def summary(self) -> dict[str, int]:
+        """The report's ``summary`` object, exactly the keys of the JSON contract."""
+        counts = self.counts()
+        return {
+            "files": len(self.records),
+            "converted": counts["converted"],
+            "partial": counts["partial"],
+            "failed": counts["failed"],
+            "torch_call_sites": sum(r.result.torch_call_sites for r in self.records),
+            "converted_call_sites": sum(r.result.converted_call_sites for r in self.records),
+        }
+
+    def exit_code(self) -> int:
+        if self.has_errors:
+            return 1
+        if self.check and self.changed:
+            return 1
+        return 0
+
+
+# --------------------------------------------------------------------------- planning
+
+@dataclass(frozen=True)
+class Job:
+    source: str                     # absolute input path
+    target: str | None              # absolute output path; None: write nothing
+    path: str                       # report path
+    display: str
+    python: bool
+    options: Options
+    keep_text: bool
+    roots: tuple[str, ...]          # resolved input roots: never write below them
+
+
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    links: list[tuple[str, str, str]] = field(default_factory=list)  # (target, link text, report path)
+    notes: list[str] = field(default_factory=list)
+    out_dirs: list[str] = field(default_factory=list)
+    roots: tuple[str, ...] = ()
+
+
+def _inside(path: str, root: str) -> bool:
+    """True when ``path`` is ``root`` or below it (both resolved)."""
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives
+        return False
+
+
+def _is_venv(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+def skip_dir(name: str, path: str) -> bool:
+    return name in SKIP_DIRS or name.endswith(".egg-info") or _is_venv(path)
+
+
+def _rel(parts: Iterable[str]) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def plan_tree(inputs: list[str], out: str | None, options: Options, *, write: bool = True,
+              keep_text: bool = False) -> Plan:
+    """Decide, for every input file, where its output goes. Raises TreeError on usage errors."""
+    if not inputs:
+        raise TreeError("no PATH given")
+    if STDIN in inputs:
+        raise TreeError("'-' (standard input) must be the only PATH")
+    if write and out is None:
+        raise TreeError("missing option '-o' / '--output' (where to write the converted tree)")
+    for p in inputs:
+        if not os.path.lexists(p):
+            raise TreeError(f"path does not exist: {p}")
+        if not (os.path.isdir(p) or os.path.isfile(p)):
+            raise TreeError(f"not a file or directory: {p}")
+
+    roots = [os.path.realpath(p) for p in inputs]
+    out_real = os.path.realpath(out) if out is not None else None
+    single_file_target = (out is not None and len(inputs) == 1 and os.path.isfile(inputs[0])
+                          and out.endswith(".py") and not os.path.isdir(out))
+    if out_real is not None:
+        if os.path.exists(out_real) and not os.path.isdir(out_real) and not single_file_target:
+            raise TreeError(f"output exists and is not a directory: {out}")
+        for p, root in zip(inputs, roots):
+            if os.path.isdir(root):
+                if _inside(out_real, root):
+                    raise TreeError(f"output {out} is inside the input directory {p}: "
+                                    "jaxport never writes into its input; choose an output outside it")
+                if _inside(root, out_real):
+                    raise TreeError(f"input directory {p} is inside the output {out}: "
+                                    "converting would overwrite the input; choose another output")
+            elif out_real == root:
+                raise TreeError(f"output {out} is the input file itself")
+    guard_roots = tuple(sorted(set(roots)))   # input dirs and files: never write at or below them
+
+    plan = Plan(roots=guard_roots)
+    multi = len(inputs) > 1
+    if multi:
+        names = [os.path.basename(r) for r in roots]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise TreeError(f"several inputs are named {dupes[0]!r}: their outputs would collide; "
+                            "convert them one at a time")
+
+    def job(source: str, rel: str, display: str) -> Job:
+        target = None
+        if write and out_real is not None:
+            target = out_real if single_file_target else os.path.join(out_real, *rel.split("/"))
+        return Job(source, target, rel, display, source.endswith(".py"), options, keep_text,
+                   guard_roots)
+
+    for p, root in zip(inputs, roots):
+        prefix = os.path.basename(root) if multi else ""
+        if os.path.isfile(root):
+            name = os.path.basename(os.path.abspath(p)) if not multi else prefix
+            plan.jobs.append(job(root, name, os.path.normpath(p)))
+            continue
+        _walk(root, root, prefix, os.path.normpath(p), plan, job, write, out_real)
+    plan.jobs.sort(key=lambda j: j.path)
+    return plan
+
+
+def _walk(root: str, directory: str, rel: str, display: str, plan: Plan, job, write: bool,
+          out_real: str | None) -> None:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        plan.notes.append(f"{display}: directory skipped: cannot list it ({exc.strerror or exc})")
+        return
+    if write and out_real is not None:
+        plan.out_dirs.append(os.path.join(out_real, *rel.split("/")) if rel else out_real)
+    for entry in entries:
+        child_rel = _rel((rel, entry.name))
+        child_display = os.path.join(display, entry.name)
+        try:
+            if entry.is_symlink():
+                _link(root, entry, child_rel, child_display, plan, write, out_real)
+            elif entry.is_dir(follow_symlinks=False):
+                if not skip_dir(entry.name, entry.path):
+                    _walk(root, entry.path, child_rel, child_display, plan, job, write, out_real)
+            elif entry.is_file(follow_symlinks=False):
+                if not entry.name.endswith(SKIP_SUFFIXES):
+                    plan.jobs.append(job(entry.path, child_rel, child_display))
+            else:
+                plan.notes.append(f"{child_display}: skipped: not a regular file")
+        except OSError as exc:
+            plan.notes.append(f"{child_display}: skipped: {exc.strerror or exc}")
+
+
+def _link(root: str, entry: os.DirEntry, rel: str, display: str, plan: Plan, write: bool,
+          out_real: str | None) -> None:
+    """Symlinks are never followed. One that points inside the tree is recreated (relative)
+    so that it points at the converted counterpart; others are skipped with a note."""
+    resolved = os.path.realpath(entry.path)
+    if not os.path.exists(resolved):
+        plan.notes.append(f"{display}: skipped: dangling symlink")
+        return
+    if not _inside(resolved, root):
+        plan.notes.append(f"{display}: skipped: symlink to outside the input tree (not followed)")
+        return
+    if write and out_real is not None:
+        target = os.path.join(out_real, *rel.split("/"))
+        link_text = os.path.relpath(resolved, os.path.dirname(os.path.join(root, *rel.split("/"))))
+        plan.links.append((target, link_text, rel))
+
+
+# --------------------------------------------------------------------------- one file
+
+def io_error(message: str) -> Diagnostic:
+    """A file could not be read or written (JP005)."""
+    try:
+        return diag.make("JP005", message)
+    except KeyError:  # code not registered yet: keep the run going with the same record
+        return Diagnostic(line=1, col=0, code="JP005", severity="error", message=message)
+
+
+def _texts(data: bytes, result: FileResult) -> tuple[str | None, str | None]:
+    original, _, err = decode(data)
+    if err is not None:
+        return None, None
+    if result.output == data:
+        return original, original
+    output, _, err = decode(result.output)
+    return original, (output if err is None else None)
+
+
+def _safe_target(target: str, roots: tuple[str, ...]) -> None:
+    """Create the target's directory; refuse a target that resolves into an input (an output
+    directory that is a symlink back into the source, say)."""
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    real = os.path.join(os.path.realpath(parent), name)
+    for root in roots:
+        if _inside(real, root):
+            raise OSError(f"refusing to write {target}: it resolves into the input {root}")
+
+
+def _atomic_write(target: str, data: bytes | None, source: str | None, roots: tuple[str, ...]) -> None:
+    """Write ``data`` (or copy ``source``) to ``target`` via a temp file in the same directory."""
+    _safe_target(target, roots)
+    parent, name = os.path.split(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".jaxport-tmp", dir=parent)
+    try:
+        if data is not None:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        else:
+            os.close(fd)
+            shutil.copyfile(source, tmp)
+        if source is not None:
+            try:
+                os.chmod(tmp, stat.S_IMODE(os.stat(source).st_mode))
+            except OSError:
+                pass
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _failure(job: Job, message: str, tb: str | None = None, code: str = "JP003") -> FileRecord:
+    d = io_error(message) if code == "JP005" else diag.make(code, message)
+    return FileRecord(job.path, job.display, FileResult(job.path, "failed", b"", [d], traceback=tb),
+                      job.python)
+
+
+def process(job: Job) -> FileRecord:
+    """Convert or copy one file. Never raises for problems with the file itself."""
+    try:
+        return _process(job)
+    except Exception as exc:  # a bug here must not stop the run
+        return _failure(job, f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _process(job: Job) -> FileRecord:
+    if not job.python:
+        result = FileResult(job.path, "copied", b"")
+        if job.target is not None:
+            try:
+                _atomic_write(job.target, None, job.source, job.roots)
+            except OSError as exc:
+                result = FileResult(job.path, "failed", b"", [io_error(f"cannot copy to output: {_oserr(exc)}")])
+        elif not os.access(job.source, os.R_OK):
+            result = FileResult(job.path, "failed", b"", [io_error("cannot read file: permission denied")])
+        return FileRecord(job.path, job.display, result, False)
+
+    try:
+        with open(job.source, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return _failure(job, f"cannot read file: {_oserr(exc)}", code="JP005")
+    record = convert_record(data, job.path, job.display, job.options, job.keep_text)
+    if job.target is not None:
+        try:
+            _atomic_write(job.target, record.result.output, job.source, job.roots)
+        except OSError as exc:
+            record.result.status = "failed"
+            record.result.diagnostics.append(io_error(f"cannot write output: {_oserr(exc)}"))
+    record.result.output = b""      # written: do not ship the bytes back to the parent
+    return record
+
+
+def convert_record(data: bytes, path: str, display: str, options: Options, keep_text: bool) -> FileRecord:
+    try:
+        result = convert_bytes(data, path, options)
+    except Exception as exc:
+        result = FileResult(path, "failed", data,
+                            [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
+                            traceback=traceback.format_exc())
+    original = output = None
+    if keep_text and (result.status != "copied" or result.changed):
+        original, output = _texts(data, result)
+    return FileRecord(path, display, result, True, original, output)
+
+
+def _oserr(exc: OSError) -> str:
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return exc.strerror or str(exc)
+
+
+# --------------------------------------------------------------------------- the run
+
+ProgressFn = Callable[[int, int, FileRecord], None]
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def convert_tree(inputs: list[str], out: str | None, options: Options | None = None,
+                 jobs: int | None = None, on_progress: ProgressFn | None = None, *,
+                 check: bool = False, keep_text: bool = False,
+                 stdin: BinaryIO | None = None) -> RunResult:
+    """Convert ``inputs`` (files, directories, or ``["-"]`` for standard input) into ``out``.
+
+    With ``check`` nothing is written. With ``keep_text`` every converted file's original and
+    converted text is kept on its record (for diffs and the HTML report).
+    """
+    options = options or Options()
+    if list(inputs) == [STDIN]:
+        return _convert_stdin(options, check, keep_text, stdin, on_progress)
+    plan = plan_tree(list(inputs), out, options, write=not check, keep_text=keep_text)
+    run = RunResult(notes=list(plan.notes), check=check)
+    for directory in plan.out_dirs:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError:
+            pass  # each file reports its own write error
+    records = _run_jobs(plan.jobs, jobs or default_jobs(), on_progress)
+    for target, link_text, rel in plan.links:
+        try:
+            _safe_target(target, plan.roots)
+            if os.path.islink(target) or os.path.isfile(target):
+                os.unlink(target)   # replace a stale output
+            os.symlink(link_text, target)
+        except OSError as exc:
+            run.notes.append(f"{rel}: symlink not recreated: {_oserr(exc)}")
+    run.records = sorted(records, key=lambda r: r.path)
+    run.notes.sort()
+    return run
+
+
+def _convert_stdin(options: Options, check: bool, keep_text: bool, stdin: BinaryIO | None,
+                   on_progress: ProgressFn | None) -> RunResult:
+    stream = stdin if stdin is not None else sys.stdin.buffer
+    data = stream.read()
+    record = convert_record(data, STDIN_PATH, STDIN_PATH, options, keep_text)
+    run = RunResult(records=[record], check=check, stdout=record.result.output)
+    record.result.output = b""
+    if on_progress:
+        on_progress(1, 1, record)
+    return run
+
+
+def _run_jobs(jobs: list[Job], workers: int, on_progress: ProgressFn | None) -> list[FileRecord]:
+    total = len(jobs)
+    done: list[FileRecord] = []
+
+    def finished(record: FileRecord) -> None:
+        done.append(record)
+        if on_progress:
+            on_progress(len(done), total, record)
+
+    python_jobs = [j for j in jobs if j.python]
+    if workers <= 1 or len(python_jobs) <= 1:
+        for j in jobs:
+            finished(process(j))
+        return done
+
+    # .py files go to worker processes; plain copies are I/O and run here meanwhile.
+    pending = python_jobs
+    for attempt in range(3):
+        if not pending:
+            break
+        isolate = attempt == 2
+        pending = _pool_round(pending, workers, finished, isolate,
+                              copies=[j for j in jobs if not j.python] if attempt == 0 else [])
+    for j in pending:   # crashed even alone: a worker died on this very file
+        finished(_failure(j, "internal error: the worker process converting this file died"))
+    return done
+
+
+def _pool_round(jobs: list[Job], workers: int, finished, isolate: bool, copies: list[Job]) -> list[Job]:
+    """Run jobs in a process pool; return those lost to a broken pool (to retry)."""
+    if isolate:
+        lost = []
+        for j in jobs:
+            lost += _pool_round([j], 1, finished, False, [])
+        return lost
+    lost: list[Job] = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = {pool.submit(process, j): j for j in jobs}
+        for j in copies:
+            finished(process(j))
+        for fut in as_completed(futures):
+            j = futures[fut]
+            try:
+                finished(fut.result())
+            except BrokenProcessPool:
+                lost.append(j)
+            except Exception as exc:
+                finished(_failure(j, f"internal error: {type(exc).__name__}: {exc}"))
+    return sorted(lost, key=lambda j: j.path)
