@@ -1,0 +1,664 @@
+"""Numerical equivalence of a torch module and its converted flax module.
+
+``compare_module`` builds both modules from the same constructor kwargs, copies the torch
+weights into the flax variables (``transpiler.validate.weights.load_torch_state``), draws
+inputs from the spec and compares, in eval mode:
+
+* every output leaf (tuples, lists and dicts are walked; integer and bool leaves exactly);
+* gradients of ``sum(out * cotangent)`` for a fixed random cotangent, w.r.t. every float
+  input and every parameter. Torch's ``.grad`` tensors are put into a copy of the module and
+  sent through the same transfer, so they land in the flax parameter layout. When the
+  transfer merges torch parameters (the flax tree has fewer parameter elements, e.g. an LSTM
+  whose two biases become one) a per-leaf comparison is meaningless; parameter gradients are
+  then compared as directional derivatives ``<grad, v>`` for random directions ``v``;
+* optionally (``train_forward = true``) the outputs of one training-mode forward pass.
+
+The flax side always runs under ``jax.jit``. Tolerance for a float leaf with reference ``r``:
+``|a - r| <= atol * max(1, max|r|) + rtol * |r|`` elementwise (defaults 1e-5 / 1e-5 for
+float32, 1e-2 for float16/bfloat16). ``max_rel_err`` is ``max|a - r| / max(1e-12, max|r|)``.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import itertools
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .spec import (ModuleSpec, SpecError, as_module_spec, draw_dims, draw_inputs, draw_value,
+                   parse_spec_file)
+
+STATUSES = ("pass", "fail", "error", "skip")
+
+DEFAULT_TOL = {  # dtype of the reference -> (rtol, atol factor)
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (1e-2, 1e-2),
+    "float32": (1e-5, 1e-5),
+    "float64": (1e-5, 1e-5),  # jax runs without x64 by default: float32 precision
+}
+
+
+@dataclass
+class Check:
+    name: str                      # forward:out[0], grad:input[0], grad:params/fc1/kernel, ...
+    status: str                    # pass | fail
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ComparisonResult:
+    name: str
+    status: str                    # pass | fail | error | skip
+    checks: list[Check] = field(default_factory=list)
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    message: str = ""
+    examples: int = 0
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status != "pass"]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status,
+                "checks": [c.to_json() for c in self.checks], "examples": self.examples,
+                "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err,
+                "message": self.message}
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {self.status} (max_abs_err={self.max_abs_err:.3g}, "
+                 f"max_rel_err={self.max_rel_err:.3g}) {self.message}".rstrip()]
+        lines += [f"  {c.name}: {c.status} abs={c.max_abs_err:.3g} rel={c.max_rel_err:.3g} "
+                  f"{c.message}".rstrip() for c in self.failures]
+        return "\n".join(lines)
+
+
+def summarize(results: list[ComparisonResult]) -> dict:
+    """The validation report of DESIGN.md: ``{"modules": [...], "summary": {...}}``."""
+    counts = {s: 0 for s in STATUSES}
+    for r in results:
+        counts[r.status] += 1
+    return {"modules": [r.to_json() for r in results], "summary": counts}
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_counter = itertools.count()
+
+
+def load_module_from_path(path: str | Path, name: str | None = None) -> ModuleType:
+    """Import a Python file by path under a fresh, unique module name (registered in
+    ``sys.modules`` so that dataclasses/flax can resolve it)."""
+    path = Path(path)
+    base = "".join(c if c.isalnum() else "_" for c in (name or path.stem))
+    modname = f"_jaxport_validate_{base}_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(modname, None)
+        raise
+    return module
+
+
+def default_transfer() -> Callable:
+    from .weights import load_torch_state  # written separately; imported lazily
+    return load_torch_state
+
+
+# --- trees ----------------------------------------------------------------------------------
+
+class _Slot:
+    __slots__ = ("i",)
+
+    def __init__(self, i: int):
+        self.i = i
+
+
+def _split_arrays(obj) -> tuple[Any, list[np.ndarray]]:
+    """Replace numpy arrays in nested tuples/dicts by slots; returns (skeleton, arrays)."""
+    arrays: list[np.ndarray] = []
+
+    def walk(o):
+        if isinstance(o, np.ndarray):
+            arrays.append(o)
+            return _Slot(len(arrays) - 1)
+        if isinstance(o, tuple):
+            return tuple(walk(x) for x in o)
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        return o
+    return walk(obj), arrays
+
+
+def _fill(skeleton, values):
+    if isinstance(skeleton, _Slot):
+        return values[skeleton.i]
+    if isinstance(skeleton, tuple):
+        return tuple(_fill(x, values) for x in skeleton)
+    if isinstance(skeleton, dict):
+        return {k: _fill(v, values) for k, v in skeleton.items()}
+    return skeleton
+
+
+def _leaves(obj, path: str = "out") -> list[tuple[str, Any]]:
+    """Flatten a model output: tuples/lists by index, mappings by key, everything else a leaf."""
+    if isinstance(obj, Mapping):
+        out = []
+        for k in sorted(obj, key=str):
+            out += _leaves(obj[k], f"{path}[{k!r}]")
+        return out
+    if isinstance(obj, (tuple, list)):
+        out = []
+        for i, x in enumerate(obj):
+            out += _leaves(x, f"{path}[{i}]")
+        return out
+    return [(path, obj)]
+
+
+def _tree_paths(tree, prefix: str = "") -> dict[str, Any]:
+    """``{"fc1/kernel": leaf}`` for a nested mapping of arrays."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            out.update(_tree_paths(v, f"{prefix}/{k}" if prefix else str(k)))
+    else:
+        out[prefix] = tree
+    return out
+
+
+def _torch_to_numpy(x) -> Any:
+    import torch
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return x.float().numpy(), str(x.dtype).replace("torch.", "")
+        return x.numpy(), str(x.dtype).replace("torch.", "")
+    if x is None:
+        return None, None
+    a = np.asarray(x)
+    return a, a.dtype.name
+
+
+def _jax_to_numpy(x) -> Any:
+    if x is None:
+        return None
+    a = np.asarray(x)
+    if a.dtype.name in ("bfloat16", "float16"):
+        a = a.astype(np.float32)
+    return a
+
+
+# --- comparison of one leaf -----------------------------------------------------------------
+
+def compare_arrays(name: str, got, ref, ref_dtype: str | None, rtol: float | None = None,
+                   atol: float | None = None) -> Check:
+    """Compare ``got`` (flax) against ``ref`` (torch) with the tolerance rule of this module."""
+    if ref is None or got is None:
+        ok = ref is None and got is None
+        return Check(name, "pass" if ok else "fail",
+                     message="" if ok else f"one side is None (torch {ref is None}, flax {got is None})")
+    got = np.asarray(got)
+    ref = np.asarray(ref)
+    if got.shape != ref.shape:
+        return Check(name, "fail", float("inf"), float("inf"),
+                     f"shape mismatch: flax {got.shape} vs torch {ref.shape}")
+    kinds = {ref.dtype.kind, got.dtype.kind}
+    if ref.dtype.kind in "biu" or got.dtype.kind in "biu":
+        if not kinds <= {"i", "u"} and kinds != {"b"}:
+            return Check(name, "fail", float("inf"), float("inf"),
+                         f"dtype mismatch: flax {got.dtype} vs torch {ref_dtype or ref.dtype}")
+        diff = np.abs(got.astype(np.int64) - ref.astype(np.int64)) if ref.size else np.zeros(0)
+        err = float(diff.max()) if diff.size else 0.0
+        bad = int((diff != 0).sum())
+        return Check(name, "pass" if bad == 0 else "fail", err, err,
+                     "" if bad == 0 else f"{bad}/{ref.size} integer elements differ")
+    dflt = DEFAULT_TOL.get(ref_dtype or ref.dtype.name, DEFAULT_TOL["float32"])
+    rtol = dflt[0] if rtol is None else rtol
+    atol = dflt[1] if atol is None else atol
+    ref64 = ref.astype(np.float64)
+    got64 = got.astype(np.float64)
+    if ref.size == 0:
+        return Check(name, "pass")
+    nan_ref, nan_got = np.isnan(ref64), np.isnan(got64)
+    if (nan_ref != nan_got).any():
+        return Check(name, "fail", float("nan"), float("nan"),
+                     f"NaN mismatch: torch has {int(nan_ref.sum())}, flax {int(nan_got.sum())}")
+    finite = np.isfinite(ref64) & np.isfinite(got64)
+    if (~np.isfinite(ref64) != ~np.isfinite(got64)).any() or (
+            (~finite & ~nan_ref) & (ref64 != got64)).any():
+        return Check(name, "fail", float("inf"), float("inf"), "inf mismatch")
+    r, g = ref64[finite], got64[finite]
+    diff = np.abs(g - r)
+    max_ref = float(np.abs(r).max()) if r.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = max_abs / max(max_ref, 1e-12)
+    allowed = atol * max(1.0, max_ref) + rtol * np.abs(r)
+    bad = diff > allowed
+    if bad.any():
+        idx = np.unravel_index(int(np.argmax(diff - allowed)), ref.shape) if ref.shape else ()
+        msg = (f"{int(bad.sum())}/{ref.size} elements outside rtol={rtol:g}, "
+               f"atol={atol:g}*max(1, {max_ref:.3g}); worst at {tuple(int(i) for i in idx)}: "
+               f"flax {got64[idx]:.6g} vs torch {ref64[idx]:.6g}")
+        return Check(name, "fail", max_abs, max_rel, msg)
+    return Check(name, "pass", max_abs, max_rel)
+
+
+# --- the harness ----------------------------------------------------------------------------
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _perturb(module, seed: int) -> None:
+    """Make eval-mode checks meaningful: random running stats, and no constant parameters
+    (ones/zeros from default or custom init would hide swapped scale/bias or mean/var)."""
+    import torch
+    gen = torch.Generator().manual_seed(seed + 7919)
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            if not buf.is_floating_point():
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_mean":
+                buf.copy_(torch.randn(buf.shape, generator=gen) * 0.2)
+            elif leaf == "running_var":
+                buf.copy_(torch.rand(buf.shape, generator=gen) * 0.5 + 0.75)
+        for _, p in module.named_parameters():
+            if p.is_floating_point() and p.numel() and bool((p == p.reshape(-1)[0]).all()):
+                p.add_((torch.randn(p.shape, generator=gen) * 0.1).to(p.dtype))
+
+
+def _to_torch(a):
+    import torch
+    if isinstance(a, np.ndarray):
+        if a.dtype.name == "bfloat16":
+            return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+        return torch.from_numpy(np.ascontiguousarray(a).copy())
+    return a
+
+
+def _to_jax(a):
+    import jax
+    import jax.numpy as jnp
+    if not jax.config.jax_enable_x64:
+        if a.dtype == np.int64:
+            a = a.astype(np.int32)
+        elif a.dtype == np.float64:
+            a = a.astype(np.float32)
+    return jnp.asarray(a)
+
+
+def _is_float(a: np.ndarray) -> bool:
+    return a.dtype.kind == "f" or a.dtype.name == "bfloat16"
+
+
+def _param_size(tree) -> int:
+    return sum(int(np.size(v)) for v in _tree_paths(tree).values())
+
+
+class _Failed(Exception):
+    pass
+
+
+def compare_module(torch_cls, flax_cls, spec_table: ModuleSpec | dict, seed: int = 0, *,
+                   name: str | None = None, dims: dict[str, int] | None = None,
+                   transfer: Callable | None = None, rtol: float | None = None,
+                   atol: float | None = None, check_grads: bool = True,
+                   examples: int | None = None) -> ComparisonResult:
+    """Compare ``torch_cls`` and ``flax_cls`` on the case described by ``spec_table``.
+
+    ``spec_table`` is a parsed ``ModuleSpec`` or a raw table (dict). ``dims`` fixes the
+    symbolic dims (otherwise drawn from the spec ranges with ``seed``). ``transfer`` defaults
+    to ``transpiler.validate.weights.load_torch_state(torch_module, variables) -> variables``.
+    ``rtol``/``atol`` override the spec and the dtype defaults. Never raises for problems
+    of the modules under test: they become ``status == "error"``.
+    """
+    try:
+        spec = as_module_spec(spec_table, name or getattr(torch_cls, "__name__", "<module>"))
+    except SpecError as exc:
+        return ComparisonResult(name or "<module>", "error", message=str(exc))
+    name = name or spec.name
+    if spec.skip:
+        return ComparisonResult(name, "skip", message=spec.skip)
+    run = _Run(torch_cls, flax_cls, spec, seed, name, dims, transfer, rtol, atol, check_grads)
+    n = examples if examples is not None else spec.examples
+    try:
+        for i in range(n):
+            run.example(i)
+    except _Failed:
+        pass
+    except Exception as exc:  # noqa: BLE001 - every problem of the code under test is reported
+        tb = traceback.format_exc(limit=-4)
+        run.error = f"{run.phase}: {type(exc).__name__}: {exc}\n{tb}"
+    return run.result()
+
+
+class _Run:
+    def __init__(self, torch_cls, flax_cls, spec: ModuleSpec, seed, name, dims, transfer,
+                 rtol, atol, check_grads):
+        self.torch_cls, self.flax_cls, self.spec, self.seed, self.name = torch_cls, flax_cls, spec, seed, name
+        self.fixed_dims, self.transfer = dims, transfer
+        self.rtol = rtol if rtol is not None else spec.rtol
+        self.atol = atol if atol is not None else spec.atol
+        self.grad_rtol = rtol if rtol is not None else (spec.grad_rtol if spec.grad_rtol is not None else spec.rtol)
+        self.grad_atol = atol if atol is not None else (spec.grad_atol if spec.grad_atol is not None else spec.atol)
+        self.check_grads = check_grads and not spec.skip_grad
+        self.checks: list[Check] = []
+        self.phase = "setup"
+        self.error: str | None = None
+        self.examples = 0
+        self.torch_module = None
+        self.variables = None
+        self.notes: list[str] = []
+        if spec.skip_grad:
+            self.notes.append(f"gradients not compared: {spec.skip_grad}")
+
+    # -- result
+    def result(self) -> ComparisonResult:
+        errs = [c.max_abs_err for c in self.checks] or [0.0]
+        rels = [c.max_rel_err for c in self.checks] or [0.0]
+        if self.error is not None:
+            status, message = "error", self.error
+        elif any(c.status != "pass" for c in self.checks):
+            bad = [c for c in self.checks if c.status != "pass"]
+            status = "fail"
+            message = f"{len(bad)} check(s) failed: " + "; ".join(
+                f"{c.name}: {c.message}" for c in bad[:5])
+        elif not self.checks:
+            status, message = "error", "nothing was compared"
+        else:
+            status, message = "pass", ""
+        if self.notes:
+            message = (message + " | " if message else "") + "; ".join(self.notes)
+        return ComparisonResult(self.name, status, self.checks, max(errs), max(rels), message,
+                                self.examples)
+
+    def add(self, check: Check) -> None:
+        self.checks.append(check)
+
+    # -- one example
+    def example(self, index: int) -> None:
+        import jax
+        import torch
+
+        spec = self.spec
+        rng = np.random.default_rng([self.seed, index])
+        dims = dict(self.fixed_dims) if self.fixed_dims else draw_dims(spec, rng)
+        self.phase = "drawing inputs"
+        args, kwargs = draw_inputs(spec, rng, dims)
+        skeleton, arrays = _split_arrays((args, kwargs))
+        float_idx = [i for i, a in enumerate(arrays) if _is_float(a)]
+        jarrays = [_to_jax(a) for a in arrays]
+        tag = f"[{index}]" if index else ""
+
+        if self.torch_module is None:
+            self.phase = "constructing the torch module"
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.torch_module = self.torch_cls(**spec.init)
+            if spec.perturb:
+                _perturb(self.torch_module, self.seed)
+            self.phase = "constructing the flax module"
+            self.flax_module = self.flax_cls(**spec.init)
+            self.phase = "initialising the flax variables"
+            key = jax.random.PRNGKey(self.seed)
+            names = ["params", "dropout", *spec.rngs]
+            rngs = dict(zip(names, jax.random.split(key, len(names))))
+            if spec.method and spec.init_inputs is not None:
+                sk, arrs = _split_arrays(tuple(draw_value(x, rng, dims) for x in spec.init_inputs))
+                init_args = _fill(sk, [_to_jax(x) for x in arrs])
+                variables = self.flax_module.init(rngs, *init_args)
+            else:
+                a, k = _fill(skeleton, jarrays)
+                variables = self.flax_module.init(rngs, *a, **k, method=spec.method)
+            variables = _unfreeze(variables)
+            self.phase = "transferring weights"
+            transfer = self.transfer or default_transfer()
+            self.transfer = transfer
+            self.variables = _unfreeze(transfer(self.torch_module, variables))
+
+        method = spec.method or "__call__"
+        extra = {"train": False} if _accepts(getattr(self.flax_cls, method), "train") else {}
+        flax_module = self.flax_module
+
+        def apply(variables, arrs):
+            a, k = _fill(skeleton, arrs)
+            return flax_module.apply(variables, *a, **k, **extra, method=spec.method)
+
+        # --- forward, eval mode
+        self.phase = "torch forward"
+        tm = self.torch_module
+        tm.eval()
+        targs = [_to_torch(a) for a in arrays]
+        leaves_in = {}
+        for i in float_idx:
+            leaves_in[i] = targs[i].detach().clone().requires_grad_(True)
+            targs[i] = leaves_in[i].clone() if self.check_grads else leaves_in[i]
+        for p in tm.parameters():
+            p.grad = None
+        ta, tk = _fill(skeleton, targs)
+        with torch.set_grad_enabled(self.check_grads):
+            tout = getattr(tm, spec.method)(*ta, **tk) if spec.method else tm(*ta, **tk)
+        self.phase = "flax forward (jit)"
+        fout = jax.jit(apply)(self.variables, jarrays)
+        self.phase = "comparing outputs"
+        t_leaves, f_leaves = _leaves(tout), _leaves(fout)
+        if [p for p, _ in t_leaves] != [p for p, _ in f_leaves]:
+            self.add(Check(f"forward{tag}", "fail", float("inf"), float("inf"),
+                           f"output structure differs: torch {[p for p, _ in t_leaves]} vs "
+                           f"flax {[p for p, _ in f_leaves]}"))
+            raise _Failed
+        for (path, tv), (_, fv) in zip(t_leaves, f_leaves):
+            ref, dt = _torch_to_numpy(tv)
+            self.add(compare_arrays(f"forward{tag}:{path}", _jax_to_numpy(fv), ref, dt,
+                                    self.rtol, self.atol))
+        self.examples += 1
+
+        # --- gradients
+        if self.check_grads:
+            self._grads(index, tag, rng, t_leaves, f_leaves, leaves_in, arrays, jarrays,
+                        float_idx, apply)
+        # --- training-mode forward
+        if spec.train_forward:
+            self._train_forward(tag, skeleton, arrays, jarrays, method)
+
+    def _grads(self, index, tag, rng, t_leaves, f_leaves, leaves_in, arrays, jarrays,
+               float_idx, apply):
+        import jax
+        import jax.numpy as jnp
+        import torch
+
+        self.phase = "torch backward"
+        tm = self.torch_module
+        cts: list[np.ndarray | None] = []
+        loss = None
+        for (_, tv), (_, fv) in zip(t_leaves, f_leaves):
+            if isinstance(tv, torch.Tensor) and tv.is_floating_point():
+                ct = rng.standard_normal(tuple(tv.shape)).astype(np.float32)
+                cts.append(ct)
+                if tv.requires_grad:
+                    term = (tv.float() * torch.from_numpy(ct)).sum()
+                    loss = term if loss is None else loss + term
+            else:
+                cts.append(None)
+        if loss is None:
+            self.notes.append("no differentiable output: gradients not compared")
+            return
+        loss.backward()
+        params = dict(tm.named_parameters())
+        t_param_grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+                         for n, p in params.items()}
+        t_input_grads = {i: (leaves_in[i].grad if leaves_in[i].grad is not None
+                             else torch.zeros_like(leaves_in[i])) for i in float_idx}
+
+        self.phase = "flax gradients (jit)"
+        variables = self.variables
+        flax_params = variables.get("params", {})
+        jcts = [None if c is None else jnp.asarray(c) for c in cts]
+
+        def loss_fn(p, floats):
+            arrs = list(jarrays)
+            for i, f in zip(float_idx, floats):
+                arrs[i] = f
+            out = apply({**variables, "params": p}, arrs)
+            total = jnp.zeros((), jnp.float32)
+            for (_, v), c in zip(_leaves(out), jcts):
+                if c is not None:
+                    total = total + jnp.sum(jnp.asarray(v).astype(jnp.float32) * c)
+            return total
+
+        g_params, g_inputs = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(
+            flax_params, [jarrays[i] for i in float_idx])
+
+        self.phase = "comparing input gradients"
+        for k, i in enumerate(float_idx):
+            ref, dt = _torch_to_numpy(t_input_grads[i])
+            self.add(compare_arrays(f"grad{tag}:input#{i}", _jax_to_numpy(g_inputs[k]), ref, dt,
+                                    self.grad_rtol, self.grad_atol))
+
+        if not params:
+            return
+        self.phase = "comparing parameter gradients"
+        mode = self.spec.grad_params
+        torch_size = sum(p.numel() for p in params.values())
+        if mode == "auto":
+            mode = "directional" if _param_size(flax_params) < torch_size else "leaves"
+        if mode == "leaves":
+            gm = _with_values(tm, t_param_grads)
+            mapped = _tree_paths(_unfreeze(self.transfer(gm, variables)).get("params", {}))
+            fl = _tree_paths(g_params)
+            for path in sorted(set(mapped) | set(fl)):
+                if path not in fl or path not in mapped:
+                    self.add(Check(f"grad{tag}:params/{path}", "fail", float("inf"), float("inf"),
+                                   "parameter missing on the " + ("flax" if path not in fl else "torch") + " side"))
+                    continue
+                ref = _jax_to_numpy(mapped[path])
+                self.add(compare_arrays(f"grad{tag}:params/{path}", _jax_to_numpy(fl[path]), ref,
+                                        "float32", self.grad_rtol, self.grad_atol))
+        else:
+            self.notes.append("parameter gradients compared as directional derivatives")
+            gen = torch.Generator().manual_seed(self.seed * 1000 + index)
+            fl = _tree_paths(g_params)
+            for k in range(3):
+                v = {n: torch.randn(p.shape, generator=gen).to(p.dtype) for n, p in params.items()}
+                ref = sum(float((t_param_grads[n].double() * v[n].double()).sum()) for n in params)
+                scale = sum(float((t_param_grads[n].double() * v[n].double()).abs().sum()) for n in params)
+                tv = _tree_paths(_unfreeze(self.transfer(_with_values(tm, v), variables)).get("params", {}))
+                if set(tv) != set(fl):
+                    self.add(Check(f"grad{tag}:params(direction {k})", "fail", float("inf"), float("inf"),
+                                   f"parameter trees differ: {sorted(set(tv) ^ set(fl))}"))
+                    return
+                got = sum(float(np.sum(np.asarray(fl[p], np.float64) * np.asarray(tv[p], np.float64)))
+                          for p in fl)
+                atol = (self.grad_atol if self.grad_atol is not None else 1e-5)
+                rtol = (self.grad_rtol if self.grad_rtol is not None else 1e-5)
+                # a dot product accumulates error like the sum of |terms|
+                err = abs(got - ref)
+                ok = err <= atol * max(1.0, scale) + rtol * abs(ref)
+                self.add(Check(f"grad{tag}:params(direction {k})", "pass" if ok else "fail", err,
+                               err / max(abs(ref), 1e-12),
+                               "" if ok else f"<grad, v>: flax {got:.6g} vs torch {ref:.6g}"))
+
+    def _train_forward(self, tag, skeleton, arrays, jarrays, method):
+        import jax
+        import torch
+
+        self.phase = "torch forward (train mode)"
+        tm = copy.deepcopy(self.torch_module)
+        tm.train()
+        ta, tk = _fill(skeleton, [_to_torch(a) for a in arrays])
+        with torch.no_grad():
+            tout = getattr(tm, self.spec.method)(*ta, **tk) if self.spec.method else tm(*ta, **tk)
+        self.phase = "flax forward (train mode, jit)"
+        mutable = [c for c in self.variables if c != "params"]
+        flax_module, spec = self.flax_module, self.spec
+        train_kw = {"train": True} if _accepts(getattr(self.flax_cls, method), "train") else {}
+        rngs = {"dropout": jax.random.PRNGKey(self.seed + 1)}
+
+        def apply_train(variables, arrs):
+            a, k = _fill(skeleton, arrs)
+            out = flax_module.apply(variables, *a, **k, **train_kw, method=spec.method,
+                                    mutable=mutable, rngs=rngs)
+            return out[0] if mutable else out
+
+        fout = jax.jit(apply_train)(self.variables, jarrays)
+        t_leaves, f_leaves = _leaves(tout), _leaves(fout)
+        if [p for p, _ in t_leaves] != [p for p, _ in f_leaves]:
+            self.add(Check(f"train_forward{tag}", "fail", float("inf"), float("inf"),
+                           "output structure differs"))
+            return
+        for (path, tv), (_, fv) in zip(t_leaves, f_leaves):
+            ref, dt = _torch_to_numpy(tv)
+            self.add(compare_arrays(f"train_forward{tag}:{path}", _jax_to_numpy(fv), ref, dt,
+                                    self.rtol, self.atol))
+
+
+def _unfreeze(tree):
+    try:
+        from flax.core import unfreeze
+        return unfreeze(tree)
+    except Exception:  # noqa: BLE001
+        return tree
+
+
+def _with_values(module, values: dict):
+    """A deep copy of ``module`` whose parameters hold ``values`` (tied parameters stay tied)."""
+    import torch
+    m = copy.deepcopy(module)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            p.grad = None
+            p.copy_(values[n])
+    return m
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def compare_files(original: str | Path, converted: str | Path, spec: str | Path | dict | None = None,
+                  modules: list[str] | None = None, seed: int = 0,
+                  examples: int | None = None, transfer: Callable | None = None) -> list[ComparisonResult]:
+    """Compare every case of a spec (default: ``original`` with suffix ``.toml``)."""
+    original, converted = Path(original), Path(converted)
+    if spec is None:
+        spec = original.with_suffix(".toml")
+    cases = spec if isinstance(spec, dict) else parse_spec_file(spec)
+    cases = {k: as_module_spec(v, k) for k, v in cases.items()}
+    if modules:
+        cases = {k: v for k, v in cases.items() if k in modules or v.cls in modules}
+    try:
+        tmod = load_module_from_path(original, original.stem)
+        fmod = load_module_from_path(converted, converted.stem)
+    except Exception as exc:  # noqa: BLE001
+        return [ComparisonResult(k, "error", message=f"import failed: {type(exc).__name__}: {exc}")
+                for k in cases]
+    results = []
+    for case, ms in cases.items():
+        tcls, fcls = getattr(tmod, ms.cls, None), getattr(fmod, ms.cls, None)
+        if tcls is None or fcls is None:
+            side = "original" if tcls is None else "converted"
+            results.append(ComparisonResult(case, "error", message=f"class {ms.cls} not found in the {side} file"))
+            continue
+        results.append(compare_module(tcls, fcls, ms, seed, name=case, examples=examples,
+                                      transfer=transfer))
+    return results
