@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import libcst as cst
-import libcst.matchers as m
 
 from ..names import dotted, qualify
 from .base import Rule
@@ -80,6 +79,9 @@ def _call_kind_for(expr: cst.BaseExpression, ctx, classes: dict[str, ClassInfo],
             return SubmoduleKind("custom", "plain")
     if isinstance(expr, (cst.List, cst.Tuple)):
         return SubmoduleKind("list", element=_element_kind(expr, ctx, classes, helper_returns))
+    if isinstance(expr, cst.IfExp):
+        kinds = [_call_kind_for(e, ctx, classes, helper_returns) for e in (expr.body, expr.orelse)]
+        return _combine(kinds) or SubmoduleKind("value")
     return SubmoduleKind("value")
 
 
@@ -87,11 +89,7 @@ def _element_kind(expr, ctx, classes, helper_returns) -> SubmoduleKind | None:
     if isinstance(expr, (cst.ListComp, cst.GeneratorExp)):
         return _call_kind_for(expr.elt, ctx, classes, helper_returns)
     if isinstance(expr, (cst.List, cst.Tuple)) and expr.elements:
-        kinds = [_call_kind_for(e.value, ctx, classes, helper_returns) for e in expr.elements]
-        if all(k.kind == kinds[0].kind and k.call == kinds[0].call for k in kinds):
-            return kinds[0]
-        if any(k.call != "plain" for k in kinds):
-            return SubmoduleKind("mixed", "train")
+        return _combine([_call_kind_for(e.value, ctx, classes, helper_returns) for e in expr.elements])
     return None
 
 
@@ -149,21 +147,35 @@ def _returned(fn: cst.FunctionDef) -> list[cst.BaseExpression]:
     return values
 
 
+def _bound_by(target: cst.BaseExpression) -> set[str]:
+    """Names an assignment target binds (``a``, ``a, (b, c)``; not ``self.a`` or ``x[i]``)."""
+    if isinstance(target, cst.Name):
+        return {target.value}
+    if isinstance(target, (cst.Tuple, cst.List)):
+        out: set[str] = set()
+        for el in target.elements:
+            out |= _bound_by(el.value)
+        return out
+    if isinstance(target, cst.StarredElement):
+        return _bound_by(target.value)
+    return set()
+
+
 def _rebound_names(fn: cst.FunctionDef) -> set[str]:
     names: set[str] = set()
 
     class _V(cst.CSTVisitor):
         def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-            for n in m.findall(node.target, m.Name()):
-                names.add(n.value)
+            names.update(_bound_by(node.target))
 
         def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            if isinstance(node.target, cst.Name):
-                names.add(node.target.value)
+            names.update(_bound_by(node.target))
 
         def visit_For(self, node: cst.For) -> None:
-            for n in m.findall(node.target, m.Name()):
-                names.add(n.value)
+            names.update(_bound_by(node.target))
+
+        def visit_CompFor(self, node: cst.CompFor) -> None:
+            names.update(_bound_by(node.target))
 
         def visit_Attribute(self, node: cst.Attribute) -> bool:
             return False
@@ -224,6 +236,10 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
                 kind = _call_kind_for(value, ctx, classes, helper_returns)
                 if _is_empty_container(value, ctx):
                     info.accumulated.add(attr)
+                    appended = [_call_kind_for(v, ctx, classes, helper_returns)
+                                for f in [init, *(methods[h] for h in info.setup_helpers)] if f is not None
+                                for v in _appended(f, attr)]
+                    kind.element = _combine(appended)
                 if kind.kind != "value" or attr not in info.submodules:
                     info.submodules[attr] = kind
         # runtime methods: forward plus anything that needs the train flag
@@ -256,9 +272,36 @@ def _is_static(fn: cst.FunctionDef) -> bool:
 
 
 def _is_empty_container(value: cst.BaseExpression, ctx) -> bool:
-    if isinstance(value, cst.Call) and not value.args:
-        return qualify(value.func, ctx.aliases) in ("torch.nn.ModuleList", "torch.nn.ModuleDict")
+    if isinstance(value, cst.Call) and qualify(value.func, ctx.aliases) in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
+        if not value.args:
+            return True
+        inner = value.args[0].value
+        return isinstance(inner, (cst.List, cst.Dict)) and not inner.elements
     return isinstance(value, (cst.List,)) and not value.elements
+
+
+def _appended(fn: cst.FunctionDef, attr: str) -> list[cst.BaseExpression]:
+    """Values passed to ``self.<attr>.append(v)`` in a method."""
+    found: list[cst.BaseExpression] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            if dotted(node.func) == f"self.{attr}.append" and node.args:
+                found.append(node.args[0].value)
+
+    fn.visit(_V())
+    return found
+
+
+def _combine(kinds: list["SubmoduleKind"]) -> "SubmoduleKind | None":
+    if not kinds:
+        return None
+    first = kinds[0]
+    if all(k.kind == first.kind and k.call == first.call for k in kinds):
+        return first
+    if all(k.call == first.call for k in kinds):
+        return SubmoduleKind("mixed", first.call)
+    return SubmoduleKind("mixed", "any")
 
 
 # ------------------------------------------------------------------ rewriting helpers
@@ -361,10 +404,18 @@ class ModulesRule(Rule):
         if info is None or not self.loop_vars:
             return
         name = dotted(node.iter)
-        if isinstance(node.target, cst.Name) and name and name.startswith("self."):
-            kind = info.submodules.get(name[5:])
-            if kind is not None and kind.kind in ("list", "sequential") and kind.element is not None:
-                self.loop_vars[-1][node.target.value] = kind.element
+        if not (name and name.startswith("self.")):
+            return
+        kind = info.submodules.get(name[5:])
+        element = kind.element if kind is not None else None
+        if element is None:
+            return
+        if isinstance(node.target, cst.Name):
+            self.loop_vars[-1][node.target.value] = element
+        elif isinstance(node.target, (cst.Tuple, cst.List)) and element.element is not None:
+            for el in node.target.elements:
+                if isinstance(el.value, cst.Name):
+                    self.loop_vars[-1][el.value.value] = element.element
 
     def _info(self) -> ClassInfo | None:
         return self.class_stack[-1] if self.class_stack else None
@@ -405,28 +456,27 @@ class ModulesRule(Rule):
             return updated
         name = dotted(original.func)
         method = self._method()
-        if name and name.startswith("self.") and name.count(".") == 1 and method in info.runtime_methods:
+        if method not in info.runtime_methods:
+            return updated
+        if name and name.startswith("self.") and name.count(".") == 1:
             attr = name[5:]
             kind = info.submodules.get(attr)
             if kind is not None:
-                arg = _train_kwarg(kind.call)
-                return _add_arg(updated, arg) if arg else updated
+                return _call_with_kind(updated, kind, self.ctx)
             if attr in info.runtime_methods:
                 return _add_arg(updated, _train_kwarg("train"))
             if attr == "forward":
                 return _add_arg(updated.with_changes(func=cst.Name("self")), _train_kwarg("train"))
-        if isinstance(original.func, cst.Name) and self.loop_vars and method in info.runtime_methods:
+        if isinstance(original.func, cst.Name) and self.loop_vars:
             kind = self.loop_vars[-1].get(original.func.value)
             if kind is not None:
-                arg = _train_kwarg(kind.call if kind.kind != "mixed" else "train")
-                return _add_arg(updated, arg) if arg else updated
-        if (isinstance(original.func, cst.Subscript) and method in info.runtime_methods):
+                return _call_with_kind(updated, kind, self.ctx)
+        if isinstance(original.func, cst.Subscript):
             base = dotted(original.func.value)
             if base and base.startswith("self.") and base[5:] in info.submodules:
                 element = info.submodules[base[5:]].element
                 if element is not None:
-                    arg = _train_kwarg(element.call if element.kind != "mixed" else "train")
-                    return _add_arg(updated, arg) if arg else updated
+                    return _call_with_kind(updated, element, self.ctx)
         return updated
 
     def _sequential(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
@@ -625,9 +675,26 @@ class ModulesRule(Rule):
                 and isinstance(body[0].body[0].value, (cst.SimpleString, cst.ConcatenatedString)):
             head, body = body[:1], body[1:]
         if fields and body:
-            body[0] = body[0].with_changes(leading_lines=[cst.EmptyLine(), *body[0].leading_lines]) \
+            body[0] = body[0].with_changes(leading_lines=[cst.EmptyLine(indent=False), *body[0].leading_lines]) \
                 if not body[0].leading_lines else body[0]
         return updated.with_changes(bases=bases, body=updated.body.with_changes(body=[*head, *fields, *body]))
+
+
+def _call_with_kind(call: cst.Call, kind: SubmoduleKind, ctx) -> cst.BaseExpression:
+    """Pass the training flag to a submodule call the way that submodule takes it."""
+    if kind.call == "any":
+        # layers of different kinds behind one name: let the helper pick at run time
+        if len(call.args) == 1 and not call.args[0].keyword and not call.args[0].star:
+            ctx.emits.add("call_layer")
+            return cst.Call(func=cst.Name("call_layer"),
+                            args=[cst.Arg(call.func, comma=_COMMA), call.args[0].with_changes(comma=_COMMA),
+                                  cst.Arg(cst.Name(TRAIN))])
+        return call
+    arg = _train_kwarg(kind.call)
+    return _add_arg(call, arg) if arg else call
+
+
+_COMMA = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
 
 
 def _with_train_param(fn: cst.FunctionDef) -> cst.FunctionDef:
