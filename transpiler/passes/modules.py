@@ -43,6 +43,7 @@ class ClassInfo:
     setup_helpers: set[str] = field(default_factory=set)  # methods called from __init__
     runtime_methods: set[str] = field(default_factory=set)  # methods that take `train`
     accumulated: set[str] = field(default_factory=set)    # ModuleList() built by .append
+    tied: dict[str, str] = field(default_factory=dict)    # Linear attr → Embedding attr sharing its weight
     has_init: bool = False
     has_forward: bool = False
 
@@ -264,7 +265,38 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
                     runtime.add(name)
                     changed = True
         info.runtime_methods = runtime
+        if init is not None:
+            info.tied = _weight_ties(init, info, ctx)
     return classes
+
+
+def _weight_ties(init: cst.FunctionDef, info: ClassInfo, ctx) -> dict[str, str]:
+    """``self.head.weight = self.emb.weight`` (either way round) between a bias-free Linear
+    and an Embedding: the Linear's calls become ``self.emb.attend(x)``, flax's tied output."""
+    ties: dict[str, str] = {}
+    layer_of: dict[str, str] = {}
+    for attr, value in _self_assignments(init):
+        if isinstance(value, cst.Call):
+            q = qualify(value.func, ctx.aliases)
+            if q in ("torch.nn.Linear", "torch.nn.Embedding"):
+                has_bias = q == "torch.nn.Linear" and not any(
+                    (a.keyword is not None and a.keyword.value == "bias" or i == 2) and
+                    isinstance(a.value, cst.Name) and a.value.value == "False"
+                    for i, a in enumerate(value.args))
+                layer_of[attr] = "biased" if has_bias else q
+    for stmt in init.body.body:
+        if not (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Assign)):
+            continue
+        assign = stmt.body[0]
+        left, right = dotted(assign.targets[0].target), dotted(assign.value)
+        if not (left and right and left.endswith(".weight") and right.endswith(".weight")):
+            continue
+        a, b = left.split(".")[1], right.split(".")[1]
+        kinds = {layer_of.get(a), layer_of.get(b)}
+        if kinds == {"torch.nn.Linear", "torch.nn.Embedding"}:
+            linear, embedding = (a, b) if layer_of[a] == "torch.nn.Linear" else (b, a)
+            ties[linear] = embedding
+    return ties
 
 
 def _is_static(fn: cst.FunctionDef) -> bool:
@@ -438,6 +470,12 @@ class ModulesRule(Rule):
         if dotted(original) == "self.training" and self._method() in info.runtime_methods:
             return cst.Name(TRAIN)
         name = dotted(original)
+        parts = (name or "").split(".")
+        if (len(parts) == 3 and parts[0] == "self" and parts[2] in ("weight", "bias")
+                and parts[1] in info.submodules and info.submodules[parts[1]].kind == "layer"
+                and self._method() in info.runtime_methods):
+            self.ctx.report(original, "JP304", f"{name}: read the parameter through the layer "
+                            "(flax creates it lazily), e.g. self.variables['params']")
         if (self._method() in ("__init__", *info.setup_helpers) and name and name.startswith("self.")
                 and name.count(".") == 1 and name[5:] in info.accumulated):
             return cst.Name(f"_{name[5:]}")
@@ -458,6 +496,8 @@ class ModulesRule(Rule):
         method = self._method()
         if method not in info.runtime_methods:
             return updated
+        if name and name.startswith("self.") and name.count(".") == 1 and name[5:] in info.tied:
+            return updated.with_changes(func=cst.parse_expression(f"self.{info.tied[name[5:]]}.attend"))
         if name and name.startswith("self.") and name.count(".") == 1:
             attr = name[5:]
             kind = info.submodules.get(attr)
@@ -528,6 +568,15 @@ class ModulesRule(Rule):
             return updated
         if method == "__init__" and _is_super_init(stmt, self.ctx):
             return cst.RemoveFromParent()
+        if method == "__init__" and info.tied and isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
+            target = dotted(stmt.targets[0].target) or ""
+            parts = target.split(".")
+            if len(parts) == 2 and parts[1] in info.tied:
+                self.ctx.report(stmt, "JP307", f"self.{parts[1]} shares its weight with self.{info.tied[parts[1]]}: "
+                                f"its calls use self.{info.tied[parts[1]]}.attend")
+                return cst.RemoveFromParent()
+            if len(parts) == 3 and parts[2] == "weight" and (parts[1] in info.tied or parts[1] in info.tied.values()):
+                return cst.RemoveFromParent()
         if method in ("__init__", *info.setup_helpers):
             # `self.hidden = hidden` restates a field: flax already has it
             if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
