@@ -625,8 +625,11 @@ class ModulesRule(Rule):
             if name == "self.register_buffer" and len(call.args) >= 2 and isinstance(call.args[0].value, cst.SimpleString):
                 attr = call.args[0].value.evaluated_value
                 if isinstance(attr, str) and attr.isidentifier():
+                    value = call.args[1].value
+                    if "\n" in cst.Module([]).code_for_node(value) and not value.lpar:
+                        value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
                     return cst.Assign(targets=[cst.AssignTarget(target=cst.parse_expression(f"self.{attr}"))],
-                                      value=call.args[1].value)
+                                      value=value)
         return None
 
     def _init_statement(self, stmt) -> str | None:

@@ -1,0 +1,1 @@
+"""Benchmarks and measurements (run with ``python -m benchmarks.<name>``)."""
