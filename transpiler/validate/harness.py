@@ -416,11 +416,11 @@ class _Run:
             self.phase = "constructing the torch module"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                self.torch_module = self.torch_cls(**spec.init)
+                self.torch_module = self.torch_cls(**_tuplify(spec.init))
             if spec.perturb:
                 _perturb(self.torch_module, self.seed)
             self.phase = "constructing the flax module"
-            self.flax_module = self.flax_cls(**spec.init)
+            self.flax_module = self.flax_cls(**_tuplify(spec.init))
             self.phase = "initialising the flax variables"
             key = jax.random.PRNGKey(self.seed)
             names = ["params", "dropout", *spec.rngs]
@@ -612,6 +612,17 @@ class _Run:
             ref, dt = _torch_to_numpy(tv)
             self.add(compare_arrays(f"train_forward{tag}:{path}", _jax_to_numpy(fv), ref, dt,
                                     self.rtol, self.atol))
+
+
+def _tuplify(kwargs: dict) -> dict:
+    """TOML has arrays, not tuples: pass constructor sequences as (hashable) tuples."""
+    def conv(v):
+        if isinstance(v, list):
+            return tuple(conv(x) for x in v)
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return {k: conv(v) for k, v in kwargs.items()}
 
 
 def _unfreeze(tree):

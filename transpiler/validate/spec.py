@@ -125,8 +125,18 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class Literal:
-    """A non-array argument passed through unchanged."""
+    """A non-array argument passed through unchanged (``{ value = ... }``), or, with a
+    dtype (``{ value = [[1, 0]], dtype = "bool" }``), a fixed array."""
     value: Any
+    dtype: str | None = None
+
+    def array(self) -> np.ndarray | None:
+        if self.dtype is None:
+            return None
+        if self.dtype == "bfloat16":
+            import ml_dtypes
+            return np.asarray(self.value, dtype=np.float32).astype(ml_dtypes.bfloat16)
+        return np.asarray(self.value, dtype=self.dtype)
 
 
 InputSpec = Union[ArraySpec, Literal, tuple]  # a tuple holds InputSpecs
@@ -226,9 +236,20 @@ def _parse_input(value: Any, source: str, table: str, key: str) -> InputSpec:
     if isinstance(value, list):
         return tuple(_parse_input(v, source, table, f"{key}[{i}]") for i, v in enumerate(value))
     if isinstance(value, dict):
-        if set(value) != {"value"}:
-            raise SpecError("an inline table argument must be { value = ... }", source, table, key)
-        return Literal(value["value"])
+        if "value" not in value or not set(value) <= {"value", "dtype"}:
+            raise SpecError("an inline table argument must be { value = ... [, dtype = ...] }",
+                            source, table, key)
+        dtype = value.get("dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise SpecError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})", source, table, key)
+        lit = Literal(value["value"], dtype)
+        if dtype is not None:
+            try:
+                lit.array()
+            except (TypeError, ValueError) as exc:
+                raise SpecError(f"cannot make a {dtype} array of {value['value']!r}: {exc}",
+                                source, table, key) from None
+        return lit
     if isinstance(value, (bool, int, float)):
         return Literal(value)
     raise SpecError(f"unsupported argument {value!r}", source, table, key)
@@ -260,7 +281,7 @@ def parse_module_spec(name: str, table: Any, source: str = "<spec>") -> ModuleSp
         raise SpecError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(KNOWN_KEYS)})",
                         source, name)
     cls = table.get("class", name)
-    if not isinstance(cls, str) or not _NAME_RE.match(cls):
+    if "class" in table and (not isinstance(cls, str) or not _NAME_RE.match(cls)):
         raise SpecError(f"expected a class name, got {cls!r}", source, name, "class")
     init = table.get("init", {})
     if not isinstance(init, dict):
@@ -376,7 +397,8 @@ def draw_value(s: InputSpec, rng: np.random.Generator, dims: dict[str, int]):
     if isinstance(s, ArraySpec):
         return draw_array(s, rng, dims)
     if isinstance(s, Literal):
-        return s.value
+        arr = s.array()
+        return s.value if arr is None else arr
     return tuple(draw_value(x, rng, dims) for x in s)
 
 
