@@ -388,3 +388,39 @@ def test_help_and_version():
     help_text = jaxport("convert", "--help").stdout
     for option in (b"--diff", b"--check", b"--report", b"--jobs", b"--parallel", b"--layout"):
         assert option in help_text
+
+
+# --------------------------------------------------------------------------- packaging
+
+def test_non_editable_install_runs_outside_the_repo(tmp_path):
+    """``pip install .`` ships every package and the mapping tables; the console script works."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for package in ("transpiler", "mappings"):
+        shutil.copytree(ROOT / package, src / package, ignore=ignore)
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--quiet", "--target", str(target), str(src)],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    script = target / "bin" / "jaxport"
+    assert script.exists()
+    assert "transpiler.cli" in script.read_text()
+    for name in ("diagnostics.toml", "functions.toml", "layers.toml"):
+        assert (target / "mappings" / name).exists()
+    for package in ("passes", "validate", "prelude"):
+        assert (target / "transpiler" / package / "__init__.py").exists()
+    env = env_for(stub=False)
+    env["PYTHONPATH"] = str(target)
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    proc = subprocess.run([str(script), "explain", "JP101"], cwd=away, env=env,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(b"JP101 (warning)")
+    proc = subprocess.run([sys.executable, "-c", "import transpiler; print(transpiler.__file__)"],
+                          cwd=away, env=env, capture_output=True, timeout=60)
+    assert proc.stdout.decode().startswith(str(target))

@@ -45,18 +45,13 @@ def cli() -> None:
 def _styled_diff(lines: list[str], color: bool) -> str:
     if not color:
         return "".join(lines)
+    styles = (("+++", {"bold": True}), ("---", {"bold": True}), ("@@", {"fg": "cyan"}),
+              ("+", {"fg": "green"}), ("-", {"fg": "red"}))
     out = []
     for line in lines:
-        if line.startswith(("+++", "---")):
-            out.append(click.style(line, bold=True))
-        elif line.startswith("@@"):
-            out.append(click.style(line, fg="cyan"))
-        elif line.startswith("+"):
-            out.append(click.style(line, fg="green"))
-        elif line.startswith("-"):
-            out.append(click.style(line, fg="red"))
-        else:
-            out.append(line)
+        body, nl = (line[:-1], "\n") if line.endswith("\n") else (line, "")
+        style = next((s for prefix, s in styles if body.startswith(prefix)), None)
+        out.append((click.style(body, **style) if style else body) + nl)
     return "".join(out)
 
 
