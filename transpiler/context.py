@@ -27,6 +27,7 @@ class FileContext:
     tables: Tables
     aliases: dict[str, str]
     positions: dict = field(default_factory=dict)       # original node → CodeRange
+    other_imports: set[str] = field(default_factory=set)  # non-torch imported names (math, np)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     emits: set[str] = field(default_factory=set)         # global names the output uses
     torch_call_sites: int = 0

@@ -38,12 +38,15 @@ class AliasCollector(cst.CSTVisitor):
 
     def __init__(self) -> None:
         self.aliases: dict[str, str] = {}
-        self.import_lines: list[cst.CSTNode] = []
+        self.other_imports: set[str] = set()    # names bound by non-torch imports (math, np)
 
     def visit_Import(self, node: cst.Import) -> bool:
         for alias in node.names:
             full = _module_name(alias.name)
             if not _is_torch(full):
+                local = dotted(alias.asname.name) if alias.asname is not None else full.split(".", 1)[0]
+                if local:
+                    self.other_imports.add(local)
                 continue
             if alias.asname is not None:
                 local = dotted(alias.asname.name)
@@ -58,7 +61,13 @@ class AliasCollector(cst.CSTVisitor):
         if node.relative:
             return False
         base = _module_name(node.module)
-        if not _is_torch(base) or isinstance(node.names, cst.ImportStar):
+        if isinstance(node.names, cst.ImportStar):
+            return False
+        if not _is_torch(base):
+            for alias in node.names:
+                local = dotted(alias.asname.name) if alias.asname is not None else dotted(alias.name)
+                if local:
+                    self.other_imports.add(local)
             return False
         for alias in node.names:
             name = dotted(alias.name)
@@ -69,9 +78,14 @@ class AliasCollector(cst.CSTVisitor):
 
 
 def collect_aliases(module: cst.Module) -> dict[str, str]:
+    return collect_imports(module).aliases
+
+
+def collect_imports(module: cst.Module) -> AliasCollector:
+    """Torch aliases and the other imported names of a module, in one visit."""
     collector = AliasCollector()
     module.visit(collector)
-    return collector.aliases
+    return collector
 
 
 def qualify(node: cst.CSTNode, aliases: dict[str, str]) -> str | None:

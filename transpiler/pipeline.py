@@ -14,7 +14,7 @@ from libcst.metadata import MetadataWrapper, PositionProvider
 from .context import FileContext
 from .diagnostics import Diagnostic
 from .mapping import load_tables
-from .names import collect_aliases
+from .names import collect_imports
 from .passes.base import Composite
 from .passes.imports import finalize
 from .passes.modules import ModulesRule
@@ -47,12 +47,14 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     except ImportError:
         pass
     tables = load_tables()
-    aliases = collect_aliases(module)
+    imports = collect_imports(module)
+    aliases = imports.aliases
     if not aliases:
         return Outcome(module.code, [], 0, 0)
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
     positions = wrapper.resolve(PositionProvider)
-    ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, positions=positions)
+    ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, positions=positions,
+                      other_imports=imports.other_imports)
     converted = wrapper.module.visit(Composite(ctx, rules(ctx)))
     converted = finalize(converted, ctx)
     return Outcome(converted.code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites)

@@ -43,6 +43,7 @@ class ClassInfo:
     setup_helpers: set[str] = field(default_factory=set)  # methods called from __init__
     runtime_methods: set[str] = field(default_factory=set)  # methods that take `train`
     accumulated: set[str] = field(default_factory=set)    # ModuleList() built by .append
+    renamed: set[str] = field(default_factory=set)        # attributes that clash with a field → attr_
     tied: dict[str, str] = field(default_factory=dict)    # Linear attr → Embedding attr sharing its weight
     has_init: bool = False
     has_forward: bool = False
@@ -234,6 +235,8 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
             if fn is None:
                 continue
             for attr, value in _self_assignments(fn):
+                if attr in info.field_names and not (isinstance(value, cst.Name) and value.value == attr):
+                    info.renamed.add(attr)
                 kind = _call_kind_for(value, ctx, classes, helper_returns)
                 if _is_empty_container(value, ctx):
                     info.accumulated.add(attr)
@@ -479,6 +482,8 @@ class ModulesRule(Rule):
         if (self._method() in ("__init__", *info.setup_helpers) and name and name.startswith("self.")
                 and name.count(".") == 1 and name[5:] in info.accumulated):
             return cst.Name(f"_{name[5:]}")
+        if name and name.count(".") == 1 and name.startswith("self.") and name[5:] in info.renamed:
+            return updated.with_changes(attr=cst.Name(f"{name[5:]}_"))
         return updated
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
@@ -584,10 +589,10 @@ class ModulesRule(Rule):
                 if (target and target.startswith("self.") and target[5:] in info.field_names
                         and isinstance(stmt.value, cst.Name) and stmt.value.value == target[5:]):
                     return cst.RemoveFromParent()
-                if target and target.startswith("self.") and target[5:] in info.field_names:
+                if target and target.startswith("self.") and target[5:] in info.renamed:
                     self.ctx.report(stmt, "JP306",
-                                    f"self.{target[5:]} is both a constructor argument and reassigned; "
-                                    "flax fields are frozen, rename the attribute")
+                                    f"self.{target[5:]} renamed self.{target[5:]}_: {target[5:]} is also a "
+                                    "constructor argument (a frozen flax field)")
             converted = self._parameter_or_buffer(stmt, new_stmt)
             if converted is not None:
                 return updated.with_changes(body=[converted])
@@ -681,7 +686,8 @@ class ModulesRule(Rule):
                 or params.star_kwarg is not None:
             self.ctx.report(original, "JP301", "*args/**kwargs in __init__ cannot become dataclass fields")
         prologue = [cst.parse_statement(f"{n} = self.{n}") for n in sorted(info.reassigned)]
-        epilogue = [cst.parse_statement(f"self.{a} = _{a}") for a in sorted(info.accumulated)]
+        epilogue = [cst.parse_statement(f"self.{a}{'_' if a in info.renamed else ''} = _{a}")
+                    for a in sorted(info.accumulated)]
         body = list(updated.body.body)
         if epilogue:
             body = body + epilogue

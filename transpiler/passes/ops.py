@@ -125,6 +125,8 @@ class OpsRule(Rule):
         name = dotted(receiver)
         if name == "self" or (name and self.ctx.is_submodule_ref(name)):
             return False
+        if name and name.split(".", 1)[0] in self.ctx.other_imports:
+            return False  # math.sqrt, np.mean, os.path.join: a module, not a tensor
         if kind == "any":
             return True
         return self.ctx.in_module_code()
