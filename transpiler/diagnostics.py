@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 SEVERITIES = ("info", "warning", "error")
 
@@ -22,9 +23,11 @@ class Diagnostic:
         return f"{path}:{self.line}:{self.col}: {self.code} {self.message}"
 
 
+@lru_cache(maxsize=1)
 def registry() -> dict[str, dict]:
-    from .mapping import load_tables
-    return load_tables().diagnostics
+    """The code registry; loaded on its own so a broken op table cannot hide diagnostics."""
+    from .mapping import _read
+    return _read("diagnostics")
 
 
 def severity_of(code: str) -> str:

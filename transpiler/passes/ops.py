@@ -19,11 +19,26 @@ STRUCTURAL = {"torch.nn.Module", "torch.nn.Sequential", "torch.nn.ModuleList",
 
 # Names another rule rewrites as a whole (statement level).
 OWNED_BY_OTHER_PASSES = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
-                         "torch.autograd.no_grad", "torch.set_grad_enabled"}
+                         "torch.autograd.no_grad", "torch.set_grad_enabled",
+                         "torch.manual_seed", "torch.random.manual_seed", "torch.cuda.manual_seed",
+                         "torch.cuda.manual_seed_all", "torch.cuda.empty_cache", "torch.cuda.synchronize",
+                         "torch.set_float32_matmul_precision", "torch.use_deterministic_algorithms"}
 
 _NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString,
                         cst.List, cst.Dict, cst.Set, cst.Tuple, cst.Integer, cst.Float,
                         cst.ListComp, cst.DictComp, cst.SetComp)
+
+
+RNG_KEY = "rng_key"          # the free name random-op templates use for their key
+SAMPLE_STREAM = "sample"     # flax rng stream for random ops inside modules
+
+
+class _ReplaceName(cst.CSTTransformer):
+    def __init__(self, name: str, replacement: cst.BaseExpression) -> None:
+        self.name, self.replacement = name, replacement
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+        return self.replacement if original.value == self.name else updated
 
 
 def qualified_expr(name: str) -> cst.BaseExpression:
@@ -101,8 +116,23 @@ class OpsRule(Rule):
             return updated
         if result.code:
             self.ctx.report(original, result.code, result.message)
-        self.ctx.emits |= result.emits
-        return result.expr
+        expr = result.expr
+        if RNG_KEY in result.emits:
+            expr = self._thread_rng(original, expr)
+        self.ctx.emits |= result.emits - {RNG_KEY}
+        return expr
+
+    def _thread_rng(self, original, expr: cst.BaseExpression) -> cst.BaseExpression:
+        """Random ops take an explicit key. In a module's forward it comes from flax's
+        ``sample`` rng stream; inside ``nn.Parameter(...)`` the param initializer binds it;
+        elsewhere the script must provide ``rng_key`` (issue 4 threads it automatically)."""
+        if self.ctx.in_module_code():
+            return expr.visit(_ReplaceName(RNG_KEY, cst.parse_expression(f'self.make_rng("{SAMPLE_STREAM}")')))
+        if self.ctx.current_function == "__init__" and self.ctx.current_class is not None:
+            return expr  # nn.Parameter(...) becomes self.param(name, lambda rng_key: ...)
+        self.ctx.report(original, "JP403", "random op needs an explicit PRNG key: define rng_key "
+                        "(e.g. rng_key, sub = jax.random.split(rng_key)) before this line")
+        return expr
 
     def _method_call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         name = updated.func.attr.value
@@ -133,13 +163,11 @@ class OpsRule(Rule):
 
     # ---------------------------------------------------------------- values and attributes
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
-        if id(original) in self.inner or id(original) in self.callee:
+        if id(original) in self.inner or id(original) in self.callee or id(original) in self.targets:
             return updated
         q = qualify(original, self.ctx.aliases)
         if q is not None:
             return self._torch_value(original, updated, q)
-        if id(original) in self.targets:
-            return updated
         entry = self.ctx.tables.tensor_attributes.get(original.attr.value)
         if entry is None or not self._may_be_tensor(original.value, entry.receiver):
             return updated

@@ -1,14 +1,22 @@
-"""Runtime concerns with no JAX counterpart in model code: autograd contexts.
+"""Runtime concerns with no JAX counterpart: autograd contexts, seeding, backend flags.
 
-``with torch.no_grad():`` and ``torch.inference_mode()`` blocks become plain blocks (JAX only
-differentiates where ``jax.grad`` is applied); the same decorators are dropped.
+* ``with torch.no_grad():`` and ``torch.inference_mode()`` blocks become plain blocks (JAX only
+  differentiates where ``jax.grad`` is applied); the same decorators are dropped;
+* ``torch.manual_seed(s)`` becomes ``rng_key = jax.random.PRNGKey(s)``, the key the converted
+  random calls use; CUDA seeding and cudnn/TF32 switches are dropped (reported as info).
 """
 from __future__ import annotations
 
 import libcst as cst
 
-from ..names import qualify
+from ..names import dotted, qualify
 from .base import Rule
+
+SEEDS = {"torch.manual_seed", "torch.random.manual_seed"}
+DROPPED_CALLS = {"torch.cuda.manual_seed", "torch.cuda.manual_seed_all", "torch.cuda.empty_cache",
+                 "torch.cuda.synchronize", "torch.set_float32_matmul_precision",
+                 "torch.use_deterministic_algorithms", "torch.backends.cudnn.enabled"}
+DROPPED_FLAG_PREFIXES = ("torch.backends.cudnn.", "torch.backends.cuda.matmul.")
 
 GRAD_CONTEXTS = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
                  "torch.autograd.no_grad", "torch.set_grad_enabled"}
@@ -34,6 +42,30 @@ class RuntimeRule(Rule):
                 stmts[0] = stmts[0].with_changes(leading_lines=[*updated.leading_lines, *stmts[0].leading_lines])
             return cst.FlattenSentinel(stmts)
         return cst.FlattenSentinel([cst.SimpleStatementLine(body=list(body.body))])
+
+    def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
+        if len(original.body) != 1:
+            return updated
+        stmt = original.body[0]
+        if isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
+            q = qualify(stmt.value.func, self.ctx.aliases)
+            if q in SEEDS and stmt.value.args:
+                self.ctx.report(original, "JP404", "torch.manual_seed → rng_key = jax.random.PRNGKey(seed)")
+                seed = updated.body[0].value.args[0].value if isinstance(updated.body[0], cst.Expr) \
+                    and isinstance(updated.body[0].value, cst.Call) else stmt.value.args[0].value
+                key = cst.Call(func=cst.parse_expression("jax.random.PRNGKey"), args=[cst.Arg(seed)])
+                self.ctx.emits.add("jax")
+                return updated.with_changes(body=[cst.Assign(
+                    targets=[cst.AssignTarget(cst.Name("rng_key"))], value=key)])
+            if q in DROPPED_CALLS:
+                self.ctx.report(original, "JP401", f"{q}(...) has no JAX counterpart and was removed")
+                return cst.RemoveFromParent()
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
+            q = qualify(stmt.targets[0].target, self.ctx.aliases) or ""
+            if q.startswith(DROPPED_FLAG_PREFIXES):
+                self.ctx.report(original, "JP401", f"{q} is a CUDA backend switch; removed")
+                return cst.RemoveFromParent()
+        return updated
 
     def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef):
         decorators = [d for o, d in zip(original.decorators, updated.decorators)
