@@ -182,6 +182,7 @@ def test_exit_zero_on_clean_tree_and_quiet(tmp_path, converting_env):
     ["convert", "{src}", "-o", "{tmp}/o", "--parallel", "tpu"],
     ["convert", "{src}", "-o", "{tmp}/o", "-j", "0"],
     ["convert", "{src}", "-o", "{tmp}/o", "--report", "{tmp}/r.txt"],
+    ["convert", "{src}", "-o", "{tmp}/o", "--report", "{src}/report.md"],
     ["convert", "{src}", "-o", "{tmp}/o", "--bogus"],
     ["convert", "{src}", "-o", "{tmp}/o", "-q", "-v"],
     ["convert", "{tmp}/does-not-exist", "-o", "{tmp}/o"],

@@ -155,13 +155,18 @@ def convert(paths: tuple[str, ...], out: str | None, diff: bool, check: bool,
 def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, verbose) -> int:
     from . import report as rep
     from .api import Options
-    from .tree import STDIN, TreeError, convert_tree
+    from .tree import STDIN, TreeError, convert_tree, input_containing
 
     stdin_mode = paths == [STDIN]
     if not stdin_mode and out is None and not check:
         raise click.UsageError("missing option '-o' / '--output' (where to write the converted tree)")
     if stdin_mode and out is not None:
         raise click.UsageError("'-' writes to standard output: drop -o")
+    for path in reports:
+        holder = input_containing(path, paths)
+        if holder is not None:
+            raise click.UsageError(f"report {path} would be written into the input {holder}: "
+                                   "jaxport never writes into its input")
     keep_text = diff or any(rep.report_format(r) == "html" for r in reports)
     options = Options(parallel=parallel, layout=layout)
     started = time.monotonic()

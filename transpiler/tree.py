@@ -160,6 +160,15 @@ def _rel(parts: Iterable[str]) -> str:
     return "/".join(p for p in parts if p)
 
 
+def input_containing(path: str, inputs: list[str]) -> str | None:
+    """The input directory (or file) that ``path`` would be written into, if any."""
+    real = os.path.realpath(path)
+    for p in inputs:
+        if p != STDIN and os.path.exists(p) and _inside(real, os.path.realpath(p)):
+            return p
+    return None
+
+
 def plan_tree(inputs: list[str], out: str | None, options: Options, *, write: bool = True,
               keep_text: bool = False) -> Plan:
     """Decide, for every input file, where its output goes. Raises TreeError on usage errors."""
@@ -468,6 +477,17 @@ def _run_jobs(jobs: list[Job], workers: int, on_progress: ProgressFn | None) -> 
     return done
 
 
+def _mp_context():
+    """Workers start from a fresh forkserver where there is one (never fork a parent that may
+    have started threads, e.g. jax in a notebook), else from the platform's default (spawn)."""
+    import multiprocessing
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["transpiler.tree"])   # workers start with libcst loaded
+        return ctx
+    return None
+
+
 def _pool_round(jobs: list[Job], workers: int, finished, isolate: bool, copies: list[Job]) -> list[Job]:
     """Run jobs in a process pool; return those lost to a broken pool (to retry)."""
     if isolate:
@@ -476,7 +496,7 @@ def _pool_round(jobs: list[Job], workers: int, finished, isolate: bool, copies: 
             lost += _pool_round([j], 1, finished, False, [])
         return lost
     lost: list[Job] = []
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=_mp_context()) as pool:
         futures = {pool.submit(process, j): j for j in jobs}
         for j in copies:
             finished(process(j))
