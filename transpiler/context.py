@@ -38,6 +38,13 @@ class FileContext:
     # scope, maintained by the modules pass
     current_class: object | None = None       # modules.ClassInfo of the enclosing nn.Module
     current_function: str | None = None
+    init_plan: object | None = None            # initialization.InitPlan, set by the modules pass
+
+    def in_constructor(self) -> bool:
+        """Inside ``__init__`` of a converted module or a helper it calls (→ ``setup``)."""
+        info = self.current_class
+        return info is not None and (self.current_function == "__init__"
+                                     or self.current_function in getattr(info, "setup_helpers", ()))
 
     def in_module_code(self) -> bool:
         """Inside a method of a converted nn.Module other than its constructor."""

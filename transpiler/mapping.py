@@ -14,7 +14,7 @@ from typing import Any
 
 from .template import Signature, TemplateError, emitted_roots, template_names
 
-TABLES = ("functions", "tensor_methods", "tensor_attributes", "layers")
+TABLES = ("functions", "tensor_methods", "tensor_attributes", "layers", "initializers")
 
 
 class MappingError(ValueError):
@@ -107,6 +107,7 @@ class Tables:
     tensor_methods: dict[str, Entry]
     tensor_attributes: dict[str, Entry]
     layers: dict[str, Entry]
+    initializers: dict[str, Entry]
     imports: dict[str, str]
     diagnostics: dict[str, dict[str, Any]]
 

@@ -20,6 +20,7 @@ import libcst as cst
 
 from ..names import dotted, qualify
 from .base import Rule
+from .initialization import InitPlan, plan_initialization
 
 TRAIN = "train"
 MODULE_BASES = {"torch.nn.Module"}
@@ -409,6 +410,19 @@ class ModulesRule(Rule):
     # -------------------------------------------------------------- scopes
     def visit_Module(self, node: cst.Module) -> None:
         self.classes = scan_classes(node, self.ctx)
+        plan = plan_initialization(node, self.classes, self.ctx)
+        self.ctx.init_plan = plan
+        if plan.call_overrides or plan.param_overrides:
+            self.ctx.emits |= plan.emits
+
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        return id(node) not in self.ctx.init_plan.consumed
+
+    def visit_For(self, node: cst.For) -> bool:
+        if id(node) in self.ctx.init_plan.consumed:
+            return False
+        self._loop_kinds(node)
+        return True
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         info = self.classes.get(node.name.value) if not self.function_stack else None
@@ -417,12 +431,17 @@ class ModulesRule(Rule):
         self._saved_functions = self.function_stack
         self.function_stack = []
 
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         self.function_stack.append(node.name.value)
+        info = self._info()
+        if len(self.function_stack) == 1 and info is not None and \
+                (info.name, node.name.value) in self.ctx.init_plan.removed_methods:
+            return False
         self.skip.add(id(node.name))
         if len(self.function_stack) == 1:
             self.ctx.current_function = node.name.value
             self.loop_vars.append({})
+        return True
 
     def visit_Param(self, node: cst.Param) -> None:
         self.skip.add(id(node.name))
@@ -434,7 +453,7 @@ class ModulesRule(Rule):
     def visit_Attribute(self, node: cst.Attribute) -> None:
         self.skip.add(id(node.attr))
 
-    def visit_For(self, node: cst.For) -> None:
+    def _loop_kinds(self, node: cst.For) -> None:
         info = self._info()
         if info is None or not self.loop_vars:
             return
@@ -571,6 +590,9 @@ class ModulesRule(Rule):
         new_stmt = updated.body[0] if len(updated.body) == 1 else None
         if stmt is None:
             return updated
+        if id(original) in self.ctx.init_plan.consumed:
+            self.ctx.report(original, "JP308", "initialisation folded into the layers' initializers")
+            return cst.RemoveFromParent()
         if method == "__init__" and _is_super_init(stmt, self.ctx):
             return cst.RemoveFromParent()
         if method == "__init__" and info.tied and isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
@@ -620,6 +642,13 @@ class ModulesRule(Rule):
                 if requires_grad:
                     self.ctx.report(stmt, "JP303", "nn.Parameter(requires_grad=...) : freeze it with optax.masked instead")
                 param = cst.parse_expression(f"self.param({target[5:]!r}, lambda rng_key: None)")
+                custom = self.ctx.init_plan.param_overrides.get((self._info().name, target[5:]))
+                if custom is not None:
+                    # torch initialises the parameter in place afterwards: keep its shape only
+                    shape = cst.Call(func=cst.parse_expression("jnp.shape"), args=[cst.Arg(data)])
+                    data = cst.Call(func=custom, args=[cst.Arg(cst.Name("rng_key"), comma=cst.Comma(
+                        whitespace_after=cst.SimpleWhitespace(" "))), cst.Arg(shape)])
+                    self.ctx.emits.add("jnp")
                 lam = param.args[1].value.with_changes(body=data)
                 param = param.with_changes(args=[param.args[0], param.args[1].with_changes(value=lam)])
                 return new_stmt.with_changes(value=param)
@@ -649,6 +678,9 @@ class ModulesRule(Rule):
         return None
 
     def leave_For(self, original: cst.For, updated: cst.For):
+        if id(original) in self.ctx.init_plan.consumed:
+            self.ctx.report(original, "JP308", "initialisation loop folded into the layers' initializers")
+            return cst.RemoveFromParent()
         info = self._info()
         if info is None or self._method() not in ("__init__", *info.setup_helpers):
             return updated
@@ -671,6 +703,9 @@ class ModulesRule(Rule):
             self.loop_vars.pop()
         if info is None:
             return updated
+        if (info.name, name) in self.ctx.init_plan.removed_methods:
+            self.ctx.report(original, "JP308", f"{name}() folded into the layers' initializers")
+            return cst.RemoveFromParent()
         if name == "__init__":
             return self._setup(original, updated, info)
         if name == "forward":

@@ -97,7 +97,7 @@ class OpsRule(Rule):
     def _torch_call(self, original: cst.Call, updated: cst.Call, q: str) -> cst.BaseExpression:
         if q in STRUCTURAL or q in OWNED_BY_OTHER_PASSES:
             return updated
-        if q.startswith("torch.nn.init.") and self.ctx.current_function == "__init__":
+        if q.startswith("torch.nn.init.") and self.ctx.in_constructor():
             return updated  # the modules pass reports initialisation code as a whole
         entry = self.ctx.tables.lookup_qualified(q)
         if entry is None:
@@ -105,6 +105,10 @@ class OpsRule(Rule):
             self.ctx.report(original, "JP101", f"{q} has no mapping")
             return updated.with_changes(func=qualified_expr(q))
         result = render_call(entry, updated.args, call=updated)
+        plan = self.ctx.init_plan
+        if result.expr is not None and plan is not None and id(original) in plan.call_overrides:
+            from .initialization import apply_overrides
+            result.expr = apply_overrides(result.expr, entry, plan.call_overrides[id(original)])
         return self._apply(original, updated, result, q)
 
     def _apply(self, original, updated, result: Rendered, name: str, method: bool = False):
@@ -128,7 +132,7 @@ class OpsRule(Rule):
         elsewhere the script must provide ``rng_key`` (issue 4 threads it automatically)."""
         if self.ctx.in_module_code():
             return expr.visit(_ReplaceName(RNG_KEY, cst.parse_expression(f'self.make_rng("{SAMPLE_STREAM}")')))
-        if self.ctx.current_function == "__init__" and self.ctx.current_class is not None:
+        if self.ctx.in_constructor():
             return expr  # nn.Parameter(...) becomes self.param(name, lambda rng_key: ...)
         self.ctx.report(original, "JP403", "random op needs an explicit PRNG key: define rng_key "
                         "(e.g. rng_key, sub = jax.random.split(rng_key)) before this line")

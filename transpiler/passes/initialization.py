@@ -1,0 +1,333 @@
+"""Fold torch weight-initialisation code into flax initializers.
+
+torch initialises in place after construction; flax builds parameters from initializers. The
+three idioms of ``__init__`` are recognised and become ``kernel_init=``/``bias_init=``/...
+arguments of the layers they touch (or the initializer of a ``self.param``):
+
+* direct calls: ``nn.init.xavier_uniform_(self.fc.weight)``, ``self.fc.bias.data.zero_()``,
+  ``nn.init.trunc_normal_(self.cls_token, std=0.02)``;
+* ``for m in self.modules(): if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight)``;
+* ``self.apply(self._init_weights)`` with the same isinstance dispatch in the function.
+
+Loops and ``self.apply`` reach the layers of the class and of the converted submodules it
+builds, as torch's ``self.modules()`` does. Anything the analysis does not understand is left
+to the modules pass, which comments it out with JP305.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from ..names import dotted, qualify
+from ..render import render_call
+
+METHOD_FORMS = {"normal_", "uniform_", "fill_", "zero_"}
+
+
+@dataclass
+class InitPlan:
+    call_overrides: dict[int, dict[str, cst.BaseExpression]] = field(default_factory=dict)
+    param_overrides: dict[tuple[str, str], cst.BaseExpression] = field(default_factory=dict)
+    consumed: set[int] = field(default_factory=set)          # statements folded into the plan
+    removed_methods: set[tuple[str, str]] = field(default_factory=set)
+    emits: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Rule:
+    layers: set[str]                                    # qualified torch layer names
+    inits: dict[str, cst.BaseExpression]                # torch param name → initializer
+
+
+class _Planner:
+    def __init__(self, module: cst.Module, classes: dict, ctx) -> None:
+        self.ctx = ctx
+        self.classes = classes
+        self.classdefs = {s.name.value: s for s in module.body if isinstance(s, cst.ClassDef)}
+        self.functions = {s.name.value: s for s in module.body if isinstance(s, cst.FunctionDef)}
+        self.plan = InitPlan()
+
+    # ---------------------------------------------------------------- one init statement
+    def initializer(self, call: cst.Call) -> tuple[str, cst.BaseExpression] | None:
+        """(target dotted name, flax initializer) for an init call, else None."""
+        q = qualify(call.func, self.ctx.aliases)
+        tables = self.ctx.tables.initializers
+        if q is not None and q in tables and call.args:
+            entry, args, target = tables[q], call.args, call.args[0].value
+        elif isinstance(call.func, cst.Attribute) and call.func.attr.value in METHOD_FORMS:
+            entry = tables.get(f"Tensor.{call.func.attr.value}")
+            target = call.func.value
+            if isinstance(target, cst.Attribute) and target.attr.value == "data":
+                target = target.value
+            args = [cst.Arg(target), *call.args]
+        else:
+            return None
+        name = dotted(target)
+        if entry is None or name is None:
+            return None
+        rendered = render_call(entry, args)
+        if rendered.expr is None:
+            return None
+        self.plan.emits |= rendered.emits
+        return name, rendered.expr
+
+    # ---------------------------------------------------------------- isinstance dispatch
+    def rules(self, body, var: str) -> list[_Rule] | None:
+        out: list[_Rule] = []
+        for stmt in body:
+            if isinstance(stmt, cst.If):
+                branch: cst.If | None = stmt
+                while branch is not None:
+                    rule = self._branch(branch, var)
+                    if rule is None:
+                        return None
+                    out.append(rule)
+                    orelse = branch.orelse
+                    if isinstance(orelse, cst.Else):
+                        return None if orelse.body.body else out
+                    branch = orelse
+                continue
+            if isinstance(stmt, cst.SimpleStatementLine) and all(isinstance(s, cst.Pass) for s in stmt.body):
+                continue
+            return None
+        return out
+
+    def _branch(self, branch: cst.If, var: str) -> _Rule | None:
+        test = branch.test
+        if not (isinstance(test, cst.Call) and dotted(test.func) == "isinstance" and len(test.args) == 2
+                and dotted(test.args[0].value) == var):
+            return None
+        kinds = test.args[1].value
+        names = [e.value for e in kinds.elements] if isinstance(kinds, cst.Tuple) else [kinds]
+        layers = {qualify(n, self.ctx.aliases) for n in names}
+        if None in layers or not all(l in self.ctx.tables.layers for l in layers):
+            return None
+        inits: dict[str, cst.BaseExpression] = {}
+        if not self._collect(branch.body.body, var, inits):
+            return None
+        return _Rule(layers, inits)
+
+    def _collect(self, stmts, var: str, inits: dict) -> bool:
+        for stmt in stmts:
+            if isinstance(stmt, cst.If) and stmt.orelse is None:
+                # `if m.bias is not None:` guards the bias init
+                test = stmt.test
+                if isinstance(test, cst.Comparison) and dotted(test.left) == f"{var}.bias":
+                    if not self._collect(stmt.body.body, var, inits):
+                        return False
+                    continue
+                return False
+            if not (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+                    and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, cst.Call)):
+                return False
+            found = self.initializer(stmt.body[0].value)
+            if found is None:
+                return False
+            target, init = found
+            parts = target.split(".")
+            if len(parts) != 2 or parts[0] != var:
+                return False
+            inits[parts[1]] = init
+        return True
+
+    # ---------------------------------------------------------------- per class
+    def layer_calls(self, class_name: str) -> list[tuple[str, cst.Call, str | None]]:
+        """(qualified layer, call, attribute it is assigned to) for every layer built in the
+        constructor and setup helpers of a class."""
+        cls = self.classdefs.get(class_name)
+        info = self.classes.get(class_name)
+        if cls is None or info is None:
+            return []
+        found: list[tuple[str, cst.Call, str | None]] = []
+        aliases, layers = self.ctx.aliases, self.ctx.tables.layers
+        for stmt in cls.body.body:
+            if not (isinstance(stmt, cst.FunctionDef)
+                    and (stmt.name.value == "__init__" or stmt.name.value in info.setup_helpers)):
+                continue
+            direct: dict[int, str] = {}   # id(call) → attribute it is assigned to
+
+            class _Direct(cst.CSTVisitor):
+                def visit_Assign(self, node: cst.Assign) -> None:
+                    target = dotted(node.targets[0].target) if len(node.targets) == 1 else None
+                    if target and target.startswith("self.") and target.count(".") == 1 \
+                            and isinstance(node.value, cst.Call):
+                        direct[id(node.value)] = target[5:]
+
+            class _Calls(cst.CSTVisitor):
+                def visit_Call(self, node: cst.Call) -> None:
+                    q = qualify(node.func, aliases)
+                    if q in layers:
+                        found.append((q, node, direct.get(id(node))))
+
+            stmt.visit(_Direct())
+            stmt.visit(_Calls())
+        return found
+
+    def reachable(self, class_name: str) -> list[str]:
+        seen, stack = [], [class_name]
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in self.classdefs:
+                continue
+            seen.append(name)
+            cls = self.classdefs[name]
+            for n in _called_names(cls):
+                if n in self.classes and n not in seen:
+                    stack.append(n)
+        return seen
+
+    def apply_rules(self, class_name: str, rules: list[_Rule]) -> None:
+        for name in self.reachable(class_name):
+            for q, call, _ in self.layer_calls(name):
+                for rule in rules:
+                    if q in rule.layers:
+                        self._override(call, q, rule.inits)
+
+    def _override(self, call: cst.Call, q: str, inits: dict[str, cst.BaseExpression]) -> None:
+        entry = self.ctx.tables.layers[q]
+        usable = {p: e for p, e in inits.items() if p in entry.params and not entry.params_converter}
+        if usable:
+            self.plan.call_overrides.setdefault(id(call), {}).update(usable)
+
+    def plan_class(self, cls: cst.ClassDef) -> None:
+        info = self.classes[cls.name.value]
+        methods = {s.name.value: s for s in cls.body.body if isinstance(s, cst.FunctionDef)}
+        init = methods.get("__init__")
+        if init is None:
+            return
+        direct_calls = {attr: (q, call) for q, call, attr in self.layer_calls(cls.name.value) if attr}
+        params = {attr for attr, kind in info.submodules.items() if kind.kind == "param"}
+        bodies = [init, *(methods[h] for h in sorted(info.setup_helpers) if h in methods)]
+        for stmt in _statements(bodies, self.ctx):
+            if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1 \
+                    and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, cst.Call):
+                call = stmt.body[0].value
+                if dotted(call.func) == "self.apply" and len(call.args) == 1:
+                    self._plan_apply(cls, methods, stmt, call.args[0].value)
+                    continue
+                found = self.initializer(call)
+                if found is None:
+                    continue
+                target, init_expr = found
+                parts = target.split(".")
+                if len(parts) == 3 and parts[0] == "self" and parts[1] in direct_calls:
+                    q, layer_call = direct_calls[parts[1]]
+                    entry = self.ctx.tables.layers[q]
+                    if parts[2] in entry.params and not entry.params_converter:
+                        self.plan.call_overrides.setdefault(id(layer_call), {})[parts[2]] = init_expr
+                        self.plan.consumed.add(id(stmt))
+                elif len(parts) == 2 and parts[0] == "self" and parts[1] in params:
+                    self.plan.param_overrides[(cls.name.value, parts[1])] = _torch_layout_fans(init_expr)
+                    self.plan.consumed.add(id(stmt))
+            elif isinstance(stmt, cst.For) and isinstance(stmt.iter, cst.Call) \
+                    and dotted(stmt.iter.func) in ("self.modules", "self.named_modules"):
+                var = _loop_var(stmt)
+                rules = self.rules(stmt.body.body, var) if var else None
+                if rules is not None and stmt.orelse is None:
+                    self.apply_rules(cls.name.value, rules)
+                    self.plan.consumed.add(id(stmt))
+
+    def _plan_apply(self, cls, methods, stmt, fn_expr) -> None:
+        name = dotted(fn_expr)
+        fn = None
+        if name and name.startswith("self.") and name[5:] in methods:
+            fn = methods[name[5:]]
+            static = any(dotted(d.decorator) == "staticmethod" for d in fn.decorators)
+            params = [p.name.value for p in fn.params.params[0 if static else 1:]]
+        elif name in self.functions:
+            fn = self.functions[name]
+            params = [p.name.value for p in fn.params.params]
+        if fn is None or len(params) != 1:
+            return
+        body = [s for s in fn.body.body if not _is_docstring(s)]
+        rules = self.rules(body, params[0])
+        if rules is None:
+            return
+        self.apply_rules(cls.name.value, rules)
+        self.plan.consumed.add(id(stmt))
+        if name.startswith("self."):
+            self.plan.removed_methods.add((cls.name.value, name[5:]))
+
+
+def _statements(functions, ctx):
+    """Top-level statements of the given functions, looking inside ``with torch.no_grad():``."""
+    for fn in functions:
+        stack = list(reversed(fn.body.body))
+        while stack:
+            stmt = stack.pop()
+            if isinstance(stmt, cst.With) and all(
+                    qualify(i.item.func if isinstance(i.item, cst.Call) else i.item, ctx.aliases)
+                    in ("torch.no_grad", "torch.autograd.no_grad") for i in stmt.items):
+                stack.extend(reversed(stmt.body.body))
+                continue
+            yield stmt
+
+
+def _torch_layout_fans(init: cst.BaseExpression) -> cst.BaseExpression:
+    """A raw nn.Parameter keeps torch's (out, in, ...) layout: fans come from axes 1 and 0."""
+    if isinstance(init, cst.Call) and dotted(init.func) == "nn.initializers.variance_scaling":
+        eq = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+        comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        args = [*init.args[:-1], init.args[-1].with_changes(comma=comma),
+                cst.Arg(keyword=cst.Name("in_axis"), value=cst.Integer("1"), equal=eq, comma=comma),
+                cst.Arg(keyword=cst.Name("out_axis"), value=cst.Integer("0"), equal=eq)]
+        return init.with_changes(args=args)
+    return init
+
+
+def _loop_var(stmt: cst.For) -> str | None:
+    if isinstance(stmt.target, cst.Name):
+        return stmt.target.value
+    if isinstance(stmt.target, cst.Tuple) and len(stmt.target.elements) == 2 \
+            and isinstance(stmt.target.elements[1].value, cst.Name):
+        return stmt.target.elements[1].value.value
+    return None
+
+
+def _is_docstring(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Expr)
+            and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
+
+
+def _called_names(node: cst.CSTNode) -> set[str]:
+    names: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Name(self, n: cst.Name) -> None:
+            names.add(n.value)  # classes passed around (block=BasicBlock) count too
+
+    node.visit(_V())
+    return names
+
+
+def plan_initialization(module: cst.Module, classes: dict, ctx) -> InitPlan:
+    planner = _Planner(module, classes, ctx)
+    for name in classes:
+        cls = planner.classdefs.get(name)
+        if cls is not None:
+            planner.plan_class(cls)
+    return planner.plan
+
+
+def apply_overrides(rendered: cst.BaseExpression, entry, overrides: dict[str, cst.BaseExpression]) -> cst.BaseExpression:
+    """Set ``<flax param>_init=`` keywords on a rendered layer constructor."""
+    if not isinstance(rendered, cst.Call):
+        return rendered
+    args = list(rendered.args)
+    for torch_param, init in overrides.items():
+        layout = entry.params[torch_param]
+        flax_name = layout.split("/")[-1].split(":")[0]
+        keyword = f"{flax_name}_init"
+        new_arg = cst.Arg(keyword=cst.Name(keyword), value=init,
+                          equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                                whitespace_after=cst.SimpleWhitespace("")))
+        for i, a in enumerate(args):
+            if a.keyword is not None and a.keyword.value == keyword:
+                args[i] = new_arg.with_changes(comma=a.comma)
+                break
+        else:
+            if args:
+                args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+            args.append(new_arg)
+    return rendered.with_changes(args=args)
