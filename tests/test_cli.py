@@ -293,6 +293,24 @@ def test_verbose_shows_traceback_default_does_not(tmp_path, stub_env):
     assert "JP003" in err and "JP101" not in err and "Processed" not in err
 
 
+def test_worker_dying_fails_only_its_file(tmp_path, stub_env):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"ok{i}.py").write_text(TINY)
+    (src / "killer.py").write_text("import torch\nSTUB_EXIT = 1\n")
+    proc = jaxport("convert", src, "-o", tmp_path / "out", "-j", 2, "--report", tmp_path / "r.json",
+                   env=stub_env)
+    assert proc.returncode == 1, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    files = {f["path"]: f for f in json.loads((tmp_path / "r.json").read_text())["files"]}
+    assert files["killer.py"]["status"] == "failed"
+    assert [d["code"] for d in files["killer.py"]["diagnostics"]] == ["JP003"]
+    assert "died" in files["killer.py"]["diagnostics"][0]["message"]
+    assert all(files[f"ok{i}.py"]["status"] == "converted" for i in range(5))
+    assert (tmp_path / "out" / "killer.py").read_bytes() == (src / "killer.py").read_bytes()
+
+
 def test_stdin_mode(tmp_path, converting_env):
     proc = jaxport("convert", "-", input=TINY.encode(), env=converting_env)
     assert proc.returncode == 0, proc.stderr

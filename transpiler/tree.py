@@ -459,7 +459,7 @@ def _run_jobs(jobs: list[Job], workers: int, on_progress: ProgressFn | None) -> 
             on_progress(len(done), total, record)
 
     python_jobs = [j for j in jobs if j.python]
-    if workers <= 1 or len(python_jobs) <= 1:
+    if workers <= 1 or len(python_jobs) < 4:     # starting workers would cost more than it saves
         for j in jobs:
             finished(process(j))
         return done
@@ -473,8 +473,19 @@ def _run_jobs(jobs: list[Job], workers: int, on_progress: ProgressFn | None) -> 
         pending = _pool_round(pending, workers, finished, isolate,
                               copies=[j for j in jobs if not j.python] if attempt == 0 else [])
     for j in pending:   # crashed even alone: a worker died on this very file
-        finished(_failure(j, "internal error: the worker process converting this file died"))
+        finished(_died(j))
     return done
+
+
+def _died(job: Job) -> FileRecord:
+    """The process converting this file died: report it and copy the original unchanged."""
+    record = _failure(job, "internal error: the worker process converting this file died")
+    if job.target is not None:
+        try:
+            _atomic_write(job.target, None, job.source, job.roots)
+        except OSError as exc:
+            record.result.diagnostics.append(io_error(f"cannot copy to output: {_oserr(exc)}"))
+    return record
 
 
 def _mp_context():
