@@ -251,26 +251,21 @@ def max_min(entry: Entry, bound: Bound, call):
 def var_std(entry: Entry, bound: Bound, call):
     """``var``/``std``: torch's default is the unbiased estimate; ``unbiased`` (a bool, also
     the legacy second positional form ``torch.var(x, False)``) and ``correction`` both become
-    ``ddof``. Templates use the parameter ``ddof``."""
+    ``ddof``, which the templates spell ``ddof=correction``."""
     values = dict(bound.values)
     if "dim" in values and _bool_literal(values["dim"]) and "unbiased" not in values:
         values["unbiased"] = values.pop("dim")
     if "correction" in values and "unbiased" in values:
         return _refuse(entry, "both unbiased and correction given")
-    if "correction" in values:
-        ddof = values.pop("correction")
-    elif "unbiased" in values:
+    if "unbiased" in values:
         u = values.pop("unbiased")
         if _bool_literal(u):
-            ddof = cst.Integer("1" if u.value == "True" else "0")
+            values["correction"] = cst.Integer("1" if u.value == "True" else "0")
         else:
-            ddof = cst.parse_expression(f"int({_code(u)})")
-    else:
-        ddof = cst.Integer("1")
-    values["ddof"] = ddof
-    params = tuple(p for p in entry.sig.params if p.name not in ("unbiased", "correction")) + (
-        Param("ddof", "keyword_only", "1"),)
-    return render_templates(entry, Bound(values, dict(bound.varargs), dict(bound.varkw)), Signature(params))
+            values["correction"] = cst.parse_expression(f"int({_code(u)})")
+    elif "correction" not in values:
+        values["correction"] = cst.Integer("1")
+    return render_templates(entry, Bound(values, dict(bound.varargs), dict(bound.varkw)))
 
 
 @rewriter("tensor_to")
@@ -341,22 +336,25 @@ def legacy_tensor(entry: Entry, bound: Bound, call):
     """``torch.FloatTensor(...)``/``torch.LongTensor(...)``/``torch.Tensor(...)``: sizes (several
     ints, one int literal, a ``torch.Size``/``.size()``/``.shape``) → an array of zeros (torch
     leaves it uninitialised); one data argument (list, ndarray) → ``jnp.asarray`` with the dtype.
-    Templates: (zeros with ``size``, asarray with ``data``); the type comes from the key."""
+    Templates: (zeros, asarray), both over ``args`` (the packed sizes, or the data)."""
     zeros_t, data_t = entry.templates
     args = bound.varargs.get("args", [])
     if any(a.star for a in args):
         return _refuse(entry, "*args cannot be mapped")
-    sig = Signature((Param("size", POSITIONAL), Param("data", POSITIONAL, "None")))
+    sig = Signature((Param("args", POSITIONAL),) + tuple(p for p in entry.sig.params if p.kind != VAR_POSITIONAL))
+    values = {k: v for k, v in bound.values.items()}
     if not args:
-        return render_templates(entry, Bound({"size": cst.parse_expression("(0,)")}), sig, (zeros_t,))
+        values["args"] = cst.parse_expression("(0,)")
+        return render_templates(entry, Bound(values), sig, (zeros_t,))
     first = args[0].value
     sizes = (len(args) > 1 or _int_literal(first)
              or (isinstance(first, cst.Call) and (_dotted(first.func) or "").endswith(("size", "Size")))
              or (isinstance(first, cst.Attribute) and first.attr.value == "shape"))
     if sizes:
-        packed = first if len(args) == 1 and not _int_literal(first) else _tuple_of(args)
-        return render_templates(entry, Bound({"size": packed}), sig, (zeros_t,))
-    return render_templates(entry, Bound({"data": first}), sig, (data_t,))
+        values["args"] = first if len(args) == 1 and not _int_literal(first) else _tuple_of(args)
+        return render_templates(entry, Bound(values), sig, (zeros_t,))
+    values["args"] = first
+    return render_templates(entry, Bound(values), sig, (data_t,))
 
 
 @rewriter("randint")
