@@ -178,7 +178,7 @@ def test_table_example(key):
     entry = load_tables().layers[key]
     assert entry.params_converter and entry.params_converter.startswith("recurrent:")
     args = [spec_array(spec, seed=i) for i, spec in enumerate(entry.inputs.values())]
-    code = compare(entry.example, args, eager=True)
+    code = compare(entry.example, args, eager=key == 'torch.nn.LSTM')  # op by op once; jit always
     assert code.startswith("Torch")
 
 

@@ -32,7 +32,7 @@ def torch_mha_float_mask(mask, dtype):
     return mask.astype(dtype)
 
 
-def torch_activation(activation):
+def torch_transformer_activation(activation):
     """The activation of torch's Transformer layers: "relu", "gelu" (exact erf) or a callable."""
     if isinstance(activation, str):
         if activation == "relu":
@@ -192,7 +192,7 @@ class TorchTransformerEncoderLayer(nn.Module):
         return self.dropout1(x, deterministic=not train)
 
     def _ff_block(self, x, train):
-        x = self.dropout_ff(torch_activation(self.activation)(self.linear1(x)), deterministic=not train)
+        x = self.dropout_ff(torch_transformer_activation(self.activation)(self.linear1(x)), deterministic=not train)
         return self.dropout2(self.linear2(x), deterministic=not train)
 
     def __call__(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, train: bool = False):
