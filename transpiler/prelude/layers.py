@@ -238,11 +238,23 @@ def max_pool_nchw(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=
     """torch max_pool{1,2,3}d over the last ``spatial_dims`` axes."""
     lead = x.ndim - spatial_dims
     geo = pool_geometry(x.shape[lead:], kernel_size, stride, padding, dilation, ceil_mode)
-    init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    return jax.lax.reduce_window(
-        x, jnp.array(init, x.dtype), jax.lax.max, (1,) * lead + tuple(g[0] for g in geo),
-        (1,) * lead + tuple(g[1] for g in geo), [(0, 0)] * lead + [(g[3], g[4]) for g in geo],
-        window_dilation=(1,) * lead + tuple(g[2] for g in geo))
+    init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    pads = [(0, 0)] * lead + [(g[3], g[4]) for g in geo]
+    if all(g[2] == 1 for g in geo):
+        return jax.lax.reduce_window(
+            x, np.array(init, x.dtype), jax.lax.max, (1,) * lead + tuple(g[0] for g in geo),
+            (1,) * lead + tuple(g[1] for g in geo), pads)
+    # dilated windows (jax has no gradient for dilated reduce_window max): max of strided slices
+    x = jnp.pad(x, pads, constant_values=init)
+    out_shape = [(n - d * (k - 1) - 1) // s + 1 for n, (k, s, d, _, _) in zip(x.shape[lead:], geo)]
+    result = None
+    for offsets in np.ndindex(*[g[0] for g in geo]):
+        start = (0,) * lead + tuple(o * g[2] for o, g in zip(offsets, geo))
+        limit = x.shape[:lead] + tuple(st + (m - 1) * g[1] + 1
+                                       for st, m, g in zip(start[lead:], out_shape, geo))
+        part = jax.lax.slice(x, start, limit, (1,) * lead + tuple(g[1] for g in geo))
+        result = part if result is None else jnp.maximum(result, part)
+    return result
 
 
 def avg_pool_nchw(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -251,7 +263,7 @@ def avg_pool_nchw(x, kernel_size, stride=None, padding=0, ceil_mode=False, count
     lead = x.ndim - spatial_dims
     geo = pool_geometry(x.shape[lead:], kernel_size, stride, padding, 1, ceil_mode)
     total = jax.lax.reduce_window(
-        x, jnp.array(0, x.dtype), jax.lax.add, (1,) * lead + tuple(g[0] for g in geo),
+        x, np.array(0, x.dtype), jax.lax.add, (1,) * lead + tuple(g[0] for g in geo),
         (1,) * lead + tuple(g[1] for g in geo), [(0, 0)] * lead + [(g[3], g[4]) for g in geo])
     if divisor_override:
         return total / divisor_override
@@ -319,7 +331,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     """torch.nn.LocalResponseNorm: x / (k + alpha * mean of x^2 over ``size`` channels)^beta."""
     window = (1, size) + (1,) * (x.ndim - 2)
     pads = [(0, 0), (size // 2, (size - 1) // 2)] + [(0, 0)] * (x.ndim - 2)
-    total = jax.lax.reduce_window(jnp.square(x), jnp.array(0, x.dtype), jax.lax.add, window,
+    total = jax.lax.reduce_window(jnp.square(x), np.array(0, x.dtype), jax.lax.add, window,
                               (1,) * x.ndim, pads)
     return x / jnp.power(k + alpha * total / size, beta)
 

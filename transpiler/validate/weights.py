@@ -64,7 +64,7 @@ def _to_numpy(tensor) -> np.ndarray:
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
-    return tensor.numpy()
+    return tensor.numpy().copy()  # never alias torch memory (in-place updates)
 
 
 def _show(key: Key) -> str:
