@@ -353,6 +353,19 @@ def test_rendered_forms():
         assert render_layer(key, example)[0] == code
 
 
+def test_conv_transpose_output_size_argument():
+    """torch's ``deconv(x, output_size=...)`` picks the output padding; so does the helper."""
+    _, make = render_layer("torch.nn.ConvTranspose2d", "nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)")
+    torch.manual_seed(0)
+    tlayer = torch.nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
+    x = draw_inputs(["float32[1, 3, 4, 5]"], 0)[0]
+    expected = tlayer(torch.tensor(x), output_size=[1, 2, 8, 10]).detach().numpy()
+    model = FlaxWrap(make)
+    model_call = lambda v, x: model.apply(v, x, method=lambda m, x: m.layer(x, output_size=(8, 10)))
+    variables = load_torch_state(TorchWrap(tlayer), model.init(jax.random.PRNGKey(0), jnp.asarray(x)))
+    assert_close(jax.jit(model_call)(variables, jnp.asarray(x)), expected, "output_size")
+
+
 # ---------------------------------------------------------------- initialisation
 
 

@@ -105,10 +105,18 @@ class ConvTransposeNCHW(nn.Module):
     precision: Any = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, output_size=None):
+        """``output_size`` (torch's forward argument) picks the output padding."""
         nd = x.ndim - 2
         kernel_size = ntuple(self.kernel_size, nd)
         dilation = ntuple(self.kernel_dilation, nd)
+        strides = ntuple(self.strides, nd)
+        output_padding = ntuple(self.output_padding, nd)
+        if output_size is not None:
+            output_padding = tuple(
+                size - ((n - 1) * s - 2 * p + d * (k - 1) + 1)
+                for size, n, s, p, d, k in zip(tuple(output_size)[-nd:], x.shape[2:], strides,
+                                               ntuple(self.padding, nd), dilation, kernel_size))
         groups = self.feature_group_count
         in_features = x.shape[1]
         fan_in = self.features // groups * math.prod(kernel_size)
@@ -120,12 +128,11 @@ class ConvTransposeNCHW(nn.Module):
         k = jnp.moveaxis(k, nd, nd + 1).reshape(kernel_size + (in_features // groups, self.features))
         k = jnp.flip(k, axis=tuple(range(nd)))
         pads = []
-        for kk, d, p, op in zip(kernel_size, dilation, ntuple(self.padding, nd),
-                                ntuple(self.output_padding, nd)):
+        for kk, d, p, op in zip(kernel_size, dilation, ntuple(self.padding, nd), output_padding):
             edge = d * (kk - 1) - p
             pads.append((edge, edge + op))
         y = jax.lax.conv_general_dilated(
-            x, k.astype(x.dtype), (1,) * nd, pads, lhs_dilation=ntuple(self.strides, nd),
+            x, k.astype(x.dtype), (1,) * nd, pads, lhs_dilation=strides,
             rhs_dilation=dilation, dimension_numbers=conv_dimension_numbers(nd),
             feature_group_count=groups, precision=self.precision)
         if self.use_bias:
@@ -393,6 +400,13 @@ def pixel_unshuffle(x, downscale_factor):
     n = len(lead)
     x = jnp.transpose(x, tuple(range(n)) + (n, n + 2, n + 4, n + 1, n + 3))
     return x.reshape(tuple(lead) + (c * r * r, h // r, w // r))
+
+
+def channel_shuffle(x, groups):
+    """torch.nn.ChannelShuffle: (N, g*k, ...) channels reordered as k groups of g."""
+    n, c = x.shape[:2]
+    x = x.reshape((n, groups, c // groups) + x.shape[2:])
+    return jnp.swapaxes(x, 1, 2).reshape((n, c) + x.shape[3:])
 
 
 def resample_axis(x, axis, out_size, scale, mode, align_corners):

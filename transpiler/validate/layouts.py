@@ -76,20 +76,6 @@ def reshape(array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
     return array.reshape(target_shape)
 
 
-def conv_kernel(array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
-    """torch Conv weight (out, in/g, *k) → flax kernel (*k, in/g, out), any spatial rank."""
-    nd = array.ndim - 2
-    return np.transpose(array, tuple(range(2, 2 + nd)) + (1, 0))
-
-
-def conv_transpose_kernel(array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
-    """torch ConvTranspose weight (in, out/g, *k) → ConvTransposeNCHW kernel (*k, in, out/g)."""
-    nd = array.ndim - 2
-    return np.transpose(array, tuple(range(2, 2 + nd)) + (0, 1))
-
-
 LAYOUTS: dict[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]] = {
     "reshape": reshape,
-    "conv_kernel": conv_kernel,
-    "conv_transpose_kernel": conv_transpose_kernel,
 }
