@@ -31,11 +31,18 @@ _NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedS
 
 RNG_KEY = "rng_key"          # the free name random-op templates use for their key
 SAMPLE_STREAM = "sample"     # flax rng stream for random ops inside modules
+DROPOUT_STREAM = "dropout"   # ... and for functional dropout, as flax's nn.Dropout uses
 
 
 class _ReplaceName(cst.CSTTransformer):
     def __init__(self, name: str, replacement: cst.BaseExpression) -> None:
         self.name, self.replacement = name, replacement
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return updated.with_changes(keyword=original.keyword)  # a keyword is not a reference
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(attr=original.attr)
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
         return self.replacement if original.value == self.name else updated
@@ -122,16 +129,17 @@ class OpsRule(Rule):
             self.ctx.report(original, result.code, result.message)
         expr = result.expr
         if RNG_KEY in result.emits:
-            expr = self._thread_rng(original, expr)
+            dropout = "dropout" in name or "dropout" in cst.Module([]).code_for_node(expr)
+            expr = self._thread_rng(original, expr, DROPOUT_STREAM if dropout else SAMPLE_STREAM)
         self.ctx.emits |= result.emits - {RNG_KEY}
         return expr
 
-    def _thread_rng(self, original, expr: cst.BaseExpression) -> cst.BaseExpression:
+    def _thread_rng(self, original, expr: cst.BaseExpression, stream: str) -> cst.BaseExpression:
         """Random ops take an explicit key. In a module's forward it comes from flax's
         ``sample`` rng stream; inside ``nn.Parameter(...)`` the param initializer binds it;
         elsewhere the script must provide ``rng_key`` (issue 4 threads it automatically)."""
         if self.ctx.in_module_code():
-            return expr.visit(_ReplaceName(RNG_KEY, cst.parse_expression(f'self.make_rng("{SAMPLE_STREAM}")')))
+            return expr.visit(_ReplaceName(RNG_KEY, cst.parse_expression(f'self.make_rng("{stream}")')))
         if self.ctx.in_constructor():
             return expr  # nn.Parameter(...) becomes self.param(name, lambda rng_key: ...)
         self.ctx.report(original, "JP403", "random op needs an explicit PRNG key: define rng_key "
