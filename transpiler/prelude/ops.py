@@ -362,7 +362,7 @@ def torch_avg_pool(x, n, kernel_size, stride=None, padding=0, ceil_mode=False, c
     padding_ = _tuple(padding, n)
     spatial = x.shape[x.ndim - n:]
     if count_include_pad:
-        ones = jnp.pad(jnp.ones(spatial, x.dtype), [(p, p) for p in padding_])
+        ones = jnp.ones(tuple(s + 2 * p for s, p in zip(spatial, padding_)), x.dtype)
         extra = [(0, max(hi - lo, 0)) for lo, hi in pads]
     else:
         ones = jnp.ones(spatial, x.dtype)
@@ -488,6 +488,8 @@ def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
         else:
             scores = scores + attn_mask
     weights = jax.nn.softmax(scores, axis=-1)
+    # like torch's math kernel, a query that may attend to nothing gets zeros, not NaN
+    weights = jnp.where(jnp.isneginf(jnp.max(scores, axis=-1, keepdims=True)), 0.0, weights)
     if dropout_p and rng_key is not None:
         weights = torch_dropout(weights, dropout_p, True, rng_key)
     return jnp.matmul(weights, value, precision=jax.lax.Precision.HIGHEST)
