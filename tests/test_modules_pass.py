@@ -125,14 +125,14 @@ def test_unconvertible_statements_are_marked_and_reported_at_their_line():
             def __init__(self):
                 super().__init__()
                 self.fc = nn.Linear(2, 2)
-                nn.init.zeros_(self.fc.bias)
+                nn.init.eye_(self.fc.weight)
             def forward(self, x):
                 self.last = x
                 return self.fc(x)
     """)
     assert ("JP305", 7) in codes(result)
     assert ("JP302", 9) in codes(result)
-    assert "# nn.init.zeros_(self.fc.bias)" in out
+    assert "# nn.init.eye_(self.fc.weight)" in out
     assert "# jaxport: JP302" in out
     assert result.status == "partial"
 

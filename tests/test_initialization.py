@@ -1,0 +1,106 @@
+"""torch weight-initialisation code folded into flax initializers
+(transpiler/passes/initialization.py), checked by initialising the converted modules."""
+import textwrap
+
+import numpy as np
+import pytest
+
+from transpiler.api import convert_source
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+SOURCE = '''
+import torch
+import torch.nn as nn
+
+class Direct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 5))
+        nn.init.constant_(self.fc.weight, 0.25)
+        self.fc.bias.data.fill_(-1.0)
+        with torch.no_grad():
+            nn.init.ones_(self.cls)
+    def forward(self, x):
+        return self.fc(x)
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+    def forward(self, x):
+        return self.norm(self.proj(x))
+
+class Looped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+        self.head = nn.Linear(4, 2)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.constant_(m.weight, 0.5)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    def forward(self, x):
+        return self.head(self.block(x))
+
+class Applied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.head = nn.Linear(4, 6)
+        self.apply(self._init_weights)
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=3.0, std=0.02)
+    def forward(self, idx):
+        return self.head(self.emb(idx))
+'''
+
+
+@pytest.fixture(scope="module")
+def converted():
+    result = convert_source(textwrap.dedent(SOURCE), "init.py")
+    namespace: dict = {}
+    exec(compile(result.output.decode(), "init_jax.py", "exec"), namespace)
+    return result, namespace
+
+
+def init(namespace, name, x):
+    return namespace[name]().init(jax.random.PRNGKey(0), x)["params"]
+
+
+def test_direct_init_calls_become_layer_and_param_initializers(converted):
+    result, ns = converted
+    params = init(ns, "Direct", jnp.ones((2, 3)))
+    np.testing.assert_array_equal(params["fc"]["kernel"], np.full((3, 4), 0.25))
+    np.testing.assert_array_equal(params["fc"]["bias"], np.full((4,), -1.0))
+    np.testing.assert_array_equal(params["cls"], np.ones((1, 5)))
+    assert sorted(d.line for d in result.diagnostics if d.code == "JP308" and d.line < 15) == [10, 11, 13]
+    assert "JP305" not in [d.code for d in result.diagnostics]
+
+
+def test_modules_loop_reaches_submodules(converted):
+    _, ns = converted
+    params = init(ns, "Looped", jnp.ones((2, 4)))
+    for layer in (params["head"], params["block"]["proj"]):
+        assert np.all(np.asarray(layer["kernel"]) == 0.5)
+        assert np.all(np.asarray(layer["bias"]) == 0.0)
+
+
+def test_apply_with_init_function_is_folded_and_removed(converted):
+    result, ns = converted
+    out = result.output.decode()
+    assert "_init_weights" not in out and "self.apply" not in out
+    params = init(ns, "Applied", jnp.zeros((2, 3), jnp.int32))
+    emb = np.asarray(params["emb"]["embedding"])
+    assert abs(emb.mean() - 3.0) < 0.01 and 0.01 < emb.std() < 0.03
+    assert np.all(np.asarray(params["head"]["bias"]) == 0)
+    assert np.asarray(params["head"]["kernel"]).std() < 0.03
