@@ -26,7 +26,7 @@ import flax.linen as nn
 import transpiler.rewriters  # noqa: F401  (registers the rewriters)
 from transpiler import prelude_index
 from transpiler.mapping import _entry, load_tables
-from transpiler.render import code_of, render_call, render_value
+from transpiler.render import code_of, render_attribute, render_call, render_value
 
 jax.config.update("jax_enable_x64", False)
 
@@ -194,7 +194,7 @@ class Converter:
             if entry is None:
                 return node.with_changes(value=value)
             self.used.add(("tensor_attributes", node.attr.value))
-            expr = self._take(render_call(entry, [], receiver=value), f".{node.attr.value}")
+            expr = self._take(render_attribute(entry, value), f".{node.attr.value}")
             return node.with_changes(value=value) if expr is None else expr
         return node.visit(_Children(self))
 
@@ -766,3 +766,18 @@ def test_semantics(source, inputs, mode):
             names = list(arrays)
             j_out = jax.jit(lambda *a: eval(code, ns, {**dict(zip(names, a)), **static}))(*arrays.values())
     compare(t_out, j_out, 1e-4 if "conv" in source or "attention" in source else 1e-5, values=mode != "sampled")
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("F.dropout(x, 0.1)", "torch_dropout(x, 0.1, True, rng_key)"),
+    ("F.dropout(x, training=train)", "torch_dropout(x, 0.5, train, rng_key if train else None)"),
+    ("F.dropout(x, p=0.2, training=train)", "torch_dropout(x, 0.2, train, rng_key if train else None)"),
+    ("F.scaled_dot_product_attention(q, k, v, is_causal=True)",
+     "torch_sdpa(q, k, v, is_causal=True)"),
+    ("F.scaled_dot_product_attention(q, k, v, dropout_p=0.0)", "torch_sdpa(q, k, v, dropout_p=0.0)"),
+    ("F.scaled_dot_product_attention(q, k, v, dropout_p=p if train else 0)",
+     "torch_sdpa(q, k, v, dropout_p=p if train else 0, rng_key=rng_key if (p if train else 0) else None)"),
+])
+def test_rng_key_is_only_needed_when_sampling(source, expected):
+    code, conv = _render_method(source)
+    assert code == expected, (code, conv.problems)
