@@ -321,6 +321,10 @@ class _Failed(Exception):
     pass
 
 
+class _StructureMismatch(Exception):
+    pass
+
+
 def compare_module(torch_cls, flax_cls, spec_table: ModuleSpec | dict, seed: int = 0, *,
                    name: str | None = None, dims: dict[str, int] | None = None,
                    transfer: Callable | None = None, rtol: float | None = None,
@@ -344,8 +348,10 @@ def compare_module(torch_cls, flax_cls, spec_table: ModuleSpec | dict, seed: int
     run = _Run(torch_cls, flax_cls, spec, seed, name, dims, transfer, rtol, atol, check_grads)
     n = examples if examples is not None else spec.examples
     try:
-        for i in range(n):
-            run.example(i)
+        import jax
+        with jax.default_matmul_precision("highest"):  # no TF32/bf16 passes on GPU/TPU
+            for i in range(n):
+                run.example(i)
     except _Failed:
         pass
     except Exception as exc:  # noqa: BLE001 - every problem of the code under test is reported
@@ -400,6 +406,7 @@ class _Run:
     # -- one example
     def example(self, index: int) -> None:
         import jax
+        import jax.numpy as jnp
         import torch
 
         spec = self.spec
@@ -425,18 +432,24 @@ class _Run:
             key = jax.random.PRNGKey(self.seed)
             names = ["params", "dropout", *spec.rngs]
             rngs = dict(zip(names, jax.random.split(key, len(names))))
+            # only shapes are needed: every leaf is overwritten by the transfer
             if spec.method and spec.init_inputs is not None:
                 sk, arrs = _split_arrays(tuple(draw_value(x, rng, dims) for x in spec.init_inputs))
                 init_args = _fill(sk, [_to_jax(x) for x in arrs])
-                variables = self.flax_module.init(rngs, *init_args)
+                variables = jax.eval_shape(lambda r: self.flax_module.init(r, *init_args), rngs)
             else:
                 a, k = _fill(skeleton, jarrays)
-                variables = self.flax_module.init(rngs, *a, **k, method=spec.method)
+                variables = jax.eval_shape(
+                    lambda r: self.flax_module.init(r, *a, **k, method=spec.method), rngs)
             variables = _unfreeze(variables)
             self.phase = "transferring weights"
             transfer = self.transfer or default_transfer()
             self.transfer = transfer
             self.variables = _unfreeze(transfer(self.torch_module, variables))
+            unfilled = [p for p, v in _tree_paths(self.variables).items()
+                        if isinstance(v, jax.ShapeDtypeStruct)]
+            if unfilled:
+                raise ValueError(f"the transfer left flax leaves unfilled: {unfilled[:5]}")
 
         method = spec.method or "__call__"
         extra = {"train": False} if _accepts(getattr(self.flax_cls, method), "train") else {}
@@ -446,7 +459,7 @@ class _Run:
             a, k = _fill(skeleton, arrs)
             return flax_module.apply(variables, *a, **k, **extra, method=spec.method)
 
-        # --- forward, eval mode
+        # --- torch: forward (eval mode), then backward of sum(out * cotangent)
         self.phase = "torch forward"
         tm = self.torch_module
         tm.eval()
@@ -460,10 +473,58 @@ class _Run:
         ta, tk = _fill(skeleton, targs)
         with torch.set_grad_enabled(self.check_grads):
             tout = getattr(tm, spec.method)(*ta, **tk) if spec.method else tm(*ta, **tk)
-        self.phase = "flax forward (jit)"
-        fout = jax.jit(apply)(self.variables, jarrays)
+        t_leaves = _leaves(tout)
+        cts: list[np.ndarray | None] = []
+        loss = None
+        for _, tv in t_leaves:
+            if isinstance(tv, torch.Tensor) and tv.is_floating_point():
+                ct = rng.standard_normal(tuple(tv.shape)).astype(np.float32)
+                cts.append(ct)
+                if tv.requires_grad:
+                    term = (tv.float() * torch.from_numpy(ct)).sum()
+                    loss = term if loss is None else loss + term
+            else:
+                cts.append(None)
+        grads = self.check_grads and loss is not None
+        if self.check_grads and loss is None:
+            self.notes.append("no differentiable output: gradients not compared")
+        if grads:
+            self.phase = "torch backward"
+            loss.backward()
+
+        # --- flax: forward and gradients in one jitted function
+        variables = self.variables
+        flax_params = variables.get("params", {})
+        jcts = [None if c is None else jnp.asarray(c) for c in cts]
+
+        def loss_fn(p, floats):
+            arrs = list(jarrays)
+            for i, f in zip(float_idx, floats):
+                arrs[i] = f
+            out = apply({**variables, "params": p}, arrs)
+            out_leaves = _leaves(out)
+            if len(out_leaves) != len(jcts):
+                raise _StructureMismatch
+            total = jnp.zeros((), jnp.float32)
+            for (_, v), c in zip(out_leaves, jcts):
+                if c is not None:
+                    total = total + jnp.sum(jnp.asarray(v).astype(jnp.float32) * c)
+            return total, out
+
+        fout = g_params = g_inputs = None
+        if grads:
+            self.phase = "flax forward and gradients (jit)"
+            try:
+                (_, fout), (g_params, g_inputs) = jax.jit(
+                    jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(
+                    flax_params, [jarrays[i] for i in float_idx])
+            except Exception:  # noqa: BLE001 - retried below without gradients, for a clear report
+                fout = None
+        if fout is None:
+            self.phase = "flax forward (jit)"
+            fout = jax.jit(apply)(variables, jarrays)
         self.phase = "comparing outputs"
-        t_leaves, f_leaves = _leaves(tout), _leaves(fout)
+        f_leaves = _leaves(fout)
         if [p for p, _ in t_leaves] != [p for p, _ in f_leaves]:
             self.add(Check(f"forward{tag}", "fail", float("inf"), float("inf"),
                            f"output structure differs: torch {[p for p, _ in t_leaves]} vs "
@@ -475,61 +536,28 @@ class _Run:
                                     self.rtol, self.atol))
         self.examples += 1
 
-        # --- gradients
-        if self.check_grads:
-            self._grads(index, tag, rng, t_leaves, f_leaves, leaves_in, arrays, jarrays,
-                        float_idx, apply)
+        if grads:
+            if g_params is None:
+                self.phase = "flax gradients (jit)"
+                jax.jit(jax.grad(loss_fn, argnums=(0, 1), has_aux=True))(
+                    flax_params, [jarrays[i] for i in float_idx])  # raises the real problem
+                raise RuntimeError("flax gradients failed")
+            self._grads(index, tag, leaves_in, float_idx, g_params, g_inputs)
         # --- training-mode forward
         if spec.train_forward:
             self._train_forward(tag, skeleton, arrays, jarrays, method)
 
-    def _grads(self, index, tag, rng, t_leaves, f_leaves, leaves_in, arrays, jarrays,
-               float_idx, apply):
-        import jax
-        import jax.numpy as jnp
+    def _grads(self, index, tag, leaves_in, float_idx, g_params, g_inputs):
         import torch
 
-        self.phase = "torch backward"
         tm = self.torch_module
-        cts: list[np.ndarray | None] = []
-        loss = None
-        for (_, tv), (_, fv) in zip(t_leaves, f_leaves):
-            if isinstance(tv, torch.Tensor) and tv.is_floating_point():
-                ct = rng.standard_normal(tuple(tv.shape)).astype(np.float32)
-                cts.append(ct)
-                if tv.requires_grad:
-                    term = (tv.float() * torch.from_numpy(ct)).sum()
-                    loss = term if loss is None else loss + term
-            else:
-                cts.append(None)
-        if loss is None:
-            self.notes.append("no differentiable output: gradients not compared")
-            return
-        loss.backward()
+        variables = self.variables
+        flax_params = variables.get("params", {})
         params = dict(tm.named_parameters())
         t_param_grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
                          for n, p in params.items()}
         t_input_grads = {i: (leaves_in[i].grad if leaves_in[i].grad is not None
                              else torch.zeros_like(leaves_in[i])) for i in float_idx}
-
-        self.phase = "flax gradients (jit)"
-        variables = self.variables
-        flax_params = variables.get("params", {})
-        jcts = [None if c is None else jnp.asarray(c) for c in cts]
-
-        def loss_fn(p, floats):
-            arrs = list(jarrays)
-            for i, f in zip(float_idx, floats):
-                arrs[i] = f
-            out = apply({**variables, "params": p}, arrs)
-            total = jnp.zeros((), jnp.float32)
-            for (_, v), c in zip(_leaves(out), jcts):
-                if c is not None:
-                    total = total + jnp.sum(jnp.asarray(v).astype(jnp.float32) * c)
-            return total
-
-        g_params, g_inputs = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(
-            flax_params, [jarrays[i] for i in float_idx])
 
         self.phase = "comparing input gradients"
         for k, i in enumerate(float_idx):
