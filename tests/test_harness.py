@@ -485,3 +485,51 @@ def test_compare_files_with_hand_written_conversion(tmp_path):
     assert isinstance(results[0], ComparisonResult)
     missing = compare_files(CORPUS / "mlp.py", converted, {"Nope": {}}, transfer=hand_transfer)
     assert missing[0].status == "error" and "not found" in missing[0].message
+
+
+# --- method + init_inputs: validate the deterministic part of a sampling model -----------------
+
+class TorchSampler(tnn.Module):
+    def __init__(self, d=4):
+        super().__init__()
+        self.enc = tnn.Linear(d, 2 * d)
+        self.dec = tnn.Linear(d, d)
+
+    def encode(self, x):
+        mu, logvar = self.enc(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def forward(self, x):
+        mu, logvar = self.encode(x)
+        return self.dec(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar))
+
+
+def _flax_sampler(swap):
+    class FlaxSampler(fnn.Module):
+        d: int = 4
+
+        def setup(self):
+            self.enc = fnn.Dense(2 * self.d)
+            self.dec = fnn.Dense(self.d)
+
+        def encode(self, x):
+            mu, logvar = jnp.split(self.enc(x), 2, axis=-1)
+            return (logvar, mu) if swap else (mu, logvar)
+
+        def __call__(self, x, train: bool = False):
+            mu, logvar = self.encode(x)
+            eps = jax.random.normal(self.make_rng("noise"), mu.shape)
+            return self.dec(mu + eps * jnp.exp(0.5 * logvar))
+    return FlaxSampler
+
+
+def test_method_with_init_inputs():
+    spec = {"init": {"d": 4}, "method": "encode", "inputs": ["float32[B, 4]"],
+            "init_inputs": ["float32[B, 4]"], "rngs": ["noise"], "dims": {"B": [2, 3]}}
+    r = compare_module(TorchSampler, _flax_sampler(False), spec, transfer=hand_transfer)
+    assert r.status == "pass", str(r)
+    # the decoder's parameters exist (init ran __call__) but get no gradient from encode
+    assert "grad:params/dec/kernel" in {c.name for c in r.checks}
+    bad = compare_module(TorchSampler, _flax_sampler(True), spec, transfer=hand_transfer)
+    assert bad.status == "fail"
+    assert {c.name for c in bad.failures} >= {"forward:out[0]", "forward:out[1]"}
