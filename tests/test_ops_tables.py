@@ -781,3 +781,14 @@ def test_semantics(source, inputs, mode):
 def test_rng_key_is_only_needed_when_sampling(source, expected):
     code, conv = _render_method(source)
     assert code == expected, (code, conv.problems)
+
+
+@pytest.mark.parametrize("source,inputs", [
+    ("F.conv_transpose2d(x, w, stride=3, padding=2, output_padding=1)", {"x": "float32[1, 2, 4, 3]", "w": "float32[2, 5, 4, 3]"}),
+    ("F.conv_transpose2d(x, w, b)", {"x": "float32[1, 2, 4, 3]", "w": "float32[2, 5, 3, 3]", "b": "float32[5]"}),
+    ("F.gaussian_nll_loss(x, y, v, full=True, reduction='sum')", {"x": "float32[3, 4]", "y": "float32[3, 4]", "v": "float32[3, 1] range(0.1, 2)"}),
+    ("F.poisson_nll_loss(x, t, log_input=False)", {"x": "float32[3, 4] range(0.1, 3)", "t": "float32[3, 4] range(0, 5)"}),
+    ("F.gumbel_softmax(x, hard=False).sum(-1)", {"x": "float32[3, 4]"}),
+])
+def test_more_semantics(source, inputs):
+    test_semantics(source, inputs, "")

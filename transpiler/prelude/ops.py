@@ -312,6 +312,37 @@ def torch_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return out
 
 
+def torch_conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """``F.conv_transpose1d/2d/3d`` on channels-first input with a torch-layout
+    (I, O/groups, *k) weight: a dilated convolution with the flipped kernel."""
+    n = weight.ndim - 2
+    stride, padding = _tuple(stride, n), _tuple(padding, n)
+    output_padding, dilation = _tuple(output_padding, n), _tuple(dilation, n)
+    cin, cout_g = weight.shape[0], weight.shape[1]
+    k = weight.shape[2:]
+    w = weight.reshape((groups, cin // groups, cout_g) + k)
+    w = jnp.swapaxes(w, 1, 2).reshape((groups * cout_g, cin // groups) + k)
+    w = jnp.flip(w, axis=tuple(range(2, 2 + n)))
+    pads = [(dilation[i] * (k[i] - 1) - padding[i], dilation[i] * (k[i] - 1) - padding[i] + output_padding[i])
+            for i in range(n)]
+    spatial = "DHW"[-n:]
+    out = jax.lax.conv_general_dilated(x, w, (1,) * n, pads, lhs_dilation=stride, rhs_dilation=dilation,
+                                       dimension_numbers=("NC" + spatial, "OI" + spatial, "NC" + spatial),
+                                       feature_group_count=groups, precision=jax.lax.Precision.HIGHEST)
+    if bias is not None:
+        out = out + bias.reshape((1, -1) + (1,) * n)
+    return out
+
+
+def torch_unfold(x, kernel_size, dilation=1, padding=0, stride=1):
+    """``F.unfold`` (im2col) on (N, C, H, W): (N, C*kh*kw, L) with channels as the major index."""
+    patches = jax.lax.conv_general_dilated_patches(
+        x, _tuple(kernel_size, 2), _tuple(stride, 2), [(p, p) for p in _tuple(padding, 2)],
+        rhs_dilation=_tuple(dilation, 2), dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        precision=jax.lax.Precision.HIGHEST)
+    return patches.reshape(patches.shape[0], patches.shape[1], -1)
+
+
 def _pool_padding(size, kernel, stride, pad, dilation, ceil_mode):
     span = dilation * (kernel - 1) + 1
     if ceil_mode:
@@ -507,6 +538,18 @@ def torch_multinomial(rng_key, probs, num_samples, replacement=False):
     return jax.lax.top_k(logits + gumbel, num_samples)[1]
 
 
+def torch_gumbel_softmax(rng_key, logits, tau=1.0, hard=False, dim=-1):
+    """``F.gumbel_softmax``: softmax((logits + Gumbel noise) / tau); with ``hard``, the one-hot
+    argmax in the forward pass and the soft sample's gradient (straight-through)."""
+    gumbels = jax.random.gumbel(rng_key, logits.shape, logits.dtype)
+    soft = jax.nn.softmax((logits + gumbels) / tau, axis=dim)
+    if not hard:
+        return soft
+    index = jnp.argmax(soft, axis=dim)
+    one_hot = jnp.moveaxis(jax.nn.one_hot(index, soft.shape[dim], dtype=soft.dtype), -1, dim)
+    return one_hot - jax.lax.stop_gradient(soft) + soft
+
+
 # ------------------------------------------------------------------------------ losses
 
 
@@ -625,4 +668,57 @@ def torch_kl_div(input, target, reduction="mean", log_target=False):
         loss = jax.scipy.special.xlogy(target, target) - target * input
     if reduction == "batchmean":
         return jnp.sum(loss) / (input.shape[0] if input.ndim else 1)
+    return torch_reduce(loss, reduction)
+
+
+def torch_margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean"):
+    """``F.margin_ranking_loss``: max(0, -target * (input1 - input2) + margin)."""
+    return torch_reduce(jnp.maximum(0.0, -target * (input1 - input2) + margin), reduction)
+
+
+def torch_cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean"):
+    """``F.cosine_embedding_loss``: 1 - cos for target 1, max(0, cos - margin) for target -1."""
+    eps = 1e-12
+    dot = jnp.sum(input1 * input2, axis=-1)
+    norms = jnp.sqrt((jnp.sum(input1 * input1, axis=-1) + eps) * (jnp.sum(input2 * input2, axis=-1) + eps))
+    cos = dot / norms
+    loss = jnp.where(target == 1, 1.0 - cos, jnp.where(target == -1, jnp.maximum(0.0, cos - margin), 0.0))
+    return torch_reduce(loss, reduction)
+
+
+def torch_triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False,
+                              reduction="mean"):
+    """``F.triplet_margin_loss``: max(d(a, p) - d(a, n) + margin, 0) with pairwise p-norm distances."""
+    d_pos = torch_pairwise_distance(anchor, positive, p, eps)
+    d_neg = torch_pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        d_neg = jnp.minimum(d_neg, torch_pairwise_distance(positive, negative, p, eps))
+    return torch_reduce(jnp.maximum(d_pos - d_neg + margin, 0.0), reduction)
+
+
+def torch_soft_margin_loss(input, target, reduction="mean"):
+    """``F.soft_margin_loss``: log(1 + exp(-target * input))."""
+    return torch_reduce(jax.nn.softplus(-target * input), reduction)
+
+
+def torch_poisson_nll_loss(input, target, log_input=True, full=False, eps=1e-8, reduction="mean"):
+    """``F.poisson_nll_loss`` (with the Stirling term when ``full``)."""
+    if log_input:
+        loss = jnp.exp(input) - target * input
+    else:
+        loss = input - target * jnp.log(input + eps)
+    if full:
+        stirling = target * jnp.log(target) - target + 0.5 * jnp.log(2 * jnp.pi * target)
+        loss = loss + jnp.where(target > 1, stirling, 0.0)
+    return torch_reduce(loss, reduction)
+
+
+def torch_gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):
+    """``F.gaussian_nll_loss``: 0.5 * (log(max(var, eps)) + (input - target)^2 / max(var, eps))."""
+    if var.ndim == input.ndim - 1:
+        var = var[..., None]  # one variance per sample
+    var = jnp.maximum(var, eps)
+    loss = 0.5 * (jnp.log(var) + jnp.square(input - target) / var)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
     return torch_reduce(loss, reduction)
