@@ -30,7 +30,8 @@ def causal(n):
 
 
 ATTENTION_KEYS = ["torch.nn.MultiheadAttention", "torch.nn.TransformerEncoderLayer",
-                  "torch.nn.TransformerEncoder"]
+                  "torch.nn.TransformerEncoder", "torch.nn.TransformerDecoderLayer",
+                  "torch.nn.TransformerDecoder"]
 
 
 @pytest.mark.parametrize("key", ATTENTION_KEYS)
@@ -106,9 +107,10 @@ def test_mha_dropout_only_in_train():
     fmod, _, _ = render_layer("nn.MultiheadAttention(8, 2, dropout=0.5)")
     q, k, v = (jnp.asarray(a) for a in _qkv())
     variables = fmod.init(jax.random.PRNGKey(0), q, k, v)
-    out, weights = fmod.apply(variables, q, k, v)
+    run = jax.jit(lambda train: fmod.apply(variables, q, k, v, train=train,
+                                           rngs={"dropout": jax.random.PRNGKey(1)}), static_argnums=0)
+    (out, weights), (t_out, t_weights) = run(False), run(True)
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
-    t_out, t_weights = fmod.apply(variables, q, k, v, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     assert not np.allclose(t_out, out)
     # as in torch, the returned weights are the dropped-out ones (zeros, survivors scaled by 2)
     assert np.any(np.asarray(t_weights) != np.asarray(weights))
@@ -179,3 +181,17 @@ def test_transformer_encoder_layers_are_independent():
         converter_of(entries[-1])(
             torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 16), 4, enable_nested_tensor=False),
             {"params": params})
+
+
+def test_transformer_decoder_layer_masks():
+    compare("nn.TransformerDecoderLayer(8, 2, 16, 0.0, 'gelu', batch_first=True, norm_first=True)",
+            [arr(N, L, E, seed=1), arr(N, S, E, seed=2)],
+            dict(tgt_mask=causal(L), memory_mask=bool_mask(L, S, seed=3),
+                 tgt_key_padding_mask=bool_mask(N, L, seed=4), memory_key_padding_mask=bool_mask(N, S, seed=5),
+                 tgt_is_causal=True))
+
+
+def test_transformer_decoder_with_norm():
+    compare("nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2, 16), 2, norm=nn.LayerNorm(8))",
+            [arr(L, N, E, seed=1), arr(S, N, E, seed=2)],
+            dict(tgt_mask=causal(L), memory_key_padding_mask=bool_mask(N, S, seed=6)))

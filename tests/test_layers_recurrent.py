@@ -113,13 +113,23 @@ def compare(src, args, kwargs=None, seed=0, tol=TOL, eager=False):
     convert = converter_of(entries[-1])
     params = jax.tree_util.tree_map(jnp.asarray, convert(tmod, variables))
 
-    # forward
+    # torch: forward, then gradients of a fixed random projection of every output leaf
     for leaf in _flatten(t_args):
         if leaf is not None and leaf.is_floating_point():
             leaf.requires_grad_(True)
-    t_out = tmod(*t_args, **t_kwargs)
-    t_leaves = _flatten(t_out)
-    runs = [(jax.jit(lambda p, a: fmod.apply(p, *a, **j_kwargs))(params, j_args), "jit")]
+    t_leaves = _flatten(tmod(*t_args, **t_kwargs))
+    rng = np.random.default_rng(seed + 1)
+    cotangents = [None if e is None else rng.standard_normal(e.shape).astype(np.float32) for e in t_leaves]
+    sum((e * torch.tensor(c)).sum() for e, c in zip(t_leaves, cotangents) if e is not None).backward()
+
+    # flax: one jitted program gives the outputs and the same gradients
+    def j_loss(p, a):
+        out = fmod.apply(p, *a, **j_kwargs)
+        leaves = _flatten(out)
+        return sum((leaf * c).sum() for leaf, c in zip(leaves, cotangents) if c is not None), out
+
+    (_, jitted), (g_params, g_args) = jax.jit(jax.value_and_grad(j_loss, argnums=(0, 1), has_aux=True))(params, j_args)
+    runs = [(jitted, "jit")]
     if eager:
         runs.append((fmod.apply(params, *j_args, **j_kwargs), "eager"))
     for out, how in runs:
@@ -131,17 +141,6 @@ def compare(src, args, kwargs=None, seed=0, tol=TOL, eager=False):
                 continue
             _close(a, e.detach().numpy(), f"{code} [{how}] output {i}", tol)
 
-    # gradients of a fixed random projection of every output leaf
-    rng = np.random.default_rng(seed + 1)
-    cotangents = [None if e is None else rng.standard_normal(e.shape).astype(np.float32) for e in t_leaves]
-    loss = sum((e * torch.tensor(c)).sum() for e, c in zip(t_leaves, cotangents) if e is not None)
-    loss.backward()
-
-    def j_loss(p, a):
-        leaves = _flatten(fmod.apply(p, *a, **j_kwargs))
-        return sum((leaf * c).sum() for leaf, c in zip(leaves, cotangents) if c is not None)
-
-    g_params, g_args = jax.jit(jax.grad(j_loss, argnums=(0, 1)))(params, j_args)
     grad_module = copy.deepcopy(tmod)
     with torch.no_grad():
         for (name, p), (_, g) in zip(grad_module.named_parameters(), tmod.named_parameters()):
@@ -238,19 +237,18 @@ def test_cell(src, x_shape, state):
 # ---------------------------------------------------------------- modes, init, converters
 
 def test_dropout_between_layers_only_in_train():
-    fmod, _, _ = render_layer("nn.LSTM(4, 6, num_layers=2, dropout=0.5)")
     x = jnp.asarray(arr(L, N, F))
-    variables = fmod.init(jax.random.PRNGKey(0), x)
-    eval_out, _ = fmod.apply(variables, x)
     rngs = {"dropout": jax.random.PRNGKey(1)}
-    train_out, _ = fmod.apply(variables, x, train=True, rngs=rngs)
-    again, _ = fmod.apply(variables, x, train=True, rngs=rngs)
-    assert not np.allclose(train_out, eval_out)
-    np.testing.assert_array_equal(train_out, again)
-    # one layer: torch applies no dropout at all, not even in training
-    single, _, _ = render_layer("nn.GRU(4, 6, dropout=0.5)")
-    v1 = single.init(jax.random.PRNGKey(0), x)
-    np.testing.assert_array_equal(single.apply(v1, x, train=True, rngs=rngs)[0], single.apply(v1, x)[0])
+    for src, layers in (("nn.RNN(4, 6, num_layers=2, dropout=0.5)", 2), ("nn.RNN(4, 6, dropout=0.5)", 1)):
+        fmod, _, _ = render_layer(src)
+        variables = fmod.init(jax.random.PRNGKey(0), x)
+        run = jax.jit(lambda v, train: fmod.apply(v, x, train=train, rngs=rngs)[0], static_argnums=1)
+        eval_out, train_out = run(variables, False), run(variables, True)
+        if layers == 2:
+            assert not np.allclose(train_out, eval_out)
+            np.testing.assert_array_equal(train_out, run(variables, True))   # same key, same mask
+        else:  # a single layer: torch applies no dropout at all, not even in training
+            np.testing.assert_array_equal(train_out, eval_out)
 
 
 @pytest.mark.parametrize("src", ["nn.LSTM(4, 6, 2, bidirectional=True)", "nn.RNN(4, 6)", "nn.GRUCell(4, 6)"])

@@ -226,3 +226,97 @@ class TorchTransformerEncoder(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         return x
+
+
+class TorchTransformerDecoderLayer(nn.Module):
+    """torch.nn.TransformerDecoderLayer: ``y = layer(tgt, memory, tgt_mask=None,
+    memory_mask=None, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+    tgt_is_causal=False, memory_is_causal=False, train=False)``."""
+
+    d_model: int
+    nhead: int
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    activation: Any = "relu"
+    layer_norm_eps: float = 1e-5
+    batch_first: bool = False
+    norm_first: bool = False
+    bias: bool = True
+
+    def setup(self):
+        self.self_attn = TorchMultiheadAttention(embed_dim=self.d_model, num_heads=self.nhead,
+                                                 dropout=self.dropout, bias=self.bias,
+                                                 batch_first=self.batch_first)
+        self.multihead_attn = TorchMultiheadAttention(embed_dim=self.d_model, num_heads=self.nhead,
+                                                      dropout=self.dropout, bias=self.bias,
+                                                      batch_first=self.batch_first)
+        b1 = 1.0 / self.d_model ** 0.5
+        b2 = 1.0 / self.dim_feedforward ** 0.5
+        self.linear1 = nn.Dense(self.dim_feedforward, use_bias=self.bias,
+                                kernel_init=torch_mha_uniform(b1), bias_init=torch_mha_uniform(b1))
+        self.linear2 = nn.Dense(self.d_model, use_bias=self.bias,
+                                kernel_init=torch_mha_uniform(b2), bias_init=torch_mha_uniform(b2))
+        self.norm1 = nn.LayerNorm(epsilon=self.layer_norm_eps, use_bias=self.bias, use_fast_variance=False)
+        self.norm2 = nn.LayerNorm(epsilon=self.layer_norm_eps, use_bias=self.bias, use_fast_variance=False)
+        self.norm3 = nn.LayerNorm(epsilon=self.layer_norm_eps, use_bias=self.bias, use_fast_variance=False)
+        self.dropout_ff = nn.Dropout(rate=self.dropout)
+        self.dropout1 = nn.Dropout(rate=self.dropout)
+        self.dropout2 = nn.Dropout(rate=self.dropout)
+        self.dropout3 = nn.Dropout(rate=self.dropout)
+
+    def _sa_block(self, x, mask, key_padding_mask, is_causal, train):
+        x = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, need_weights=False,
+                           attn_mask=mask, is_causal=is_causal, train=train)[0]
+        return self.dropout1(x, deterministic=not train)
+
+    def _mha_block(self, x, memory, mask, key_padding_mask, is_causal, train):
+        x = self.multihead_attn(x, memory, memory, key_padding_mask=key_padding_mask, need_weights=False,
+                                attn_mask=mask, is_causal=is_causal, train=train)[0]
+        return self.dropout2(x, deterministic=not train)
+
+    def _ff_block(self, x, train):
+        x = self.dropout_ff(torch_transformer_activation(self.activation)(self.linear1(x)), deterministic=not train)
+        return self.dropout3(self.linear2(x), deterministic=not train)
+
+    def __call__(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                 memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False,
+                 train: bool = False):
+        x = tgt
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal, train)
+            x = x + self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask,
+                                    memory_is_causal, train)
+            x = x + self._ff_block(self.norm3(x), train)
+        else:
+            x = self.norm1(x + self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal, train))
+            x = self.norm2(x + self._mha_block(x, memory, memory_mask, memory_key_padding_mask,
+                                               memory_is_causal, train))
+            x = self.norm3(x + self._ff_block(x, train))
+        return x
+
+
+class TorchTransformerDecoder(nn.Module):
+    """torch.nn.TransformerDecoder: ``num_layers`` independent copies of ``decoder_layer``
+    (``layers_0``, ...), then ``norm`` if given. ``y = decoder(tgt, memory, tgt_mask=None,
+    memory_mask=None, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+    tgt_is_causal=None, memory_is_causal=False, train=False)``."""
+
+    decoder_layer: nn.Module
+    num_layers: int
+    norm: Any = None
+
+    def setup(self):
+        self.layers = [self.decoder_layer.clone(parent=None) for _ in range(self.num_layers)]
+
+    def __call__(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                 memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False,
+                 train: bool = False):
+        x = tgt
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                      tgt_key_padding_mask=tgt_key_padding_mask,
+                      memory_key_padding_mask=memory_key_padding_mask,
+                      tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal, train=train)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x

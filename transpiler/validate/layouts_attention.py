@@ -8,8 +8,8 @@ kernels are the row blocks [0:E], [E:2E], [2E:3E] of torch's ``in_proj_weight`` 
 (or ``q/k/v_proj_weight`` transposed when kdim/vdim differ from embed_dim), their biases the
 same blocks of ``in_proj_bias``; ``out_proj`` is a Linear (kernel = weight.T);
 ``bias_k``/``bias_v`` are copied as they are. Transformer layers add ``linear1``/``linear2``
-(Linear) and ``norm1``/``norm2`` (LayerNorm: scale = weight), the encoder ``layers_{i}``
-and ``norm``.
+(Linear) and ``norm1``..``norm3`` (LayerNorm: scale = weight), decoder layers
+``multihead_attn``; encoder/decoder stacks ``layers_{i}`` and ``norm``.
 """
 from __future__ import annotations
 
@@ -72,29 +72,33 @@ def mha_source(torch_mha, prefix: str = "") -> Source:
     return source
 
 
-def encoder_layer_source(torch_layer, prefix: str = "") -> Source:
-    attention = mha_source(torch_layer.self_attn, prefix + "self_attn.")
+def transformer_layer_source(torch_layer, prefix: str = "") -> Source:
+    """An encoder or decoder layer: attention children (``self_attn``, ``multihead_attn``),
+    ``linear1``/``linear2`` and ``norm1``..``norm3``."""
+    attention = {name: mha_source(getattr(torch_layer, name), f"{prefix}{name}.")
+                 for name in ("self_attn", "multihead_attn") if hasattr(torch_layer, name)}
 
     def source(collection: str, path: tuple[str, ...]):
         if collection != "params" or not path:
             raise KeyError(path)
         head, rest = path[0], path[1:]
-        if head == "self_attn":
-            return attention(collection, rest)
+        if head in attention:
+            return attention[head](collection, rest)
         if len(rest) != 1:
             raise KeyError(path)
         if head in ("linear1", "linear2"):
             return _linear(f"{prefix}{head}.", rest[0])
-        if head in ("norm1", "norm2"):
+        if head in ("norm1", "norm2", "norm3"):
             return _layer_norm(f"{prefix}{head}.", rest[0])
         raise KeyError(path)
 
     return source
 
 
-def encoder_source(torch_encoder, prefix: str = "") -> Source:
-    layers = {f"layers_{i}": encoder_layer_source(layer, f"{prefix}layers.{i}.")
-              for i, layer in enumerate(torch_encoder.layers)}
+def stack_source(torch_stack, prefix: str = "") -> Source:
+    """TransformerEncoder / TransformerDecoder: ``layers_{i}`` and the optional ``norm``."""
+    layers = {f"layers_{i}": transformer_layer_source(layer, f"{prefix}layers.{i}.")
+              for i, layer in enumerate(torch_stack.layers)}
 
     def source(collection: str, path: tuple[str, ...]):
         if collection != "params" or not path:
@@ -115,15 +119,26 @@ def multihead_attention(torch_module, flax_subtrees):
                           mha_source(torch_module))
 
 
+def _transformer(torch_module, flax_subtrees, class_name: str, source) -> dict:
+    _check_type(torch_module, class_name)
+    return convert_leaves(class_name, flax_subtrees, torch_arrays(torch_module), source(torch_module))
+
+
 def transformer_encoder_layer(torch_module, flax_subtrees):
     """torch.nn.TransformerEncoderLayer → TorchTransformerEncoderLayer."""
-    _check_type(torch_module, "TransformerEncoderLayer")
-    return convert_leaves("TransformerEncoderLayer", flax_subtrees, torch_arrays(torch_module),
-                          encoder_layer_source(torch_module))
+    return _transformer(torch_module, flax_subtrees, "TransformerEncoderLayer", transformer_layer_source)
+
+
+def transformer_decoder_layer(torch_module, flax_subtrees):
+    """torch.nn.TransformerDecoderLayer → TorchTransformerDecoderLayer."""
+    return _transformer(torch_module, flax_subtrees, "TransformerDecoderLayer", transformer_layer_source)
 
 
 def transformer_encoder(torch_module, flax_subtrees):
     """torch.nn.TransformerEncoder (its layers and optional final LayerNorm) → TorchTransformerEncoder."""
-    _check_type(torch_module, "TransformerEncoder")
-    return convert_leaves("TransformerEncoder", flax_subtrees, torch_arrays(torch_module),
-                          encoder_source(torch_module))
+    return _transformer(torch_module, flax_subtrees, "TransformerEncoder", stack_source)
+
+
+def transformer_decoder(torch_module, flax_subtrees):
+    """torch.nn.TransformerDecoder (its layers and optional final LayerNorm) → TorchTransformerDecoder."""
+    return _transformer(torch_module, flax_subtrees, "TransformerDecoder", stack_source)
