@@ -522,6 +522,11 @@ def _render_method(source):
     ("x.to(torch.float32)", "x.astype(jnp.float32)"),
     ("x.to(dtype=torch.float16)", "x.astype(jnp.float16)"),
     ("x.to(device, non_blocking=True)", "x"),
+    ("x.to(y.device)", "x"),
+    ("x.to(torch.device('cuda'))", "x"),
+    ("x.to(jax.devices()[0])", "x"),
+    ("x.to(args.device)", "x"),
+    ("x.to(local_rank)", "x"),
     ("(x + 1).to('cuda:0')", "(x + 1)"),
     ("x.type(torch.FloatTensor)", "x.astype(jnp.float32)"),
     ("x.type('torch.LongTensor')", "x.astype(jnp.int32)"),
@@ -560,6 +565,12 @@ def test_rendering(source, expected):
 def test_refused(source, code):
     _, conv = _render_method(source)
     assert conv.problems and code in conv.problems[0], conv.problems
+
+
+def test_to_device_forms_are_exact():
+    for source in ("x.to(y.device)", "x.to(torch.device('cuda'))", "x.to(DEVICE)", "x.to('cuda:0')"):
+        _, conv = _render_method(source)
+        assert not conv.approximate and not conv.problems, (source, conv.approximate, conv.problems)
 
 
 def test_to_with_unknown_argument_is_approximate():

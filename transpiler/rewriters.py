@@ -103,9 +103,11 @@ def is_device(node: cst.BaseExpression) -> bool:
     that says so (``device``, ``args.device``, ``x.device``, ``local_rank``)."""
     if isinstance(node, (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)) or _int_literal(node):
         return True
+    if isinstance(node, cst.Subscript) and isinstance(node.value, cst.Call):
+        node = node.value  # jax.devices()[0], what torch.device(...) and x.device become
     if isinstance(node, cst.Call):
         name = _dotted(node.func) or ""
-        return name.endswith("device") or name.endswith("current_accelerator")
+        return name.endswith(("device", "devices", "current_accelerator"))
     dotted = _dotted(node)
     if dotted is None:
         return False
