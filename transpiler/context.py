@@ -54,8 +54,10 @@ class FileContext:
         """``self.fc1`` (or ``self.fc1.x``) where fc1 is a submodule of the current class."""
         parts = name.split(".")
         info = self.current_class
-        return (info is not None and len(parts) >= 2 and parts[0] == "self"
-                and parts[1] in getattr(info, "submodules", {}))
+        if info is None or len(parts) < 2 or parts[0] != "self":
+            return False
+        kind = getattr(info, "submodules", {}).get(parts[1])
+        return kind is not None and kind.kind not in ("param", "value")
 
     def position(self, node: cst.CSTNode) -> tuple[int, int]:
         rng: CodeRange | None = self.positions.get(node)

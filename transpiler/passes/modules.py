@@ -23,7 +23,8 @@ from .base import Rule
 from .initialization import InitPlan, plan_initialization
 
 TRAIN = "train"
-MODULE_BASES = {"torch.nn.Module"}
+MODULE_BASES = {"torch.nn.Module", "torch.nn.Sequential"}
+SEQUENTIAL_BASE = "torch.nn.Sequential"
 INIT_STATEMENT_CALLS = ("torch.nn.init.",)
 
 
@@ -48,6 +49,7 @@ class ClassInfo:
     tied: dict[str, str] = field(default_factory=dict)    # Linear attr → Embedding attr sharing its weight
     has_init: bool = False
     has_forward: bool = False
+    sequential_base: bool = False     # subclass of nn.Sequential: children live in `layers`
 
 
 # ------------------------------------------------------------------ pre-scan
@@ -208,6 +210,7 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
             continue
         methods = _methods(cls)
         init = methods.get("__init__")
+        info.sequential_base = any(qualify(b.value, ctx.aliases) == SEQUENTIAL_BASE for b in cls.bases)
         info.has_init = init is not None
         info.has_forward = "forward" in methods
         # setup helpers: methods reachable from __init__
@@ -231,22 +234,35 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         for helper in info.setup_helpers:
             for value in _returned(methods[helper]):
                 helper_returns[helper] = _call_kind_for(value, ctx, classes, {})
+        kinds: dict[str, list[SubmoduleKind]] = {}
+        assigned_in_init: dict[str, int] = {}
         for fn_name in ["__init__", *sorted(info.setup_helpers)]:
             fn = methods.get(fn_name)
             if fn is None:
                 continue
             for attr, value in _self_assignments(fn):
+                if fn_name == "__init__":
+                    assigned_in_init[attr] = assigned_in_init.get(attr, 0) + 1
                 if attr in info.field_names and not (isinstance(value, cst.Name) and value.value == attr):
                     info.renamed.add(attr)
                 kind = _call_kind_for(value, ctx, classes, helper_returns)
                 if _is_empty_container(value, ctx):
-                    info.accumulated.add(attr)
+                    if fn_name == "__init__":
+                        info.accumulated.add(attr)
                     appended = [_call_kind_for(v, ctx, classes, helper_returns)
                                 for f in [init, *(methods[h] for h in info.setup_helpers)] if f is not None
                                 for v in _appended(f, attr)]
                     kind.element = _combine(appended)
-                if kind.kind != "value" or attr not in info.submodules:
-                    info.submodules[attr] = kind
+                kinds.setdefault(attr, []).append(kind)
+        for attr, found in kinds.items():
+            useful = [k for k in found if k.kind != "value"] or found
+            combined = _combine(useful) if len(useful) > 1 else useful[0]
+            if combined.kind == "mixed" and all(k.kind == useful[0].kind for k in useful):
+                combined = SubmoduleKind(useful[0].kind, combined.call, useful[-1].element)
+            info.submodules[attr] = combined
+        # flax names a submodule once: an attribute assigned twice in __init__ is built in a
+        # local variable and assigned at the end (like a ModuleList filled by append)
+        info.accumulated |= {a for a, n in assigned_in_init.items() if n > 1}
         # runtime methods: forward plus anything that needs the train flag
         runtime = {"forward"}
         uses: dict[str, _SelfCalls] = {}
@@ -498,7 +514,7 @@ class ModulesRule(Rule):
                 and self._method() in info.runtime_methods):
             self.ctx.report(original, "JP304", f"{name}: read the parameter through the layer "
                             "(flax creates it lazily), e.g. self.variables['params']")
-        if (self._method() in ("__init__", *info.setup_helpers) and name and name.startswith("self.")
+        if (self._method() == "__init__" and name and name.startswith("self.")
                 and name.count(".") == 1 and name[5:] in info.accumulated):
             return cst.Name(f"_{name[5:]}")
         if name and name.count(".") == 1 and name.startswith("self.") and name[5:] in info.renamed:
@@ -524,13 +540,16 @@ class ModulesRule(Rule):
             return updated.with_changes(func=cst.parse_expression(f"self.{info.tied[name[5:]]}.attend"))
         if name and name.startswith("self.") and name.count(".") == 1:
             attr = name[5:]
+            if attr == "forward":
+                return _add_arg(updated.with_changes(func=cst.Name("self")), _train_kwarg("train"))
             kind = info.submodules.get(attr)
             if kind is not None:
                 return _call_with_kind(updated, kind, self.ctx)
             if attr in info.runtime_methods:
                 return _add_arg(updated, _train_kwarg("train"))
-            if attr == "forward":
-                return _add_arg(updated.with_changes(func=cst.Name("self")), _train_kwarg("train"))
+            if attr in info.field_names:
+                # a module (or function) passed to the constructor: take the flag if it can
+                return _call_with_kind(updated, SubmoduleKind("mixed", "any"), self.ctx)
         if isinstance(original.func, cst.Name) and self.loop_vars:
             kind = self.loop_vars[-1].get(original.func.value)
             if kind is not None:
@@ -594,6 +613,16 @@ class ModulesRule(Rule):
             self.ctx.report(original, "JP308", "initialisation folded into the layers' initializers")
             return cst.RemoveFromParent()
         if method == "__init__" and _is_super_init(stmt, self.ctx):
+            super_args = updated.body[0].value.args if isinstance(updated.body[0], cst.Expr) else []
+            if info.sequential_base and super_args:
+                # nn.Sequential.__init__(*layers): the children, named layers_{i} in flax
+                elements = [cst.StarredElement(a.value) if a.star == "*" else cst.Element(a.value)
+                            for a in super_args]
+                elements = [e.with_changes(comma=_COMMA) if i < len(elements) - 1 else e
+                            for i, e in enumerate(elements)]
+                return updated.with_changes(body=[cst.Assign(
+                    targets=[cst.AssignTarget(cst.parse_expression("self.layers"))],
+                    value=cst.List(elements))])
             return cst.RemoveFromParent()
         if method == "__init__" and info.tied and isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
             target = dotted(stmt.targets[0].target) or ""
@@ -685,7 +714,8 @@ class ModulesRule(Rule):
         if info is None or self._method() not in ("__init__", *info.setup_helpers):
             return updated
         if dotted(original.iter.func) if isinstance(original.iter, cst.Call) else None:
-            if dotted(original.iter.func) in ("self.modules", "self.named_modules", "self.children"):
+            if dotted(original.iter.func) in ("self.modules", "self.named_modules", "self.children",
+                                              "self.parameters", "self.named_parameters"):
                 self.ctx.report(original, "JP305",
                                 "initialisation loop over self.modules() not converted yet; "
                                 "layers keep torch's default init")
@@ -745,7 +775,7 @@ class ModulesRule(Rule):
         bases = []
         for base in updated.bases:
             q = qualify(base.value, self.ctx.aliases)
-            if q in MODULE_BASES or (isinstance(base.value, cst.Attribute) and dotted(base.value) == "torch.nn.Module"):
+            if q in MODULE_BASES:
                 bases.append(base.with_changes(value=cst.parse_expression("nn.Module")))
                 self.ctx.emits.add("nn")
             else:
@@ -770,6 +800,13 @@ class ModulesRule(Rule):
         if fields and body:
             body[0] = body[0].with_changes(leading_lines=[cst.EmptyLine(indent=False), *body[0].leading_lines]) \
                 if not body[0].leading_lines else body[0]
+        if info.sequential_base and not info.has_forward:
+            self.ctx.emits.add("call_layer")
+            body.append(cst.parse_statement(
+                "def __call__(self, x, train: bool = False):\n"
+                "    for layer in self.layers:\n"
+                "        x = call_layer(layer, x, train)\n"
+                "    return x\n").with_changes(leading_lines=[cst.EmptyLine(indent=False)]))
         return updated.with_changes(bases=bases, body=updated.body.with_changes(body=[*head, *fields, *body]))
 
 

@@ -27,3 +27,6 @@ class Sequential(nn.Module):
         for layer in self.layers:
             x = call_layer(layer, x, train)
         return x
+
+    def __getitem__(self, index):
+        return self.layers[index]

@@ -24,13 +24,14 @@ def torch_rnn_uniform(hidden_size):
     return init
 
 
-def torch_rnn_check_input(name, input, input_size, hx_ndim_ok):
-    if input.ndim not in (1, 2, 3) or input.shape[-1] != input_size:
-        raise ValueError(f"{name}: expected input of size {input_size} in the last axis, "
+def torch_rnn_cell_check(name, input, input_size, state_ndims):
+    """torch's checks on a cell call: input (N, input_size) or unbatched (input_size,), and a
+    state of the same rank."""
+    if input.ndim not in (1, 2) or input.shape[-1] != input_size:
+        raise ValueError(f"{name}: expected input (N, {input_size}) or ({input_size},), "
                          f"got shape {tuple(input.shape)}")
-    if not hx_ndim_ok:
-        raise ValueError(f"{name}: hidden state must have as many dimensions as a batched "
-                         f"(or unbatched) input implies")
+    if any(ndim != input.ndim for ndim in state_ndims):
+        raise ValueError(f"{name}: for {input.ndim}-D input the hidden state must be {input.ndim}-D")
 
 
 class TorchLSTMCell(nn.Module):
@@ -67,10 +68,7 @@ class TorchLSTMCell(nn.Module):
                 jnp.zeros(tuple(batch_shape) + (self.hidden_size,), dtype))
 
     def __call__(self, input, hx=None):
-        torch_rnn_check_input("LSTMCell", input, self.input_size,
-                              hx is None or all(s.ndim == input.ndim for s in hx))
-        if input.ndim == 3:
-            raise ValueError("LSTMCell: expected 1-D (unbatched) or 2-D (batched) input")
+        torch_rnn_cell_check("LSTMCell", input, self.input_size, [] if hx is None else [s.ndim for s in hx])
         carry = self.zero_carry(input.shape[:-1], input.dtype) if hx is None else tuple(hx)
         carry, _ = self.step(carry, self.input_gates(input))
         return carry
@@ -105,9 +103,7 @@ class TorchGRUCell(nn.Module):
         return jnp.zeros(tuple(batch_shape) + (self.hidden_size,), dtype)
 
     def __call__(self, input, hx=None):
-        torch_rnn_check_input("GRUCell", input, self.input_size, hx is None or hx.ndim == input.ndim)
-        if input.ndim == 3:
-            raise ValueError("GRUCell: expected 1-D (unbatched) or 2-D (batched) input")
+        torch_rnn_cell_check("GRUCell", input, self.input_size, [] if hx is None else [hx.ndim])
         h = self.zero_carry(input.shape[:-1], input.dtype) if hx is None else hx
         h, _ = self.step(h, self.input_gates(input))
         return h
@@ -140,9 +136,7 @@ class TorchRNNCell(nn.Module):
         return jnp.zeros(tuple(batch_shape) + (self.hidden_size,), dtype)
 
     def __call__(self, input, hx=None):
-        torch_rnn_check_input("RNNCell", input, self.input_size, hx is None or hx.ndim == input.ndim)
-        if input.ndim == 3:
-            raise ValueError("RNNCell: expected 1-D (unbatched) or 2-D (batched) input")
+        torch_rnn_cell_check("RNNCell", input, self.input_size, [] if hx is None else [hx.ndim])
         h = self.zero_carry(input.shape[:-1], input.dtype) if hx is None else hx
         h, _ = self.step(h, self.input_gates(input))
         return h
