@@ -87,6 +87,7 @@ NOT_JITTABLE = {
     ("functions", "torch.unique"): "data-dependent output shape",
     ("functions", "torch.numel"): "returns a Python int",
     ("functions", "torch.is_tensor"): "returns a Python bool",
+    ("functions", "torch.Tensor"): "a type",
     ("functions", "torch.is_floating_point"): "returns a Python bool",
     ("functions", "torch.Size"): "a shape tuple",
     ("functions", "torch.finfo"): "dtype info",
