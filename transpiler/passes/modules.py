@@ -543,7 +543,7 @@ class ModulesRule(Rule):
             if attr == "forward":
                 return _add_arg(updated.with_changes(func=cst.Name("self")), _train_kwarg("train"))
             kind = info.submodules.get(attr)
-            if kind is not None:
+            if kind is not None and not (kind.kind == "value" and attr in info.field_names):
                 return _call_with_kind(updated, kind, self.ctx)
             if attr in info.runtime_methods:
                 return _add_arg(updated, _train_kwarg("train"))

@@ -149,6 +149,13 @@ class OpsRule(Rule):
     def _method_call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         name = updated.func.attr.value
         entry = self.ctx.tables.tensor_methods.get(name)
+        if entry is None and name.endswith("_") and not name.endswith("__"):
+            # an in-place method used for its value: on a temporary (torch.zeros(n).scatter_add_(...))
+            # nothing else sees the mutation, so the out-of-place twin computes the same thing.
+            # Statements such as x.add_(y) are rewritten by the mutation rule.
+            twin = self.ctx.tables.tensor_methods.get(name[:-1])
+            if twin is not None and isinstance(original.func.value, (cst.Call, cst.BinaryOperation)):
+                entry = twin
         if entry is None:
             return updated
         receiver = updated.func.value
