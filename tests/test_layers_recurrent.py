@@ -307,7 +307,17 @@ def test_converter_accepts_shape_structs():
     assert out["params"]["l1"]["hh"]["kernel"].dtype == np.float32
 
 
-def test_bad_input_size_raises():
-    fmod, _, _ = render_layer("nn.LSTM(4, 6)")
+def test_bad_shapes_raise_like_torch():
+    lstm, _, _ = render_layer("nn.LSTM(4, 6)")
     with pytest.raises(ValueError, match="input"):
-        fmod.init(jax.random.PRNGKey(0), jnp.zeros((L, N, 5)))
+        lstm.init(jax.random.PRNGKey(0), jnp.zeros((L, N, 5)))
+    flat_state = (jnp.zeros((1, H)), jnp.zeros((1, H)))   # unbatched state for batched input
+    with pytest.raises(ValueError, match="hidden state"):
+        lstm.init(jax.random.PRNGKey(0), jnp.zeros((L, N, F)), flat_state)
+    with pytest.raises(RuntimeError):
+        torch.nn.LSTM(4, 6)(torch.zeros(L, N, F), (torch.zeros(1, H), torch.zeros(1, H)))
+    cell, _, _ = render_layer("nn.GRUCell(4, 6)")
+    with pytest.raises(ValueError, match="expected input"):
+        cell.init(jax.random.PRNGKey(0), jnp.zeros((L, N, F)))
+    with pytest.raises(ValueError, match="hidden state"):
+        cell.init(jax.random.PRNGKey(0), jnp.zeros((N, F)), jnp.zeros((H,)))
