@@ -6,7 +6,9 @@ A *model file* defines at least one ``nn.Module`` subclass (``--all-files`` coun
 file that imports torch). A *torch reference* is an outermost dotted name that resolves to
 torch (``F.relu``, ``nn.Linear``, ``torch.cat``, ``Adam``), counted in the input; the
 references left in the output (always spelled ``torch.…`` there) are the unconverted ones.
-Also reported: files whose output does not compile (must be 0) and files that failed.
+References to APIs kept on torch by design (data loading: ``keep`` entries of the tables)
+are counted apart, and the rate is also given without them. Also reported: files whose
+output does not compile (must be 0) and files that failed.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from collections import Counter
 import libcst as cst
 
 from transpiler.api import convert_bytes
+from transpiler.mapping import load_tables
 from transpiler.names import collect_aliases, dotted, qualify
 
 
@@ -50,6 +53,11 @@ def torch_references(module: cst.Module, aliases: dict[str, str] | None = None) 
     visitor = _Refs(aliases if aliases is not None else collect_aliases(module))
     module.visit(visitor)
     return visitor.found
+
+
+def _is_kept(name: str) -> bool:
+    entry = load_tables().functions.get(name)
+    return entry is not None and entry.keep is not None
 
 
 def is_model_file(module: cst.Module, aliases: dict[str, str]) -> bool:
@@ -95,12 +103,18 @@ def measure(root: str, all_files: bool = False) -> dict:
                 totals["not_compiling"] += 1
             out_module = cst.parse_module(out)
             remaining = torch_references(out_module, {"torch": "torch"})
+            kept = [r for r in remaining if _is_kept(r)]
+            remaining = [r for r in remaining if not _is_kept(r)]
             left.update(remaining)
             totals["remaining"] += len(remaining)
-    converted = totals["references"] - totals["remaining"]
+            totals["kept"] += len(kept)
+    converted = totals["references"] - totals["remaining"] - totals["kept"]
     rate = converted / totals["references"] if totals["references"] else 1.0
+    considered = totals["references"] - totals["kept"]
+    rate_without_kept = converted / considered if considered else 1.0
     return {"root": root, "files": totals["files"], "references": totals["references"],
-            "converted": converted, "rate": round(rate, 4), "failed": totals["failed"],
+            "converted": converted, "kept": totals["kept"], "rate": round(rate, 4),
+            "rate_without_kept": round(rate_without_kept, 4), "failed": totals["failed"],
             "not_compiling": totals["not_compiling"], "failures": failures,
             "top_unconverted": left.most_common(25)}
 
@@ -112,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-files", action="store_true")
     args = parser.parse_args(argv)
     results = [measure(d, args.all_files) for d in args.dirs]
-    print(f"{'tree':40} {'files':>5} {'refs':>6} {'converted':>9} {'rate':>6} {'failed':>6} {'!compile':>8}")
+    print(f"{'tree':32} {'files':>5} {'refs':>6} {'converted':>9} {'kept':>5} {'rate':>6} "
+          f"{'w/o kept':>8} {'failed':>6} {'!compile':>8}")
     for r in results:
-        print(f"{os.path.basename(r['root'].rstrip('/')):40} {r['files']:5} {r['references']:6} "
-              f"{r['converted']:9} {r['rate']:6.1%} {r['failed']:6} {r['not_compiling']:8}")
+        print(f"{os.path.basename(r['root'].rstrip('/')):32} {r['files']:5} {r['references']:6} "
+              f"{r['converted']:9} {r['kept']:5} {r['rate']:6.1%} {r['rate_without_kept']:8.1%} "
+              f"{r['failed']:6} {r['not_compiling']:8}")
     for r in results:
         print(f"\n{r['root']}: most frequent unconverted: " +
               ", ".join(f"{n} ×{c}" for n, c in r["top_unconverted"][:15]))

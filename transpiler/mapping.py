@@ -35,6 +35,7 @@ class Entry:
     note: str = ""
     rewriter: str | None = None
     unsupported: str | None = None
+    keep: str | None = None        # deliberately left on torch (data loading), with the reason
     receiver: str = "tensor"       # tensor methods: "tensor" or "any" (safe on any object)
     call: str = "plain"           # layers: how a call site passes the train flag
     params: dict[str, str] = field(default_factory=dict)   # layers: torch → flax layout
@@ -52,7 +53,7 @@ class Entry:
         return names
 
 
-_KNOWN_KEYS = {"sig", "to", "always", "ignore", "exact", "note", "rewriter", "unsupported",
+_KNOWN_KEYS = {"sig", "to", "always", "keep", "ignore", "exact", "note", "rewriter", "unsupported",
                "receiver", "call", "params", "params_converter", "example", "inputs", "input",
                "expect", "init", "tolerance", "skip_example", "train", "nhwc"}
 
@@ -68,9 +69,9 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
         raise MappingError(f"{where}: {exc}") from None
     to = raw.get("to", ())
     templates = (to,) if isinstance(to, str) else tuple(to)
-    has_action = bool(templates) or "rewriter" in raw or "unsupported" in raw
+    has_action = bool(templates) or "rewriter" in raw or "unsupported" in raw or "keep" in raw
     if not has_action:
-        raise MappingError(f"{where}: needs one of 'to', 'rewriter', 'unsupported'")
+        raise MappingError(f"{where}: needs one of 'to', 'rewriter', 'unsupported', 'keep'")
     exact = bool(raw.get("exact", True))
     if not exact and not raw.get("note"):
         raise MappingError(f"{where}: an approximate entry (exact = false) needs a 'note'")
@@ -94,7 +95,7 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
     return Entry(
         key=key, table=table, sig=sig, templates=templates, always=always, ignore=ignore,
         exact=exact, note=raw.get("note", ""), rewriter=raw.get("rewriter"),
-        unsupported=raw.get("unsupported"), receiver=raw.get("receiver", "tensor"),
+        unsupported=raw.get("unsupported"), keep=raw.get("keep"), receiver=raw.get("receiver", "tensor"),
         call=raw.get("call", "plain"), params=dict(raw.get("params", {})),
         params_converter=raw.get("params_converter"), example=raw.get("example"),
         inputs=inputs, extra=extra,

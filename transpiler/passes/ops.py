@@ -111,6 +111,10 @@ class OpsRule(Rule):
             self.ctx.call_site(False)
             self.ctx.report(original, "JP101", f"{q} has no mapping")
             return updated.with_changes(func=qualified_expr(q))
+        if entry.keep:
+            self.ctx.call_site(True)
+            self.ctx.report(original, "JP105", f"{q} stays on torch: {entry.keep}")
+            return updated.with_changes(func=qualified_expr(q))
         result = render_call(entry, updated.args, call=updated)
         plan = self.ctx.init_plan
         if result.expr is not None and plan is not None and id(original) in plan.call_overrides:
@@ -214,9 +218,19 @@ class OpsRule(Rule):
         return self._torch_value(original, updated, q)
 
     def _torch_value(self, original, updated, q: str) -> cst.BaseExpression:
+        if q == "torch.nn.Module":
+            self.ctx.emits.add("nn")
+            return cst.parse_expression("nn.Module")
         if q in STRUCTURAL:
             return updated
         entry = self.ctx.tables.lookup_qualified(q)
+        if entry is not None and entry.keep:
+            return qualified_expr(q)
+        if entry is not None and entry.table.startswith("layers"):
+            result = _class_as_value(entry)
+            if result is not None:
+                self.ctx.emits |= result.emits
+                return result.expr
         if entry is None:
             if _is_module_path(q):
                 return updated
@@ -237,6 +251,19 @@ def _is_module_path(q: str) -> bool:
     return q in {"torch", "torch.nn", "torch.nn.functional", "torch.optim", "torch.cuda",
                  "torch.utils", "torch.utils.data", "torch.distributed", "torch.nn.init",
                  "torch.autograd", "torch.backends", "torch.distributions", "torch.optim.lr_scheduler"}
+
+
+def _class_as_value(entry) -> Rendered | None:
+    """A layer class used as a value (``isinstance(m, nn.Linear)``) → the flax class it
+    becomes (``nn.Dense``), when its template constructs a class."""
+    from ..template import _parse_template
+    if entry.unsupported or not entry.templates:
+        return None
+    tree = _parse_template(entry.templates[-1])
+    name = dotted(tree.func) if isinstance(tree, cst.Call) else None
+    if not name or name == "partial" or not name.split(".")[-1][:1].isupper():
+        return None
+    return Rendered(tree.func, None, "", {name.split(".")[0]})
 
 
 def _function_as_value(entry) -> Rendered:
