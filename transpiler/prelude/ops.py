@@ -132,6 +132,15 @@ def _index_grid(index, dim):
     return tuple(grids)
 
 
+def torch_unfold_dim(x, dimension, size, step):
+    """``Tensor.unfold``: all windows of ``size`` along ``dimension`` taken every ``step``;
+    that axis becomes the window count and a trailing axis of ``size`` is added."""
+    axis = dimension % x.ndim
+    count = (x.shape[axis] - size) // step + 1
+    index = jnp.arange(count)[:, None] * step + jnp.arange(size)[None, :]
+    return jnp.moveaxis(jnp.take(x, index, axis=axis), axis + 1, -1)
+
+
 def torch_gather(x, dim, index):
     """``torch.gather``: out[i][j] = x[index[i][j]][j] (dim 0); ``index`` may be smaller than
     ``x`` in the other axes (those are cut, never broadcast)."""
