@@ -118,6 +118,7 @@ def test_mha_dropout_only_in_train():
 
 def test_mha_init_like_torch():
     fmod, _, _ = render_layer("nn.MultiheadAttention(16, 4)")
+    assert (fmod.embed_dim, fmod.num_heads, fmod.head_dim) == (16, 4, torch.nn.MultiheadAttention(16, 4).head_dim)
     q = jnp.zeros((L, N, 16))
     params = fmod.init(jax.random.PRNGKey(0), q, q, q)["params"]
     xavier = np.sqrt(6 / (16 + 3 * 16))   # over torch's packed (3E, E) in_proj_weight

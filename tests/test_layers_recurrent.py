@@ -268,6 +268,9 @@ def test_init_like_torch(src):
 def test_flax_tree_names_follow_torch():
     fmod, _, _ = render_layer("nn.LSTM(4, 6, 2, bidirectional=True, proj_size=3)")
     params = fmod.init(jax.random.PRNGKey(0), jnp.zeros((L, N, F)))["params"]
+    # torch attributes user code reads keep their names; flatten_parameters() is a no-op
+    assert (fmod.hidden_size, fmod.num_layers, fmod.bidirectional, fmod.proj_size) == (6, 2, True, 3)
+    assert fmod.flatten_parameters() is None
     assert sorted(params) == ["l0", "l0_reverse", "l1", "l1_reverse"]
     assert sorted(params["l1"]) == ["hh", "hr", "ih"]
     assert params["l1"]["ih"]["kernel"].shape == (6, 24)   # (2 directions * proj 3, 4 gates * 6)

@@ -63,6 +63,10 @@ class TorchMultiheadAttention(nn.Module):
     vdim: Any = None
     batch_first: bool = False
 
+    @property
+    def head_dim(self):
+        return self.embed_dim // self.num_heads
+
     def setup(self):
         e = self.embed_dim
         if e % self.num_heads:

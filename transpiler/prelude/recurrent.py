@@ -163,6 +163,10 @@ class TorchRNNBase(nn.Module):
     def make_cell(self, input_size, name):
         raise NotImplementedError
 
+    def flatten_parameters(self):
+        """torch's cuDNN weight-packing call: nothing to do here."""
+        return None
+
     def output_size(self):
         return self.hidden_size
 
