@@ -27,6 +27,7 @@ class Outcome:
     diagnostics: list[Diagnostic]
     torch_call_sites: int
     converted_call_sites: int
+    touched: bool = True       # False: no torch import, the file is not a conversion candidate
 
 
 def mentions_torch(text: str) -> bool:
@@ -50,7 +51,7 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     imports = collect_imports(module)
     aliases = imports.aliases
     if not aliases:
-        return Outcome(module.code, [], 0, 0)
+        return Outcome(module.code, [], 0, 0, touched=False)
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
     positions = wrapper.resolve(PositionProvider)
     ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, positions=positions,
