@@ -36,6 +36,7 @@ class Entry:
     rewriter: str | None = None
     unsupported: str | None = None
     keep: str | None = None        # deliberately left on torch (data loading), with the reason
+    value: str | None = None       # what the name becomes when used as a value, not called
     receiver: str = "tensor"       # tensor methods: "tensor" or "any" (safe on any object)
     call: str = "plain"           # layers: how a call site passes the train flag
     params: dict[str, str] = field(default_factory=dict)   # layers: torch → flax layout
@@ -53,7 +54,7 @@ class Entry:
         return names
 
 
-_KNOWN_KEYS = {"sig", "to", "always", "keep", "ignore", "exact", "note", "rewriter", "unsupported",
+_KNOWN_KEYS = {"sig", "to", "always", "keep", "value", "ignore", "exact", "note", "rewriter", "unsupported",
                "receiver", "call", "params", "params_converter", "example", "inputs", "input",
                "expect", "init", "tolerance", "skip_example", "train", "nhwc"}
 
@@ -95,7 +96,7 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
     return Entry(
         key=key, table=table, sig=sig, templates=templates, always=always, ignore=ignore,
         exact=exact, note=raw.get("note", ""), rewriter=raw.get("rewriter"),
-        unsupported=raw.get("unsupported"), keep=raw.get("keep"), receiver=raw.get("receiver", "tensor"),
+        unsupported=raw.get("unsupported"), keep=raw.get("keep"), value=raw.get("value"), receiver=raw.get("receiver", "tensor"),
         call=raw.get("call", "plain"), params=dict(raw.get("params", {})),
         params_converter=raw.get("params_converter"), example=raw.get("example"),
         inputs=inputs, extra=extra,

@@ -237,12 +237,24 @@ class _Render(cst.CSTTransformer):
         self.always = always
         self.strict = strict
         self.params = {p.name for p in sig.params}
+        self.dropped: set[int] = set()
 
-    # keyword arguments referring to unsupplied parameters are dropped
+    # keyword arguments referring to unsupplied parameters are dropped (and, being dropped,
+    # do not make a variant inapplicable: their names are never substituted)
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        if node.keyword is not None and node.keyword.value not in self.always:
+            refs = references(node.value, self.params)
+            if any(not self.bound.supplied(r) for r in refs):
+                self.dropped.add(id(node))
+                return False
+        return True
+
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         return updated.with_changes(args=_fix_commas(updated.args))
 
     def leave_Arg(self, original: cst.Arg, updated: cst.Arg):
+        if id(original) in self.dropped:
+            return cst.RemoveFromParent()
         refs = references(original.value, self.params)
         if original.star == "*" and isinstance(original.value, cst.Name) and original.value.value in self.bound.varargs:
             return cst.FlattenSentinel(self.bound.varargs[original.value.value])

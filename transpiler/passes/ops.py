@@ -236,7 +236,11 @@ class OpsRule(Rule):
                 return updated
             self.ctx.report(original, "JP101", f"{q} has no mapping")
             return qualified_expr(q)
-        result = render_value(entry) if entry.sig is None else _function_as_value(entry)
+        if entry.value is not None:
+            from ..template import Signature, emitted_roots, _parse_template
+            result = Rendered(_parse_template(entry.value), None, "", emitted_roots(entry.value, Signature(())))
+        else:
+            result = render_value(entry) if entry.sig is None else _function_as_value(entry)
         if result.expr is None:
             self.ctx.report(original, result.code or "JP101", result.message)
             return qualified_expr(q)
