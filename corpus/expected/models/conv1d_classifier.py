@@ -1,0 +1,297 @@
+"""1-D convolutional classifiers: a Kim-style text CNN and a raw-waveform audio net."""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+import math
+from functools import partial
+from typing import Any
+
+
+# --- helpers added by jaxport (PyTorch semantics in JAX) ---
+def torch_kaiming_uniform(fan_in=None):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv weights
+    (``kaiming_uniform_(a=sqrt(5))``). Without ``fan_in``, it is the product of all but the
+    last axis of the flax kernel shape, which is torch's fan_in for Dense and Conv kernels."""
+    def init(key, shape, dtype=jnp.float32):
+        n = math.prod(shape[:-1]) if fan_in is None else fan_in
+        bound = 1.0 / math.sqrt(n) if n > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_bias_uniform(fan_in):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv biases."""
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_normal_init(padding_idx=None):
+    """N(0, 1) with row ``padding_idx`` zeroed: torch's default for Embedding weights."""
+    def init(key, shape, dtype=jnp.float32):
+        table = jax.random.normal(key, shape, dtype)
+        if padding_idx is not None:
+            table = table.at[padding_idx].set(0)
+        return table
+    return init
+
+
+def ntuple(value, n):
+    """``value`` repeated ``n`` times if it is a scalar, else as a tuple."""
+    if isinstance(value, (int, float)):
+        return (value,) * n
+    return tuple(value)
+
+
+def conv_dimension_numbers(nd):
+    """lax dimension numbers for channels-first input and a (*spatial, in, out) kernel."""
+    spatial = "DHW"[3 - nd:] if nd <= 3 else "".join(chr(ord("a") + i) for i in range(nd))
+    return ("NC" + spatial, spatial + "IO", "NC" + spatial)
+
+
+def conv_padding(padding, kernel_size, dilation):
+    """torch Conv padding (int, tuple, 'valid' or 'same') as (low, high) pairs."""
+    if padding == "valid":
+        return [(0, 0)] * len(kernel_size)
+    if padding == "same":
+        pairs = []
+        for k, d in zip(kernel_size, dilation):
+            total = d * (k - 1)
+            pairs.append((total // 2, total - total // 2))
+        return pairs
+    return [(p, p) for p in ntuple(padding, len(kernel_size))]
+
+
+TORCH_PAD_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
+                   "replicate": "edge", "circular": "wrap"}
+
+
+class ConvNCHW(nn.Module):
+    """torch.nn.Conv1d/2d/3d on channels-first input.
+
+    ``kernel`` is (*kernel_size, in // groups, out) as in nn.Conv; ``padding`` follows torch
+    (int, tuple, 'same', 'valid'; ``padding_mode`` zeros/reflect/replicate/circular).
+    Initialised like torch by default: U(+-1/sqrt(fan_in)) for kernel and bias.
+    """
+    features: int
+    kernel_size: Any
+    strides: Any = 1
+    padding: Any = 0
+    kernel_dilation: Any = 1
+    feature_group_count: int = 1
+    use_bias: bool = True
+    padding_mode: str = "zeros"
+    kernel_init: Any = None
+    bias_init: Any = None
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        nd = x.ndim - 2
+        kernel_size = ntuple(self.kernel_size, nd)
+        dilation = ntuple(self.kernel_dilation, nd)
+        groups = self.feature_group_count
+        fan_in = x.shape[1] // groups * math.prod(kernel_size)
+        kernel = self.param("kernel", self.kernel_init or torch_kaiming_uniform(),
+                            kernel_size + (x.shape[1] // groups, self.features))
+        pads = conv_padding(self.padding, kernel_size, dilation)
+        if self.padding_mode != "zeros":
+            x = jnp.pad(x, [(0, 0), (0, 0)] + pads, mode=TORCH_PAD_MODES[self.padding_mode])
+            pads = [(0, 0)] * nd
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(x.dtype), ntuple(self.strides, nd), pads, rhs_dilation=dilation,
+            dimension_numbers=conv_dimension_numbers(nd), feature_group_count=groups,
+            precision=self.precision)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init or torch_bias_uniform(fan_in), (self.features,))
+            y = y + bias.astype(y.dtype).reshape((-1,) + (1,) * nd)
+        return y
+
+
+class EmbedWithPadding(nn.Embed):
+    """nn.Embed whose row ``padding_idx`` gets no gradient (torch.nn.Embedding(padding_idx=...))."""
+    padding_idx: int = 0
+
+    def __call__(self, inputs):
+        y = super().__call__(inputs)
+        padding = (inputs == self.padding_idx % self.num_embeddings)[..., None]
+        return jnp.where(padding, jax.lax.stop_gradient(y), y)
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """torch's pooling output length (the last window must start inside the input)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def pool_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """Per spatial axis: (kernel, stride, dilation, low pad, high pad) for jax.lax.reduce_window."""
+    nd = len(shape)
+    kernel_size = ntuple(kernel_size, nd)
+    stride = kernel_size if stride is None or stride == () or stride == [] else ntuple(stride, nd)
+    out = []
+    for size, k, s, p, d in zip(shape, kernel_size, stride, ntuple(padding, nd), ntuple(dilation, nd)):
+        n = pool_output_size(size, k, s, p, d, ceil_mode)
+        high = max((n - 1) * s + d * (k - 1) + 1 - size - p, 0)
+        out.append((k, s, d, p, high))
+    return out
+
+
+def max_pool_nchw(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, spatial_dims=2):
+    """torch max_pool{1,2,3}d over the last ``spatial_dims`` axes."""
+    lead = x.ndim - spatial_dims
+    geo = pool_geometry(x.shape[lead:], kernel_size, stride, padding, dilation, ceil_mode)
+    init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    pads = [(0, 0)] * lead + [(g[3], g[4]) for g in geo]
+    if all(g[2] == 1 for g in geo):
+        return jax.lax.reduce_window(
+            x, np.array(init, x.dtype), jax.lax.max, (1,) * lead + tuple(g[0] for g in geo),
+            (1,) * lead + tuple(g[1] for g in geo), pads)
+    # dilated windows (jax has no gradient for dilated reduce_window max): max of strided slices
+    x = jnp.pad(x, pads, constant_values=init)
+    out_shape = [(n - d * (k - 1) - 1) // s + 1 for n, (k, s, d, _, _) in zip(x.shape[lead:], geo)]
+    result = None
+    for offsets in np.ndindex(*[g[0] for g in geo]):
+        start = (0,) * lead + tuple(o * g[2] for o, g in zip(offsets, geo))
+        limit = x.shape[:lead] + tuple(st + (m - 1) * g[1] + 1
+                                       for st, m, g in zip(start[lead:], out_shape, geo))
+        part = jax.lax.slice(x, start, limit, (1,) * lead + tuple(g[1] for g in geo))
+        result = part if result is None else jnp.maximum(result, part)
+    return result
+
+
+def avg_pool_nchw(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                  divisor_override=None, spatial_dims=2):
+    """torch avg_pool{1,2,3}d over the last ``spatial_dims`` axes (same divisors as torch)."""
+    lead = x.ndim - spatial_dims
+    geo = pool_geometry(x.shape[lead:], kernel_size, stride, padding, 1, ceil_mode)
+    total = jax.lax.reduce_window(
+        x, np.array(0, x.dtype), jax.lax.add, (1,) * lead + tuple(g[0] for g in geo),
+        (1,) * lead + tuple(g[1] for g in geo), [(0, 0)] * lead + [(g[3], g[4]) for g in geo])
+    if divisor_override:
+        return total / divisor_override
+    count = np.ones((), np.float64)
+    for size, (k, s, _, p, high) in zip(x.shape[lead:], geo):
+        mask = np.zeros(p + size + high)
+        if count_include_pad:
+            mask[: size + 2 * p] = 1
+        else:
+            mask[p: p + size] = 1
+        n = total.shape[lead + count.ndim]
+        per_axis = np.array([mask[i * s: i * s + k].sum() for i in range(n)])
+        count = count[..., None] * per_axis
+    return total / jnp.asarray(count, x.dtype)
+
+
+@jax.tree_util.register_pytree_node_class
+class ValuesIndices(tuple):
+    """``(values, indices)`` like torch's ``torch.return_types``: index it, unpack it, or use
+    ``.values`` / ``.indices``; a pytree, so it may cross ``jax.jit`` boundaries."""
+
+    def __new__(cls, values, indices):
+        return tuple.__new__(cls, (values, indices))
+
+    @property
+    def values(self):
+        return self[0]
+
+    @property
+    def indices(self):
+        return self[1]
+
+    def tree_flatten(self):
+        return (self[0], self[1]), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def torch_max_dim(x, dim, keepdim=False):
+    """``torch.max(x, dim)``: the maxima and the index of the first maximum along ``dim``."""
+    return ValuesIndices(jnp.max(x, axis=dim, keepdims=keepdim),
+                         jnp.argmax(x, axis=dim, keepdims=keepdim))
+
+
+def _tuple(v, n):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def torch_adaptive_pool(x, output_size, n, reduce):
+    """Adaptive pooling over the last ``n`` axes: bin i spans floor(i*in/out)..ceil((i+1)*in/out)."""
+    sizes = _tuple(output_size, n)
+    for i in range(n):
+        axis = x.ndim - n + i
+        size_in = x.shape[axis]
+        size_out = size_in if sizes[i] is None else sizes[i]
+        pieces = []
+        for j in range(size_out):
+            lo, hi = (j * size_in) // size_out, -(-((j + 1) * size_in) // size_out)
+            pieces.append(reduce(jax.lax.slice_in_dim(x, lo, hi, axis=axis), axis=axis, keepdims=True))
+        x = jnp.concatenate(pieces, axis=axis)
+    return x
+
+
+def torch_adaptive_avg_pool1d(x, output_size):
+    """``F.adaptive_avg_pool1d`` on (N, C, L) input."""
+    return torch_adaptive_pool(x, output_size, 1, jnp.mean)
+
+
+
+
+class TextCNN(nn.Module):
+    vocab_size: int = 50
+    embed_dim: int = 8
+    num_filters: int = 6
+    kernel_sizes: tuple = (2, 3, 4)
+    num_classes: int = 3
+    dropout: float = 0.5
+    padding_idx: int = 0
+
+    def setup(self):
+        self.embedding = EmbedWithPadding(num_embeddings=self.vocab_size, features=self.embed_dim, padding_idx=self.padding_idx, embedding_init=torch_normal_init(padding_idx=self.padding_idx))
+        self.convs = [ConvNCHW(features=self.num_filters, kernel_size=k) for k in self.kernel_sizes]
+        self.dropout_ = nn.Dropout(rate=self.dropout)
+        self.fc = nn.Dense(features=self.num_classes, kernel_init=torch_kaiming_uniform(self.num_filters * len(self.kernel_sizes)), bias_init=torch_bias_uniform(self.num_filters * len(self.kernel_sizes)))
+
+    def __call__(self, tokens, train: bool = False):
+        x = self.embedding(tokens)          # (B, T, E)
+        x = jnp.transpose(x, (0, 2, 1))              # (B, E, T)
+        pooled = [torch_max_dim(jax.nn.relu(conv(x)), 2)[0] for conv in self.convs]
+        x = self.dropout_(jnp.concatenate(pooled, axis=1), deterministic=not train)
+        return self.fc(x)
+
+
+class AudioNet(nn.Module):
+    n_input: int = 1
+    n_output: int = 5
+    stride: int = 4
+    n_channel: int = 8
+
+    def setup(self):
+        self.conv1 = ConvNCHW(features=self.n_channel, kernel_size=16, strides=self.stride)
+        # jaxport: JP201 torch.nn.BatchNorm1d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn1 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.pool1 = partial(max_pool_nchw, kernel_size=4, spatial_dims=1)
+        self.conv2 = ConvNCHW(features=2 * self.n_channel, kernel_size=3, padding=1)
+        # jaxport: JP201 torch.nn.BatchNorm1d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn2 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.pool2 = partial(avg_pool_nchw, kernel_size=2, spatial_dims=1)
+        self.fc1 = nn.Dense(features=self.n_output, kernel_init=torch_kaiming_uniform(2 * self.n_channel), bias_init=torch_bias_uniform(2 * self.n_channel))
+
+    def __call__(self, x, train: bool = False):
+        x = self.conv1(x)
+        x = jax.nn.relu(self.bn1(x, use_running_average=not train))
+        x = self.pool1(x)
+        x = self.conv2(x)
+        x = jax.nn.relu(self.bn2(x, use_running_average=not train))
+        x = self.pool2(x)
+        x = torch_adaptive_avg_pool1d(x, 1)
+        x = jnp.transpose(x, (0, 2, 1))
+        x = self.fc1(x)
+        return jax.nn.log_softmax(x, axis=2)

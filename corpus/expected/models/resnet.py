@@ -1,0 +1,386 @@
+"""A small CIFAR-style ResNet with both block types and projection shortcuts."""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+import math
+from functools import partial
+from typing import Any
+from typing import Sequence
+import inspect
+
+
+# --- helpers added by jaxport (PyTorch semantics in JAX) ---
+def torch_kaiming_uniform(fan_in=None):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv weights
+    (``kaiming_uniform_(a=sqrt(5))``). Without ``fan_in``, it is the product of all but the
+    last axis of the flax kernel shape, which is torch's fan_in for Dense and Conv kernels."""
+    def init(key, shape, dtype=jnp.float32):
+        n = math.prod(shape[:-1]) if fan_in is None else fan_in
+        bound = 1.0 / math.sqrt(n) if n > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_bias_uniform(fan_in):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv biases."""
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def ntuple(value, n):
+    """``value`` repeated ``n`` times if it is a scalar, else as a tuple."""
+    if isinstance(value, (int, float)):
+        return (value,) * n
+    return tuple(value)
+
+
+def conv_dimension_numbers(nd):
+    """lax dimension numbers for channels-first input and a (*spatial, in, out) kernel."""
+    spatial = "DHW"[3 - nd:] if nd <= 3 else "".join(chr(ord("a") + i) for i in range(nd))
+    return ("NC" + spatial, spatial + "IO", "NC" + spatial)
+
+
+def conv_padding(padding, kernel_size, dilation):
+    """torch Conv padding (int, tuple, 'valid' or 'same') as (low, high) pairs."""
+    if padding == "valid":
+        return [(0, 0)] * len(kernel_size)
+    if padding == "same":
+        pairs = []
+        for k, d in zip(kernel_size, dilation):
+            total = d * (k - 1)
+            pairs.append((total // 2, total - total // 2))
+        return pairs
+    return [(p, p) for p in ntuple(padding, len(kernel_size))]
+
+
+TORCH_PAD_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
+                   "replicate": "edge", "circular": "wrap"}
+
+
+class ConvNCHW(nn.Module):
+    """torch.nn.Conv1d/2d/3d on channels-first input.
+
+    ``kernel`` is (*kernel_size, in // groups, out) as in nn.Conv; ``padding`` follows torch
+    (int, tuple, 'same', 'valid'; ``padding_mode`` zeros/reflect/replicate/circular).
+    Initialised like torch by default: U(+-1/sqrt(fan_in)) for kernel and bias.
+    """
+    features: int
+    kernel_size: Any
+    strides: Any = 1
+    padding: Any = 0
+    kernel_dilation: Any = 1
+    feature_group_count: int = 1
+    use_bias: bool = True
+    padding_mode: str = "zeros"
+    kernel_init: Any = None
+    bias_init: Any = None
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        nd = x.ndim - 2
+        kernel_size = ntuple(self.kernel_size, nd)
+        dilation = ntuple(self.kernel_dilation, nd)
+        groups = self.feature_group_count
+        fan_in = x.shape[1] // groups * math.prod(kernel_size)
+        kernel = self.param("kernel", self.kernel_init or torch_kaiming_uniform(),
+                            kernel_size + (x.shape[1] // groups, self.features))
+        pads = conv_padding(self.padding, kernel_size, dilation)
+        if self.padding_mode != "zeros":
+            x = jnp.pad(x, [(0, 0), (0, 0)] + pads, mode=TORCH_PAD_MODES[self.padding_mode])
+            pads = [(0, 0)] * nd
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(x.dtype), ntuple(self.strides, nd), pads, rhs_dilation=dilation,
+            dimension_numbers=conv_dimension_numbers(nd), feature_group_count=groups,
+            precision=self.precision)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init or torch_bias_uniform(fan_in), (self.features,))
+            y = y + bias.astype(y.dtype).reshape((-1,) + (1,) * nd)
+        return y
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """torch's pooling output length (the last window must start inside the input)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def pool_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """Per spatial axis: (kernel, stride, dilation, low pad, high pad) for jax.lax.reduce_window."""
+    nd = len(shape)
+    kernel_size = ntuple(kernel_size, nd)
+    stride = kernel_size if stride is None or stride == () or stride == [] else ntuple(stride, nd)
+    out = []
+    for size, k, s, p, d in zip(shape, kernel_size, stride, ntuple(padding, nd), ntuple(dilation, nd)):
+        n = pool_output_size(size, k, s, p, d, ceil_mode)
+        high = max((n - 1) * s + d * (k - 1) + 1 - size - p, 0)
+        out.append((k, s, d, p, high))
+    return out
+
+
+def max_pool_nchw(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, spatial_dims=2):
+    """torch max_pool{1,2,3}d over the last ``spatial_dims`` axes."""
+    lead = x.ndim - spatial_dims
+    geo = pool_geometry(x.shape[lead:], kernel_size, stride, padding, dilation, ceil_mode)
+    init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    pads = [(0, 0)] * lead + [(g[3], g[4]) for g in geo]
+    if all(g[2] == 1 for g in geo):
+        return jax.lax.reduce_window(
+            x, np.array(init, x.dtype), jax.lax.max, (1,) * lead + tuple(g[0] for g in geo),
+            (1,) * lead + tuple(g[1] for g in geo), pads)
+    # dilated windows (jax has no gradient for dilated reduce_window max): max of strided slices
+    x = jnp.pad(x, pads, constant_values=init)
+    out_shape = [(n - d * (k - 1) - 1) // s + 1 for n, (k, s, d, _, _) in zip(x.shape[lead:], geo)]
+    result = None
+    for offsets in np.ndindex(*[g[0] for g in geo]):
+        start = (0,) * lead + tuple(o * g[2] for o, g in zip(offsets, geo))
+        limit = x.shape[:lead] + tuple(st + (m - 1) * g[1] + 1
+                                       for st, m, g in zip(start[lead:], out_shape, geo))
+        part = jax.lax.slice(x, start, limit, (1,) * lead + tuple(g[1] for g in geo))
+        result = part if result is None else jnp.maximum(result, part)
+    return result
+
+
+def adaptive_pool_axis(x, axis, out_size, reduce):
+    """Adaptive pooling along one axis: window i is [floor(i*n/m), ceil((i+1)*n/m))."""
+    n = x.shape[axis]
+    if out_size is None or out_size == n:
+        return x
+    if n % out_size == 0:
+        shape = x.shape[:axis] + (out_size, n // out_size) + x.shape[axis + 1:]
+        return reduce(x.reshape(shape), axis + 1, None)
+    starts = np.array([(i * n) // out_size for i in range(out_size)])
+    ends = np.array([-(-((i + 1) * n) // out_size) for i in range(out_size)])
+    width = int((ends - starts).max())
+    index = np.minimum(starts[:, None] + np.arange(width), n - 1)
+    valid = np.arange(width)[None, :] < (ends - starts)[:, None]
+    windows = jnp.take(x, index.reshape(-1), axis=axis)
+    windows = windows.reshape(x.shape[:axis] + (out_size, width) + x.shape[axis + 1:])
+    valid = valid.reshape((out_size, width) + (1,) * (x.ndim - axis - 1))
+    return reduce(windows, axis + 1, valid)
+
+
+def adaptive_mean(windows, axis, valid):
+    if valid is None:
+        return jnp.mean(windows, axis=axis)
+    return jnp.sum(jnp.where(valid, windows, 0), axis=axis) / valid.sum(axis=1)
+
+
+def adaptive_avg_pool_nchw(x, output_size, spatial_dims=2):
+    """torch adaptive_avg_pool{1,2,3}d; ``None`` in ``output_size`` keeps that size."""
+    sizes = ntuple(output_size, spatial_dims) if output_size is not None else (None,) * spatial_dims
+    for i, size in enumerate(sizes):
+        x = adaptive_pool_axis(x, x.ndim - spatial_dims + i, size, adaptive_mean)
+    return x
+
+
+def identity(x, *args, **kwargs):
+    """torch.nn.Identity: returns its input, ignoring any other argument."""
+    return x
+
+
+def call_layer(layer, x, train):
+    """Call one layer of a converted container, passing the training flag the way it takes it."""
+    if not isinstance(layer, nn.Module):
+        return layer(x)
+    params = inspect.signature(type(layer).__call__).parameters
+    if "train" in params:
+        return layer(x, train=train)
+    if "deterministic" in params:
+        return layer(x, deterministic=not train)
+    if "use_running_average" in params:
+        return layer(x, use_running_average=not train)
+    return layer(x)
+
+
+class Sequential(nn.Module):
+    """torch.nn.Sequential: applies `layers` in order; children are named layers_{i}."""
+    layers: Sequence[Any]
+
+    def __call__(self, x, train: bool = False):
+        for layer in self.layers:
+            x = call_layer(layer, x, train)
+        return x
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+
+def _tuple(v, n):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def torch_adaptive_pool(x, output_size, n, reduce):
+    """Adaptive pooling over the last ``n`` axes: bin i spans floor(i*in/out)..ceil((i+1)*in/out)."""
+    sizes = _tuple(output_size, n)
+    for i in range(n):
+        axis = x.ndim - n + i
+        size_in = x.shape[axis]
+        size_out = size_in if sizes[i] is None else sizes[i]
+        pieces = []
+        for j in range(size_out):
+            lo, hi = (j * size_in) // size_out, -(-((j + 1) * size_in) // size_out)
+            pieces.append(reduce(jax.lax.slice_in_dim(x, lo, hi, axis=axis), axis=axis, keepdims=True))
+        x = jnp.concatenate(pieces, axis=axis)
+    return x
+
+
+def torch_adaptive_avg_pool2d(x, output_size):
+    """``F.adaptive_avg_pool2d`` on (N, C, H, W) input."""
+    return torch_adaptive_pool(x, output_size, 2, jnp.mean)
+
+
+
+
+class BasicBlock(nn.Module):
+    in_planes: Any
+    planes: Any
+    stride: int = 1
+
+    expansion = 1
+
+    def setup(self):
+        self.conv1 = ConvNCHW(features=self.planes, kernel_size=3, strides=self.stride, padding=1, use_bias=False)
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn1 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.conv2 = ConvNCHW(features=self.planes, kernel_size=3, strides=1, padding=1, use_bias=False)
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn2 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+
+        _shortcut = Sequential([])
+        if self.stride != 1 or self.in_planes != self.expansion * self.planes:
+            # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+            _shortcut = Sequential([ConvNCHW(features=self.expansion * self.planes, kernel_size=1, strides=self.stride, use_bias=False), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)])
+        self.shortcut = _shortcut
+
+    def __call__(self, x, train: bool = False):
+        out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        out = self.bn2(self.conv2(out), use_running_average=not train)
+        out += self.shortcut(x, train=train)
+        out = jax.nn.relu(out)
+        return out
+
+
+class Bottleneck(nn.Module):
+    inplanes: Any
+    planes: Any
+    stride: int = 1
+    downsample: Any = None
+
+    expansion = 4
+
+    def setup(self):
+        self.conv1 = ConvNCHW(features=self.planes, kernel_size=1, use_bias=False)
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn1 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.conv2 = ConvNCHW(features=self.planes, kernel_size=3, strides=self.stride, padding=1, use_bias=False)
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn2 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.conv3 = ConvNCHW(features=self.planes * self.expansion, kernel_size=1, use_bias=False)
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn3 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.relu = nn.relu
+
+    def __call__(self, x, train: bool = False):
+        identity = x
+
+        out = self.conv1(x)
+        out = self.bn1(out, use_running_average=not train)
+        out = self.relu(out)
+
+        out = self.conv2(out)
+        out = self.bn2(out, use_running_average=not train)
+        out = self.relu(out)
+
+        out = self.conv3(out)
+        out = self.bn3(out, use_running_average=not train)
+
+        if self.downsample is not None:
+            identity = call_layer(self.downsample, x, train)
+
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+class ResNet(nn.Module):
+    block: Any = BasicBlock
+    num_blocks: tuple = (1, 1)
+    num_classes: int = 10
+    width: int = 8
+
+    def setup(self):
+        self.in_planes = self.width
+
+        self.conv1 = ConvNCHW(features=self.width, kernel_size=3, strides=1, padding=1, use_bias=False)
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn1 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.layer1 = self._make_layer(self.block, self.width, self.num_blocks[0], stride=1)
+        self.layer2 = self._make_layer(self.block, self.width * 2, self.num_blocks[1], stride=2)
+        self.linear = nn.Dense(features=self.num_classes, kernel_init=torch_kaiming_uniform(self.width * 2 * self.block.expansion), bias_init=torch_bias_uniform(self.width * 2 * self.block.expansion))
+
+    def _make_layer(self, block, planes, num_blocks, stride):
+        strides = [stride] + [1] * (num_blocks - 1)
+        layers = []
+        for stride in strides:
+            layers.append(block(self.in_planes, planes, stride))
+            self.in_planes = planes * block.expansion
+        return Sequential([*layers])
+
+    def __call__(self, x, train: bool = False):
+        out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        out = self.layer1(out, train=train)
+        out = self.layer2(out, train=train)
+        out = torch_adaptive_avg_pool2d(out, 1)
+        out = jnp.reshape(out, (out.shape[0], -1))
+        out = self.linear(out)
+        return out
+
+
+class BottleneckNet(nn.Module):
+    """torchvision-style stage builder: downsample is built only when the shape changes."""
+    layers: tuple = (1, 1)
+    num_classes: int = 5
+
+    def setup(self):
+        self.inplanes = 8
+        self.conv1 = ConvNCHW(features=self.inplanes, kernel_size=3, strides=1, padding=1, use_bias=False)
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.bn1 = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)
+        self.relu = nn.relu
+        self.maxpool = partial(max_pool_nchw, kernel_size=3, stride=2, padding=1, spatial_dims=2)
+        self.layer1 = self._make_layer(Bottleneck, 4, self.layers[0])
+        self.layer2 = self._make_layer(Bottleneck, 8, self.layers[1], stride=2)
+        self.avgpool = partial(adaptive_avg_pool_nchw, output_size=(1, 1), spatial_dims=2)
+        self.fc = nn.Dense(features=self.num_classes, kernel_init=torch_kaiming_uniform(8 * Bottleneck.expansion), bias_init=torch_bias_uniform(8 * Bottleneck.expansion))
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+            downsample = Sequential([ConvNCHW(features=planes * block.expansion, kernel_size=1, strides=stride, use_bias=False), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)])
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        for _ in range(1, blocks):
+            layers.append(block(self.inplanes, planes))
+        return Sequential([*layers])
+
+    def __call__(self, x, train: bool = False):
+        x = self.conv1(x)
+        x = self.bn1(x, use_running_average=not train)
+        x = self.relu(x)
+        x = self.maxpool(x)
+
+        x = self.layer1(x, train=train)
+        x = self.layer2(x, train=train)
+
+        x = self.avgpool(x)
+        x = jax.lax.collapse(x, 1)
+        x = self.fc(x)
+        return x

@@ -1,0 +1,136 @@
+"""A pre-norm decoder block with a hand-written causal self-attention."""
+import math
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from functools import partial
+from typing import Any
+
+
+# --- helpers added by jaxport (PyTorch semantics in JAX) ---
+def torch_kaiming_uniform(fan_in=None):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv weights
+    (``kaiming_uniform_(a=sqrt(5))``). Without ``fan_in``, it is the product of all but the
+    last axis of the flax kernel shape, which is torch's fan_in for Dense and Conv kernels."""
+    def init(key, shape, dtype=jnp.float32):
+        n = math.prod(shape[:-1]) if fan_in is None else fan_in
+        bound = 1.0 / math.sqrt(n) if n > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_bias_uniform(fan_in):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv biases."""
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def ntuple(value, n):
+    """``value`` repeated ``n`` times if it is a scalar, else as a tuple."""
+    if isinstance(value, (int, float)):
+        return (value,) * n
+    return tuple(value)
+
+
+class LayerNormLastAxes(nn.Module):
+    """torch.nn.LayerNorm: normalises over the last ``len(normalized_shape)`` axes;
+    ``scale``/``bias`` have shape ``normalized_shape`` (two-pass variance, like torch)."""
+    normalized_shape: Any
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Any = nn.initializers.ones_init()
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x):
+        shape = ntuple(self.normalized_shape, 1)
+        axes = tuple(range(-len(shape), 0))
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            y = y * self.param("scale", self.scale_init, shape)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, shape)
+        return y
+
+
+def torch_split(x, split_size_or_sections, dim=0):
+    """``torch.split``: an int is a chunk *size* (the last chunk may be smaller); a list gives
+    the size of each piece (``jnp.split`` takes counts or cut indices instead)."""
+    size = x.shape[dim]
+    if isinstance(split_size_or_sections, int):
+        cuts = list(range(split_size_or_sections, size, split_size_or_sections))
+    else:
+        cuts, total = [], 0
+        for part in list(split_size_or_sections)[:-1]:
+            total += int(part)
+            cuts.append(total)
+    return tuple(jnp.split(x, cuts, axis=dim))
+
+
+
+
+class CausalSelfAttention(nn.Module):
+    n_embd: int = 16
+    n_head: int = 2
+    block_size: int = 8
+    dropout: float = 0.0
+
+    def setup(self):
+        assert self.n_embd % self.n_head == 0
+        self.c_attn = nn.Dense(features=3 * self.n_embd, kernel_init=torch_kaiming_uniform(self.n_embd), bias_init=torch_bias_uniform(self.n_embd))
+        self.c_proj = nn.Dense(features=self.n_embd, kernel_init=torch_kaiming_uniform(self.n_embd), bias_init=torch_bias_uniform(self.n_embd))
+        self.attn_dropout = nn.Dropout(rate=self.dropout)
+        self.resid_dropout = nn.Dropout(rate=self.dropout)
+        self.bias = jnp.reshape(jnp.tril(jnp.ones((self.block_size, self.block_size))), (1, 1, self.block_size, self.block_size))
+
+    def __call__(self, x, train: bool = False):
+        B, T, C = x.shape
+        q, k, v = torch_split(self.c_attn(x), self.n_embd, dim=2)
+        k = jnp.swapaxes(jnp.reshape(k, (B, T, self.n_head, C // self.n_head)), 1, 2)
+        q = jnp.swapaxes(jnp.reshape(q, (B, T, self.n_head, C // self.n_head)), 1, 2)
+        v = jnp.swapaxes(jnp.reshape(v, (B, T, self.n_head, C // self.n_head)), 1, 2)
+
+        att = (q @ jnp.swapaxes(k, -2, -1)) * (1.0 / math.sqrt(k.shape[(-1)]))
+        att = jnp.where(self.bias[:, :, :T, :T] == 0, float("-inf"), att)
+        att = jax.nn.softmax(att, axis=-1)
+        att = self.attn_dropout(att, deterministic=not train)
+        y = att @ v
+        y = jnp.reshape(jnp.swapaxes(y, 1, 2), (B, T, C))
+        return self.resid_dropout(self.c_proj(y), deterministic=not train)
+
+
+class MLP(nn.Module):
+    n_embd: int = 16
+    dropout: float = 0.0
+
+    def setup(self):
+        self.c_fc = nn.Dense(features=4 * self.n_embd, kernel_init=torch_kaiming_uniform(self.n_embd), bias_init=torch_bias_uniform(self.n_embd))
+        self.gelu = partial(nn.gelu, approximate=False)
+        self.c_proj = nn.Dense(features=self.n_embd, kernel_init=torch_kaiming_uniform(4 * self.n_embd), bias_init=torch_bias_uniform(4 * self.n_embd))
+        self.dropout_ = nn.Dropout(rate=self.dropout)
+
+    def __call__(self, x, train: bool = False):
+        return self.dropout_(self.c_proj(self.gelu(self.c_fc(x))), deterministic=not train)
+
+
+class Block(nn.Module):
+    n_embd: int = 16
+    n_head: int = 2
+    block_size: int = 8
+    dropout: float = 0.1
+
+    def setup(self):
+        self.ln_1 = LayerNormLastAxes(normalized_shape=self.n_embd, epsilon=1e-05, use_bias=True)
+        self.attn = CausalSelfAttention(self.n_embd, self.n_head, self.block_size, self.dropout)
+        self.ln_2 = LayerNormLastAxes(normalized_shape=self.n_embd, epsilon=1e-05, use_bias=True)
+        self.mlp = MLP(self.n_embd, self.dropout)
+
+    def __call__(self, x, train: bool = False):
+        x = x + self.attn(self.ln_1(x), train=train)
+        x = x + self.mlp(self.ln_2(x), train=train)
+        return x

@@ -1,0 +1,472 @@
+"""A two-level UNet: skip connections by concatenation, bilinear and transposed upsampling."""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+import math
+from functools import partial
+from typing import Any
+from typing import Sequence
+import inspect
+
+
+# --- helpers added by jaxport (PyTorch semantics in JAX) ---
+def torch_kaiming_uniform(fan_in=None):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv weights
+    (``kaiming_uniform_(a=sqrt(5))``). Without ``fan_in``, it is the product of all but the
+    last axis of the flax kernel shape, which is torch's fan_in for Dense and Conv kernels."""
+    def init(key, shape, dtype=jnp.float32):
+        n = math.prod(shape[:-1]) if fan_in is None else fan_in
+        bound = 1.0 / math.sqrt(n) if n > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_bias_uniform(fan_in):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv biases."""
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def ntuple(value, n):
+    """``value`` repeated ``n`` times if it is a scalar, else as a tuple."""
+    if isinstance(value, (int, float)):
+        return (value,) * n
+    return tuple(value)
+
+
+def conv_dimension_numbers(nd):
+    """lax dimension numbers for channels-first input and a (*spatial, in, out) kernel."""
+    spatial = "DHW"[3 - nd:] if nd <= 3 else "".join(chr(ord("a") + i) for i in range(nd))
+    return ("NC" + spatial, spatial + "IO", "NC" + spatial)
+
+
+def conv_padding(padding, kernel_size, dilation):
+    """torch Conv padding (int, tuple, 'valid' or 'same') as (low, high) pairs."""
+    if padding == "valid":
+        return [(0, 0)] * len(kernel_size)
+    if padding == "same":
+        pairs = []
+        for k, d in zip(kernel_size, dilation):
+            total = d * (k - 1)
+            pairs.append((total // 2, total - total // 2))
+        return pairs
+    return [(p, p) for p in ntuple(padding, len(kernel_size))]
+
+
+TORCH_PAD_MODES = {"zeros": "constant", "constant": "constant", "reflect": "reflect",
+                   "replicate": "edge", "circular": "wrap"}
+
+
+class ConvNCHW(nn.Module):
+    """torch.nn.Conv1d/2d/3d on channels-first input.
+
+    ``kernel`` is (*kernel_size, in // groups, out) as in nn.Conv; ``padding`` follows torch
+    (int, tuple, 'same', 'valid'; ``padding_mode`` zeros/reflect/replicate/circular).
+    Initialised like torch by default: U(+-1/sqrt(fan_in)) for kernel and bias.
+    """
+    features: int
+    kernel_size: Any
+    strides: Any = 1
+    padding: Any = 0
+    kernel_dilation: Any = 1
+    feature_group_count: int = 1
+    use_bias: bool = True
+    padding_mode: str = "zeros"
+    kernel_init: Any = None
+    bias_init: Any = None
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        nd = x.ndim - 2
+        kernel_size = ntuple(self.kernel_size, nd)
+        dilation = ntuple(self.kernel_dilation, nd)
+        groups = self.feature_group_count
+        fan_in = x.shape[1] // groups * math.prod(kernel_size)
+        kernel = self.param("kernel", self.kernel_init or torch_kaiming_uniform(),
+                            kernel_size + (x.shape[1] // groups, self.features))
+        pads = conv_padding(self.padding, kernel_size, dilation)
+        if self.padding_mode != "zeros":
+            x = jnp.pad(x, [(0, 0), (0, 0)] + pads, mode=TORCH_PAD_MODES[self.padding_mode])
+            pads = [(0, 0)] * nd
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(x.dtype), ntuple(self.strides, nd), pads, rhs_dilation=dilation,
+            dimension_numbers=conv_dimension_numbers(nd), feature_group_count=groups,
+            precision=self.precision)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init or torch_bias_uniform(fan_in), (self.features,))
+            y = y + bias.astype(y.dtype).reshape((-1,) + (1,) * nd)
+        return y
+
+
+class ConvTransposeNCHW(nn.Module):
+    """torch.nn.ConvTranspose1d/2d/3d on channels-first input.
+
+    ``kernel`` is (*kernel_size, in, out // groups): torch's weight (in, out // groups, *k)
+    with the spatial axes first. ``padding``/``output_padding`` follow torch. Initialised like
+    torch by default (fan_in = out // groups * prod(kernel_size)).
+    """
+    features: int
+    kernel_size: Any
+    strides: Any = 1
+    padding: Any = 0
+    output_padding: Any = 0
+    feature_group_count: int = 1
+    use_bias: bool = True
+    kernel_dilation: Any = 1
+    kernel_init: Any = None
+    bias_init: Any = None
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x, output_size=None):
+        """``output_size`` (torch's forward argument) picks the output padding."""
+        nd = x.ndim - 2
+        kernel_size = ntuple(self.kernel_size, nd)
+        dilation = ntuple(self.kernel_dilation, nd)
+        strides = ntuple(self.strides, nd)
+        output_padding = ntuple(self.output_padding, nd)
+        if output_size is not None:
+            output_padding = tuple(
+                size - ((n - 1) * s - 2 * p + d * (k - 1) + 1)
+                for size, n, s, p, d, k in zip(tuple(output_size)[-nd:], x.shape[2:], strides,
+                                               ntuple(self.padding, nd), dilation, kernel_size))
+        groups = self.feature_group_count
+        in_features = x.shape[1]
+        fan_in = self.features // groups * math.prod(kernel_size)
+        kernel = self.param("kernel", self.kernel_init or torch_kaiming_uniform(fan_in),
+                            kernel_size + (in_features, self.features // groups))
+        # As a plain convolution over the stride-dilated input: flip the kernel and move
+        # the groups from the input axis to the output axis.
+        k = kernel.reshape(kernel_size + (groups, in_features // groups, self.features // groups))
+        k = jnp.moveaxis(k, nd, nd + 1).reshape(kernel_size + (in_features // groups, self.features))
+        k = jnp.flip(k, axis=tuple(range(nd)))
+        pads = []
+        for kk, d, p, op in zip(kernel_size, dilation, ntuple(self.padding, nd), output_padding):
+            edge = d * (kk - 1) - p
+            pads.append((edge, edge + op))
+        y = jax.lax.conv_general_dilated(
+            x, k.astype(x.dtype), (1,) * nd, pads, lhs_dilation=strides,
+            rhs_dilation=dilation, dimension_numbers=conv_dimension_numbers(nd),
+            feature_group_count=groups, precision=self.precision)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init or torch_bias_uniform(fan_in), (self.features,))
+            y = y + bias.astype(y.dtype).reshape((-1,) + (1,) * nd)
+        return y
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """torch's pooling output length (the last window must start inside the input)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def pool_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """Per spatial axis: (kernel, stride, dilation, low pad, high pad) for jax.lax.reduce_window."""
+    nd = len(shape)
+    kernel_size = ntuple(kernel_size, nd)
+    stride = kernel_size if stride is None or stride == () or stride == [] else ntuple(stride, nd)
+    out = []
+    for size, k, s, p, d in zip(shape, kernel_size, stride, ntuple(padding, nd), ntuple(dilation, nd)):
+        n = pool_output_size(size, k, s, p, d, ceil_mode)
+        high = max((n - 1) * s + d * (k - 1) + 1 - size - p, 0)
+        out.append((k, s, d, p, high))
+    return out
+
+
+def max_pool_nchw(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, spatial_dims=2):
+    """torch max_pool{1,2,3}d over the last ``spatial_dims`` axes."""
+    lead = x.ndim - spatial_dims
+    geo = pool_geometry(x.shape[lead:], kernel_size, stride, padding, dilation, ceil_mode)
+    init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    pads = [(0, 0)] * lead + [(g[3], g[4]) for g in geo]
+    if all(g[2] == 1 for g in geo):
+        return jax.lax.reduce_window(
+            x, np.array(init, x.dtype), jax.lax.max, (1,) * lead + tuple(g[0] for g in geo),
+            (1,) * lead + tuple(g[1] for g in geo), pads)
+    # dilated windows (jax has no gradient for dilated reduce_window max): max of strided slices
+    x = jnp.pad(x, pads, constant_values=init)
+    out_shape = [(n - d * (k - 1) - 1) // s + 1 for n, (k, s, d, _, _) in zip(x.shape[lead:], geo)]
+    result = None
+    for offsets in np.ndindex(*[g[0] for g in geo]):
+        start = (0,) * lead + tuple(o * g[2] for o, g in zip(offsets, geo))
+        limit = x.shape[:lead] + tuple(st + (m - 1) * g[1] + 1
+                                       for st, m, g in zip(start[lead:], out_shape, geo))
+        part = jax.lax.slice(x, start, limit, (1,) * lead + tuple(g[1] for g in geo))
+        result = part if result is None else jnp.maximum(result, part)
+    return result
+
+
+def adaptive_pool_axis(x, axis, out_size, reduce):
+    """Adaptive pooling along one axis: window i is [floor(i*n/m), ceil((i+1)*n/m))."""
+    n = x.shape[axis]
+    if out_size is None or out_size == n:
+        return x
+    if n % out_size == 0:
+        shape = x.shape[:axis] + (out_size, n // out_size) + x.shape[axis + 1:]
+        return reduce(x.reshape(shape), axis + 1, None)
+    starts = np.array([(i * n) // out_size for i in range(out_size)])
+    ends = np.array([-(-((i + 1) * n) // out_size) for i in range(out_size)])
+    width = int((ends - starts).max())
+    index = np.minimum(starts[:, None] + np.arange(width), n - 1)
+    valid = np.arange(width)[None, :] < (ends - starts)[:, None]
+    windows = jnp.take(x, index.reshape(-1), axis=axis)
+    windows = windows.reshape(x.shape[:axis] + (out_size, width) + x.shape[axis + 1:])
+    valid = valid.reshape((out_size, width) + (1,) * (x.ndim - axis - 1))
+    return reduce(windows, axis + 1, valid)
+
+
+def adaptive_mean(windows, axis, valid):
+    if valid is None:
+        return jnp.mean(windows, axis=axis)
+    return jnp.sum(jnp.where(valid, windows, 0), axis=axis) / valid.sum(axis=1)
+
+
+def adaptive_avg_pool_nchw(x, output_size, spatial_dims=2):
+    """torch adaptive_avg_pool{1,2,3}d; ``None`` in ``output_size`` keeps that size."""
+    sizes = ntuple(output_size, spatial_dims) if output_size is not None else (None,) * spatial_dims
+    for i, size in enumerate(sizes):
+        x = adaptive_pool_axis(x, x.ndim - spatial_dims + i, size, adaptive_mean)
+    return x
+
+
+def resample_axis(x, axis, out_size, scale, mode, align_corners):
+    """One axis of torch interpolate (nearest, nearest-exact or linear), with torch's float32
+    source-index arithmetic."""
+    n = x.shape[axis]
+    f32 = np.float32
+    dst = np.arange(out_size, dtype=f32)
+    ratio = f32(1.0 / scale) if scale else f32(n) / f32(out_size)
+    if mode in ("nearest", "nearest-exact"):
+        offset = f32(0.5) if mode == "nearest-exact" else f32(0.0)
+        index = np.minimum(np.floor((dst + offset) * ratio).astype(np.int64), n - 1)
+        return jnp.take(x, index, axis=axis)
+    if align_corners:
+        ratio = f32(n - 1) / f32(out_size - 1) if out_size > 1 else f32(0.0)
+        src = dst * ratio
+    else:
+        src = np.maximum(ratio * (dst + f32(0.5)) - f32(0.5), f32(0.0))
+    low = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    high = np.minimum(low + 1, n - 1)
+    weight = (src - low.astype(f32)).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+    weight = jnp.asarray(weight, x.dtype)
+    return jnp.take(x, low, axis=axis) * (1 - weight) + jnp.take(x, high, axis=axis) * weight
+
+
+def upsample_nchw(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                  recompute_scale_factor=None):
+    """torch.nn.Upsample / F.interpolate on (N, C, *spatial): modes nearest, nearest-exact,
+    linear, bilinear, trilinear (``align_corners`` as torch) and area."""
+    nd = x.ndim - 2
+    if mode in ("bicubic",):
+        raise NotImplementedError("interpolate mode 'bicubic' is not supported")
+    if size is not None:
+        sizes = ntuple(size, nd)
+        scales = (None,) * nd
+    else:
+        scales = ntuple(scale_factor, nd)
+        sizes = tuple(int(math.floor(n * s)) for n, s in zip(x.shape[2:], scales))
+        if recompute_scale_factor:
+            scales = (None,) * nd
+    if mode == "area":
+        return adaptive_avg_pool_nchw(x, sizes, spatial_dims=nd)
+    for i in range(nd):
+        x = resample_axis(x, 2 + i, sizes[i], scales[i], mode, align_corners)
+    return x
+
+
+def call_layer(layer, x, train):
+    """Call one layer of a converted container, passing the training flag the way it takes it."""
+    if not isinstance(layer, nn.Module):
+        return layer(x)
+    params = inspect.signature(type(layer).__call__).parameters
+    if "train" in params:
+        return layer(x, train=train)
+    if "deterministic" in params:
+        return layer(x, deterministic=not train)
+    if "use_running_average" in params:
+        return layer(x, use_running_average=not train)
+    return layer(x)
+
+
+class Sequential(nn.Module):
+    """torch.nn.Sequential: applies `layers` in order; children are named layers_{i}."""
+    layers: Sequence[Any]
+
+    def __call__(self, x, train: bool = False):
+        for layer in self.layers:
+            x = call_layer(layer, x, train)
+        return x
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+
+def torch_pad(x, pad, mode="constant", value=None):
+    """``F.pad``: ``pad`` lists (before, after) pairs starting from the *last* axis; negative
+    amounts crop. Modes: constant, reflect, replicate, circular."""
+    pad = [int(p) for p in pad]
+    pairs = [(0, 0)] * (x.ndim - len(pad) // 2)
+    pairs += [(pad[i], pad[i + 1]) for i in reversed(range(0, len(pad), 2))]
+    if mode == "constant":
+        fill = jnp.asarray(0 if value is None else value, x.dtype)
+        return jax.lax.pad(x, fill, [(lo, hi, 0) for lo, hi in pairs])
+    names = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+    if mode not in names:
+        raise ValueError(f"pad: unknown mode {mode!r}")
+    return jnp.pad(x, pairs, mode=names[mode])
+
+
+def _resize_axis(x, axis, out_size, mode, align_corners, scale):
+    in_size = x.shape[axis]
+    out = jnp.arange(out_size, dtype=jnp.float32)
+    if mode == "nearest":
+        ratio = 1.0 / scale if scale else in_size / out_size
+        src = jnp.minimum(jnp.floor(out * ratio).astype(jnp.int32), in_size - 1)
+        return jnp.take(x, src, axis=axis)
+    if mode == "nearest-exact":
+        ratio = 1.0 / scale if scale else in_size / out_size
+        src = jnp.minimum(jnp.floor((out + 0.5) * ratio).astype(jnp.int32), in_size - 1)
+        return jnp.take(x, src, axis=axis)
+    if align_corners:
+        ratio = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        pos = out * ratio
+    else:
+        ratio = 1.0 / scale if scale else in_size / out_size
+        pos = jnp.maximum((out + 0.5) * ratio - 0.5, 0.0)
+    lo = jnp.minimum(jnp.floor(pos).astype(jnp.int32), in_size - 1)
+    hi = jnp.minimum(lo + 1, in_size - 1)
+    w = (pos - lo).astype(x.dtype)
+    shape = [1] * x.ndim
+    shape[axis] = out_size
+    w = w.reshape(shape)
+    return jnp.take(x, lo, axis=axis) * (1 - w) + jnp.take(x, hi, axis=axis) * w
+
+
+def torch_interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                      recompute_scale_factor=None):
+    """``F.interpolate`` on channels-first input (N, C, *spatial): modes nearest,
+    nearest-exact, linear, bilinear, trilinear (separable, same sample points as torch)."""
+    spatial = x.ndim - 2
+    if size is not None:
+        sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,) * spatial
+        scales = (None,) * spatial
+    else:
+        scales = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * spatial
+        sizes = tuple(int(math.floor(x.shape[2 + i] * scales[i])) for i in range(spatial))
+        if recompute_scale_factor:
+            scales = (None,) * spatial
+    if mode in ("linear", "bilinear", "trilinear"):
+        mode = "linear"
+    elif mode not in ("nearest", "nearest-exact"):
+        raise NotImplementedError(f"interpolate: mode {mode!r} is not supported")
+    for i in range(spatial):
+        x = _resize_axis(x, 2 + i, sizes[i], mode, align_corners, scales[i])
+    return x
+
+
+
+
+class DoubleConv(nn.Module):
+    """(conv => BN => ReLU) * 2"""
+    in_channels: Any
+    out_channels: Any
+    mid_channels: Any = None
+
+    def setup(self):
+        mid_channels = self.mid_channels
+        if not mid_channels:
+            mid_channels = self.out_channels
+        # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
+        self.double_conv = Sequential([ConvNCHW(features=mid_channels, kernel_size=3, padding=1, use_bias=False), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False), nn.relu, ConvNCHW(features=self.out_channels, kernel_size=3, padding=1, use_bias=False), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False), nn.relu])
+
+    def __call__(self, x, train: bool = False):
+        return self.double_conv(x, train=train)
+
+
+class Down(nn.Module):
+    in_channels: Any
+    out_channels: Any
+
+    def setup(self):
+        self.maxpool_conv = Sequential([partial(max_pool_nchw, kernel_size=2, spatial_dims=2), DoubleConv(self.in_channels, self.out_channels)])
+
+    def __call__(self, x, train: bool = False):
+        return self.maxpool_conv(x, train=train)
+
+
+class Up(nn.Module):
+    in_channels: Any
+    out_channels: Any
+    bilinear: bool = True
+
+    def setup(self):
+        if self.bilinear:
+            _up = partial(upsample_nchw, scale_factor=2, mode="bilinear", align_corners=True)
+            _conv = DoubleConv(self.in_channels, self.out_channels, self.in_channels // 2)
+        else:
+            _up = ConvTransposeNCHW(features=self.in_channels // 2, kernel_size=2, strides=2)
+            _conv = DoubleConv(self.in_channels, self.out_channels)
+        self.conv = _conv
+        self.up = _up
+
+    def __call__(self, x1, x2, train: bool = False):
+        x1 = self.up(x1)
+        # inputs may be CHW with odd sizes
+        diffY = x2.shape[2] - x1.shape[2]
+        diffX = x2.shape[3] - x1.shape[3]
+        x1 = torch_pad(x1, [diffX // 2, diffX - diffX // 2, diffY // 2, diffY - diffY // 2])
+        x = jnp.concatenate([x2, x1], axis=1)
+        return self.conv(x, train=train)
+
+
+class UNet(nn.Module):
+    n_channels: int = 3
+    n_classes: int = 2
+    base: int = 4
+    bilinear: bool = True
+
+    def setup(self):
+        factor = 2 if self.bilinear else 1
+
+        self.inc = DoubleConv(self.n_channels, self.base)
+        self.down1 = Down(self.base, self.base * 2)
+        self.down2 = Down(self.base * 2, self.base * 4 // factor)
+        self.up1 = Up(self.base * 4, self.base * 2 // factor, self.bilinear)
+        self.up2 = Up(self.base * 2, self.base, self.bilinear)
+        self.outc = ConvNCHW(features=self.n_classes, kernel_size=1)
+
+    def __call__(self, x, train: bool = False):
+        x1 = self.inc(x, train=train)
+        x2 = self.down1(x1, train=train)
+        x3 = self.down2(x2, train=train)
+        x = self.up1(x3, x2, train=train)
+        x = self.up2(x, x1, train=train)
+        logits = self.outc(x)
+        return logits
+
+
+class SegHead(nn.Module):
+    """Predicts at 1/4 resolution and resizes back with F.interpolate."""
+    in_ch: int = 3
+    num_classes: int = 3
+
+    def setup(self):
+        self.stem = ConvNCHW(features=8, kernel_size=3, strides=2, padding=1)
+        self.body = ConvNCHW(features=8, kernel_size=3, strides=2, padding=1)
+        self.cls = ConvNCHW(features=self.num_classes, kernel_size=1)
+
+    def __call__(self, x, train: bool = False):
+        h, w = x.shape[-2:]
+        y = jax.nn.relu(self.stem(x))
+        y = jax.nn.relu(self.body(y))
+        y = self.cls(y)
+        y = torch_interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        near = torch_interpolate(y, scale_factor=0.5, mode="nearest")
+        return y, near
