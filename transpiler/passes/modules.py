@@ -651,7 +651,7 @@ class ModulesRule(Rule):
             if init_call:
                 self.ctx.report(stmt, "JP305", init_call)
                 return _commented_out(original)
-        if method in info.runtime_methods and isinstance(stmt, (cst.Assign, cst.AugAssign)):
+        if method not in ("__init__", *info.setup_helpers) and isinstance(stmt, (cst.Assign, cst.AugAssign)):
             targets = [t.target for t in stmt.targets] if isinstance(stmt, cst.Assign) else [stmt.target]
             for t in targets:
                 name = dotted(t)
