@@ -9,6 +9,7 @@ train mode for BatchNorm, with the updated running statistics). The flax side ru
 """
 from __future__ import annotations
 
+import copy
 import math
 import tomllib
 import warnings
@@ -206,32 +207,51 @@ def check_case(key: str, example: str, input_specs: Sequence[str], seed: int = 0
 
     modes = [False, True] if entry.call == "batchnorm" else [False]
     for train in modes:
+        tlayer.zero_grad()
         txs, tout = torch_torch_forward(tlayer, xs, train)
         g = np.random.default_rng(seed + 1).standard_normal(tuple(tout.shape)).astype(np.float32)
-        if float_args:
+        if float_args or variables.get("params"):
             (tout * torch.tensor(g)).sum().backward()
 
-        def f(*fargs, train=train):
+        def f(params, *fargs, train=train):
             args = list(jxs)
             for i, a in zip(float_args, fargs):
                 args[i] = a
+            v = {**variables, "params": params}
             if train:
-                return model.apply(variables, *args, train=True, mutable=["batch_stats"])
-            return model.apply(variables, *args), {}
+                return model.apply(v, *args, train=True, mutable=["batch_stats"])
+            return model.apply(v, *args), {}
 
         @jax.jit
-        def forward_and_grads(fargs, g):
-            (out, updates), vjp = jax.vjp(f, *fargs)
+        def forward_and_grads(params, fargs, g):
+            (out, updates), vjp = jax.vjp(f, params, *fargs)
             return out, updates, vjp((g, jax.tree_util.tree_map(jnp.zeros_like, updates)))
 
-        out, updates, grads = forward_and_grads([jxs[i] for i in float_args], jnp.asarray(g))
+        out, updates, (pgrads, *grads) = forward_and_grads(
+            variables.get("params", {}), [jxs[i] for i in float_args], jnp.asarray(g))
         where = f"{key} {example} -> {code} (train={train})"
         assert_close(out, tout.detach().numpy(), f"{where}: output")
         for i, gr in zip(float_args, grads):
             assert_close(gr, txs[i].grad.numpy(), f"{where}: grad input[{i}]")
+        if variables.get("params"):
+            check_param_grads(tlayer, shapes, pgrads, where)
         if train and entry.call == "batchnorm":
             check_running_stats(tlayer, variables, updates, xs[0], where)
     return code
+
+
+def check_param_grads(tlayer, shapes, pgrads, where):
+    """torch's parameter gradients, sent through the same transfer, equal flax's."""
+    grad_layer = copy.deepcopy(tlayer)
+    with torch.no_grad():
+        for (name, p), (_, q) in zip(tlayer.named_parameters(), grad_layer.named_parameters()):
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            q.copy_(grad.to_dense() if grad.is_sparse else grad)
+    expected = load_torch_state(TorchWrap(grad_layer), shapes)["params"]
+    flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+    flat_got = dict(jax.tree_util.tree_leaves_with_path(pgrads))
+    for path, value in flat_expected:
+        assert_close(flat_got[path], value, f"{where}: grad params{jax.tree_util.keystr(path)}")
 
 
 def check_running_stats(tlayer, variables, updates, x, where):
@@ -347,6 +367,12 @@ def test_rendered_forms():
         "nn.MaxPool2d(2)": "partial(max_pool_nchw, kernel_size=2, spatial_dims=2)",
         "nn.Embedding(10, 4)": "nn.Embed(num_embeddings=10, features=4, embedding_init=torch_normal_init())",
         "nn.Flatten()": "partial(flatten_dims, start_dim=1)",
+        "nn.Embedding(10, 4, padding_idx=0)": "EmbedWithPadding(num_embeddings=10, features=4, padding_idx=0, embedding_init=torch_normal_init(padding_idx=0))",
+        "nn.Softmax()": "partial(apply_on_implicit_dim, nn.softmax)",
+        "nn.Softmax(-1)": "partial(nn.softmax, axis=-1)",
+        "nn.Softplus()": "nn.softplus",
+        "nn.Softplus(beta=2)": "partial(softplus_beta, beta=2)",
+        "nn.ELU()": "nn.elu",
     }
     for example, code in expect.items():
         key = "torch.nn." + example[3:example.index("(")]

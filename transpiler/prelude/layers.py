@@ -164,6 +164,8 @@ class LayerNormLastAxes(nn.Module):
     epsilon: float = 1e-5
     use_scale: bool = True
     use_bias: bool = True
+    scale_init: Any = nn.initializers.ones_init()
+    bias_init: Any = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x):
@@ -173,10 +175,20 @@ class LayerNormLastAxes(nn.Module):
         var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
         if self.use_scale:
-            y = y * self.param("scale", nn.initializers.ones_init(), shape)
+            y = y * self.param("scale", self.scale_init, shape)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros_init(), shape)
+            y = y + self.param("bias", self.bias_init, shape)
         return y
+
+
+class EmbedWithPadding(nn.Embed):
+    """nn.Embed whose row ``padding_idx`` gets no gradient (torch.nn.Embedding(padding_idx=...))."""
+    padding_idx: int = 0
+
+    def __call__(self, inputs):
+        y = super().__call__(inputs)
+        padding = (inputs == self.padding_idx % self.num_embeddings)[..., None]
+        return jnp.where(padding, jax.lax.stop_gradient(y), y)
 
 
 class GroupNormNCHW(nn.GroupNorm):

@@ -114,14 +114,28 @@ def flax_children(module):
 class _Transfer:
     def __init__(self, flax_variables: Mapping):
         self.leaves = _flatten(flax_variables)
+        self.prefixes = {key[1:i] for key in self.leaves for i in range(2, len(key) + 1)}
         self.variables = flax_variables
         self.filled: dict[Key, np.ndarray] = {}
         self.problems: list[str] = []
+        self.consumed: set[int] = set()                 # ids of torch tensors put somewhere
+        self.unplaced: list[tuple[int, str]] = []       # (tensor id, problem): maybe tied weights
 
-    def put(self, key: Key, array: np.ndarray, source: str) -> None:
+    def name(self, path: Key, name: str) -> str:
+        """``name``, or ``name_`` where the converter renamed an attribute that clashes with a
+        dataclass field of the converted module."""
+        if path + (name,) not in self.prefixes and path + (f"{name}_",) in self.prefixes:
+            return f"{name}_"
+        return name
+
+    def put(self, key: Key, array: np.ndarray, source: str, tensor=None) -> None:
         leaf = self.leaves.get(key)
         if leaf is None:
-            self.problems.append(f"torch {source} {tuple(array.shape)}: the flax variables have no leaf {_show(key)}")
+            problem = f"torch {source} {tuple(array.shape)}: the flax variables have no leaf {_show(key)}"
+            if tensor is not None:
+                self.unplaced.append((id(tensor), problem))
+            else:
+                self.problems.append(problem)
             return
         if tuple(array.shape) != tuple(leaf.shape):
             self.problems.append(f"torch {source}: shape {tuple(array.shape)} does not match flax "
@@ -131,6 +145,8 @@ class _Transfer:
             self.problems.append(f"torch {source}: flax leaf {_show(key)} is filled twice")
             return
         self.filled[key] = array
+        if tensor is not None:
+            self.consumed.add(id(tensor))
 
     def visit(self, module, path: Key, prefix: str) -> None:
         entry = layer_entry(module)
@@ -160,15 +176,15 @@ class _Transfer:
                 except LayoutError as exc:
                     self.problems.append(f"torch {source}: {exc}")
                     continue
-                self.put(key, array, source)
+                self.put(key, array, source, tensor)
             elif kind == "parameter":
-                self.put(("params",) + path + (name,), _to_numpy(tensor), source)
+                self.put(("params",) + path + (self.name(path, name),), _to_numpy(tensor), source, tensor)
             else:
-                key = ("buffers",) + path + (name,)
+                key = ("buffers",) + path + (self.name(path, name),)
                 if key in self.leaves:
-                    self.put(key, _to_numpy(tensor), source)
+                    self.put(key, _to_numpy(tensor), source, tensor)
         for name, torch_name, child in flax_children(module):
-            self.visit(child, path + (name,), f"{prefix}{torch_name}.")
+            self.visit(child, path + (self.name(path, name),), f"{prefix}{torch_name}.")
 
     def convert(self, module, entry, path: Key, prefix: str) -> None:
         subtrees = {}
@@ -191,6 +207,8 @@ class _Transfer:
     def result(self) -> dict:
         import jax.numpy as jnp
 
+        # a tensor shared by two modules (weight tying) needs only one flax leaf
+        self.problems += [p for tid, p in self.unplaced if tid not in self.consumed]
         missing = [k for k in self.leaves if k not in self.filled]
         for key in missing:
             self.problems.append(f"flax leaf {_show(key)} {tuple(self.leaves[key].shape)} "
