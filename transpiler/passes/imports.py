@@ -7,6 +7,8 @@ plain ``import torch`` then suffices).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import libcst as cst
 
 from ..context import FileContext
@@ -85,6 +87,12 @@ class _References(cst.CSTVisitor):
         self.bound.add(node.name.value)
 
 
+@lru_cache(maxsize=None)
+def _parsed_helper(name: str) -> tuple[cst.BaseStatement, ...]:
+    """A helper's statements, parsed once per process."""
+    return tuple(cst.parse_module(prelude_index.helpers()[name].source + "\n").body)
+
+
 def _import_block_end(body) -> int:
     """Index after the leading docstring/imports block of a module body."""
     index = 0
@@ -127,9 +135,7 @@ def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
     at = _import_block_end(body)
     new_stmts: list[cst.BaseStatement] = [cst.parse_statement(s) for s in needed]
     if helpers:
-        source = "\n\n\n".join(h.source for h in helpers)
-        helper_module = cst.parse_module(source + "\n")
-        helper_stmts = list(helper_module.body)
+        helper_stmts = [stmt for h in helpers for stmt in _parsed_helper(h.name)]
         helper_stmts[0] = helper_stmts[0].with_changes(leading_lines=[
             cst.EmptyLine(), cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment(HELPERS_BANNER))])
         for i in range(1, len(helper_stmts)):
