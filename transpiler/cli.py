@@ -211,18 +211,132 @@ def _not_implemented(what: str) -> None:
 @click.argument("original", type=click.Path(exists=True, dir_okay=False))
 @click.argument("converted", type=click.Path(exists=True, dir_okay=False))
 @click.option("--module", "modules", metavar="NAME", multiple=True,
-              help="Module class to validate (repeatable; default: all).")
+              help="Module class (or spec table) to validate; repeatable. Default: every "
+                   "nn.Module class of ORIGINAL (those that cannot be built are skipped).")
 @click.option("--spec", type=click.Path(exists=True, dir_okay=False), metavar="SPEC.toml",
-              help="Validation spec: constructor arguments, input shapes, dims.")
-@click.option("--examples", type=click.IntRange(min=1), metavar="N", help="Hypothesis examples per module.")
-@click.option("--train-steps", type=click.IntRange(min=0), metavar="K", help="Optimizer steps to compare.")
+              help="Validation spec: constructor arguments, input shapes, dims. Default: "
+                   "ORIGINAL.toml beside ORIGINAL, if it exists.")
+@click.option("--examples", type=click.IntRange(min=1), default=25, show_default=True, metavar="N",
+              help="Hypothesis examples per module.")
+@click.option("--train-steps", type=click.IntRange(min=0), default=0, metavar="K",
+              help="Optimizer steps to compare (not implemented yet: only 0).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the validation report as JSON.")
-@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Write JUnit XML.")
-@click.option("--seed", type=int, metavar="S", help="Random seed.")
-def validate(original, converted, modules, spec, examples, train_steps, json_path, junit, seed) -> None:
-    """Check converted modules against the originals: same weights, random inputs."""
-    _not_implemented("validate")
+@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write JUnit XML (one testcase per module).")
+@click.option("--seed", type=int, default=0, show_default=True, metavar="S",
+              help="Seed of the hypothesis search and the weights.")
+@click.option("--rtol", type=click.FloatRange(min=0), metavar="R",
+              help="Relative tolerance (default: per dtype, 1e-5 for float32).")
+@click.option("--atol", type=click.FloatRange(min=0), metavar="A",
+              help="Absolute tolerance, scaled by max(1, max|torch output|) (default: per dtype).")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "tpu"]), default="cpu", show_default=True,
+              help="JAX backend of the flax side (matmul precision 'highest', torch TF32 off).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
+              metavar="SECONDS", help="Per-module time limit; a module over it is an error.")
+@click.option("--emit-tests", "emit_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write a pytest file of hypothesis property tests for these modules into DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
+def validate(original, converted, modules, spec, examples, train_steps, json_path, junit, seed,
+             rtol, atol, device, timeout, emit_dir, quiet) -> None:
+    """Check converted modules against the originals: same weights, hypothesis inputs.
+
+    For each nn.Module class of ORIGINAL (or each table of the spec), the torch module and the
+    flax module of the same name in CONVERTED are built with the same constructor arguments,
+    the torch weights are copied into the flax variables, and outputs and gradients (inputs and
+    parameters) are compared on N drawn inputs; models with BatchNorm also compare a
+    training-mode pass and the updated statistics. A failure is shrunk to the smallest failing
+    input, shown as the counterexample. Without a spec, inputs are inferred from the first
+    layer (Linear, Conv, Embedding, RNN, LayerNorm); a class that needs constructor arguments
+    is skipped with a note saying how to give them (`init = {...}` in the spec).
+
+    User code runs in a child process. Exit status: 0 every module passed or was skipped,
+    1 a module failed or errored, 2 usage error.
+    """
+    if train_steps:
+        click.echo("jaxport validate: --train-steps: comparing optimizer steps is not implemented "
+                   "yet (only --train-steps 0 is supported)", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        code = _validate(original, converted, modules, spec, examples, json_path, junit, seed,
+                         rtol, atol, device, timeout, emit_dir, quiet)
+    except (click.ClickException, BrokenPipeError):
+        raise
+    except Exception as exc:
+        _fail_internal(exc, False)
+    sys.exit(code)
+
+
+def _validate(original, converted, modules, spec, examples, json_path, junit, seed, rtol, atol,
+              device, timeout, emit_dir, quiet) -> int:
+    import json
+    from pathlib import Path
+
+    from .validate.runner import Fatal, class_names, run_validation
+    from .validate.spec import SpecError, parse_spec_file
+
+    if spec is None and Path(original).with_suffix(".toml").is_file():
+        spec = str(Path(original).with_suffix(".toml"))
+    cases = {}
+    if spec is not None:
+        try:
+            cases = parse_spec_file(spec)
+        except SpecError as exc:
+            raise click.UsageError(f"bad spec: {exc}") from None
+    known = set(class_names(original)) | set(cases) | {c.cls for c in cases.values()}
+    unknown = [m for m in modules if m not in known]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: no such class in {original} "
+                                 f"(nor table in the spec); known: {', '.join(sorted(known)) or 'none'}",
+                                 param_hint="'--module'")
+    colors = {"pass": "green", "fail": "red", "error": "red", "skip": "yellow"}
+
+    def show(m: dict) -> None:
+        if quiet:
+            return
+        def num(x):
+            return "n/a" if x is None else f"{x:.2e}"
+        line = (f"{click.style(m['status'].upper().ljust(5), fg=colors[m['status']], bold=True)} "
+                f"{m['name']}  max_abs={num(m.get('max_abs_err'))} max_rel={num(m.get('max_rel_err'))} "
+                f"examples={m.get('examples', 0)} ({m.get('seconds', 0):.1f}s)")
+        click.echo(line)
+        if m["status"] != "pass" and m.get("message"):
+            for text in m["message"].splitlines()[:12]:
+                click.echo(f"      {text}")
+
+    try:
+        results = run_validation(original, converted, spec=spec, modules=list(modules),
+                                 examples=examples, seed=seed, rtol=rtol, atol=atol, device=device,
+                                 timeout=timeout, on_result=show)
+    except Fatal as exc:
+        if exc.usage:
+            click.echo(f"jaxport validate: {exc}", err=True)
+            return EXIT_USAGE
+        raise
+    counts = {s: 0 for s in ("pass", "fail", "error", "skip")}
+    for m in results:
+        counts[m["status"]] += 1
+    report = {"modules": results, "summary": counts}
+    click.echo(f"{len(results)} module(s): {counts['pass']} passed, {counts['fail']} failed, "
+               f"{counts['error']} errors, {counts['skip']} skipped")
+    try:
+        if json_path:
+            Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if junit:
+            from .validate.junit import write_junit
+            write_junit(report, junit, original)
+        if emit_dir:
+            from .validate.emit import emit_tests
+            names = [m["name"] for m in results if m["status"] != "skip"]
+            path = emit_tests(emit_dir, original, converted, spec, names, examples, seed)
+            click.echo(f"wrote {path}")
+    except OSError as exc:
+        click.echo(f"jaxport validate: cannot write: {exc}", err=True)
+        return EXIT_USAGE
+    if not results:
+        click.echo("jaxport validate: no nn.Module class to validate", err=True)
+        return EXIT_FINDINGS
+    return EXIT_FINDINGS if counts["fail"] or counts["error"] else EXIT_OK
 
 
 @cli.command(context_settings=CONTEXT)

@@ -23,6 +23,7 @@ import copy
 import importlib.util
 import inspect
 import itertools
+import math
 import sys
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -54,7 +55,9 @@ class Check:
     message: str = ""
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["max_abs_err"], out["max_rel_err"] = _finite(self.max_abs_err), _finite(self.max_rel_err)
+        return out
 
 
 @dataclass
@@ -66,6 +69,7 @@ class ComparisonResult:
     max_rel_err: float = 0.0
     message: str = ""
     examples: int = 0
+    counterexample: dict | None = None   # the (shrunk) failing input: dims, args, kwargs
 
     @property
     def failures(self) -> list[Check]:
@@ -74,8 +78,8 @@ class ComparisonResult:
     def to_json(self) -> dict:
         return {"name": self.name, "status": self.status,
                 "checks": [c.to_json() for c in self.checks], "examples": self.examples,
-                "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err,
-                "message": self.message}
+                "max_abs_err": _finite(self.max_abs_err), "max_rel_err": _finite(self.max_rel_err),
+                "message": self.message, "counterexample": self.counterexample}
 
     def __str__(self) -> str:
         lines = [f"{self.name}: {self.status} (max_abs_err={self.max_abs_err:.3g}, "
@@ -83,6 +87,11 @@ class ComparisonResult:
         lines += [f"  {c.name}: {c.status} abs={c.max_abs_err:.3g} rel={c.max_rel_err:.3g} "
                   f"{c.message}".rstrip() for c in self.failures]
         return "\n".join(lines)
+
+
+def _finite(x: float):
+    """JSON has no inf/nan: they are written as null."""
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def summarize(results: list[ComparisonResult]) -> dict:
@@ -361,6 +370,10 @@ def compare_module(torch_cls, flax_cls, spec_table: ModuleSpec | dict, seed: int
 
 
 class _Run:
+    """One comparison: the modules are built on the first example; every example then runs
+    torch forward/backward and one cached, jitted flax forward+grad program (jax retraces
+    only for new input shapes, so examples of the same shapes reuse the compiled program)."""
+
     def __init__(self, torch_cls, flax_cls, spec: ModuleSpec, seed, name, dims, transfer,
                  rtol, atol, check_grads):
         self.torch_cls, self.flax_cls, self.spec, self.seed, self.name = torch_cls, flax_cls, spec, seed, name
@@ -371,12 +384,15 @@ class _Run:
         self.grad_atol = atol if atol is not None else (spec.grad_atol if spec.grad_atol is not None else spec.atol)
         self.check_grads = check_grads and not spec.skip_grad
         self.checks: list[Check] = []
+        self.current: list[Check] = []
         self.phase = "setup"
         self.error: str | None = None
         self.examples = 0
         self.torch_module = None
         self.variables = None
+        self.train_forward = spec.train_forward
         self.notes: list[str] = []
+        self._jitted: dict = {}
         if spec.skip_grad:
             self.notes.append(f"gradients not compared: {spec.skip_grad}")
 
@@ -402,62 +418,128 @@ class _Run:
 
     def add(self, check: Check) -> None:
         self.checks.append(check)
+        self.current.append(check)
 
-    # -- one example
-    def example(self, index: int) -> None:
-        import jax
-        import jax.numpy as jnp
-        import torch
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
+    # -- one example drawn with numpy (the single-example engine)
+    def example(self, index: int) -> list[Check]:
         spec = self.spec
         rng = np.random.default_rng([self.seed, index])
         dims = dict(self.fixed_dims) if self.fixed_dims else draw_dims(spec, rng)
         self.phase = "drawing inputs"
         args, kwargs = draw_inputs(spec, rng, dims)
+        return self.run_example(dims, args, kwargs, rng, f"[{index}]" if index else "")
+
+    def setup(self, dims, skeleton, jarrays, rng) -> None:
+        import jax
+        import torch
+
+        spec = self.spec
+        self.phase = "constructing the torch module"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.torch_module = self.torch_cls(**_tuplify(spec.init))
+        if spec.perturb:
+            _perturb(self.torch_module, self.seed)
+        if self.train_forward is None:
+            self.train_forward = _wants_train_check(self.torch_module)
+        self.phase = "constructing the flax module"
+        self.flax_module = self.flax_cls(**_tuplify(spec.init))
+        self.phase = "initialising the flax variables"
+        key = jax.random.PRNGKey(self.seed)
+        names = ["params", "dropout", *spec.rngs]
+        rngs = dict(zip(names, jax.random.split(key, len(names))))
+        # only shapes are needed: every leaf is overwritten by the transfer
+        if spec.method and spec.init_inputs is not None:
+            sk, arrs = _split_arrays(tuple(draw_value(x, rng, dims) for x in spec.init_inputs))
+            init_args = _fill(sk, [_to_jax(x) for x in arrs])
+            variables = jax.eval_shape(lambda r: self.flax_module.init(r, *init_args), rngs)
+        else:
+            a, k = _fill(skeleton, jarrays)
+            variables = jax.eval_shape(
+                lambda r: self.flax_module.init(r, *a, **k, method=spec.method), rngs)
+        variables = _unfreeze(variables)
+        self.phase = "transferring weights"
+        transfer = self.transfer or default_transfer()
+        self.transfer = transfer
+        self.variables = _unfreeze(transfer(self.torch_module, variables))
+        unfilled = [p for p, v in _tree_paths(self.variables).items()
+                    if isinstance(v, jax.ShapeDtypeStruct)]
+        if unfilled:
+            raise ValueError(f"the transfer left flax leaves unfilled: {unfilled[:5]}")
+
+    def _jit(self, kind: str, skeleton, float_idx, extra_key=()):
+        """The jitted flax program of ``kind`` for this argument structure (cached)."""
+        import jax
+        key = (kind, _skeleton_key(skeleton), tuple(float_idx), extra_key)
+        fn = self._jitted.get(key)
+        if fn is not None:
+            return fn
+        spec, flax_module = self.spec, self.flax_module
+        method = spec.method or "__call__"
+        takes_train = _accepts(getattr(self.flax_cls, method), "train")
+
+        def merge(floats, others):
+            arrs, fi, oi = [], iter(floats), iter(others)
+            for i in range(len(floats) + len(others)):
+                arrs.append(next(fi) if i in float_idx else next(oi))
+            return arrs
+
+        def apply(variables, floats, others):
+            a, k = _fill(skeleton, merge(floats, others))
+            extra = {"train": False} if takes_train else {}
+            return flax_module.apply(variables, *a, **k, **extra, method=spec.method)
+
+        if kind == "forward":
+            fn = jax.jit(apply)
+        elif kind == "grad":
+            def loss_fn(p, floats, others, cts, rest):
+                out = apply({**rest, "params": p}, floats, others)
+                out_leaves = _leaves(out)
+                if len(out_leaves) != len(cts):
+                    raise _StructureMismatch
+                import jax.numpy as jnp
+                total = jnp.zeros((), jnp.float32)
+                for (_, v), c in zip(out_leaves, cts):
+                    if c is not None:
+                        total = total + jnp.sum(jnp.asarray(v).astype(jnp.float32) * c)
+                return total, out
+            fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
+        else:  # train
+            mutable = list(extra_key)
+
+            def apply_train(variables, floats, others, rng):
+                import flax.linen as fnn
+                a, k = _fill(skeleton, merge(floats, others))
+                extra = {"train": True} if takes_train else {}
+                with fnn.intercept_methods(_no_flax_dropout):
+                    out = flax_module.apply(variables, *a, **k, **extra, method=spec.method,
+                                            mutable=mutable, rngs={"dropout": rng})
+                return out if mutable else (out, {})
+            fn = jax.jit(apply_train)
+        self._jitted[key] = fn
+        return fn
+
+    def run_example(self, dims, args, kwargs, rng: np.random.Generator, tag: str = "") -> list[Check]:
+        """Compare both modules on one input; returns this example's checks (also kept in
+        ``self.checks``). ``rng`` draws the output cotangents (and ``init_inputs``)."""
+        import jax
+        import jax.numpy as jnp
+        import torch
+
+        self.current = []
+        spec = self.spec
         skeleton, arrays = _split_arrays((args, kwargs))
         float_idx = [i for i, a in enumerate(arrays) if _is_float(a)]
         jarrays = [_to_jax(a) for a in arrays]
-        tag = f"[{index}]" if index else ""
+        floats_j = [jarrays[i] for i in float_idx]
+        others_j = [a for i, a in enumerate(jarrays) if i not in float_idx]
 
         if self.torch_module is None:
-            self.phase = "constructing the torch module"
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                self.torch_module = self.torch_cls(**_tuplify(spec.init))
-            if spec.perturb:
-                _perturb(self.torch_module, self.seed)
-            self.phase = "constructing the flax module"
-            self.flax_module = self.flax_cls(**_tuplify(spec.init))
-            self.phase = "initialising the flax variables"
-            key = jax.random.PRNGKey(self.seed)
-            names = ["params", "dropout", *spec.rngs]
-            rngs = dict(zip(names, jax.random.split(key, len(names))))
-            # only shapes are needed: every leaf is overwritten by the transfer
-            if spec.method and spec.init_inputs is not None:
-                sk, arrs = _split_arrays(tuple(draw_value(x, rng, dims) for x in spec.init_inputs))
-                init_args = _fill(sk, [_to_jax(x) for x in arrs])
-                variables = jax.eval_shape(lambda r: self.flax_module.init(r, *init_args), rngs)
-            else:
-                a, k = _fill(skeleton, jarrays)
-                variables = jax.eval_shape(
-                    lambda r: self.flax_module.init(r, *a, **k, method=spec.method), rngs)
-            variables = _unfreeze(variables)
-            self.phase = "transferring weights"
-            transfer = self.transfer or default_transfer()
-            self.transfer = transfer
-            self.variables = _unfreeze(transfer(self.torch_module, variables))
-            unfilled = [p for p, v in _tree_paths(self.variables).items()
-                        if isinstance(v, jax.ShapeDtypeStruct)]
-            if unfilled:
-                raise ValueError(f"the transfer left flax leaves unfilled: {unfilled[:5]}")
-
-        method = spec.method or "__call__"
-        extra = {"train": False} if _accepts(getattr(self.flax_cls, method), "train") else {}
-        flax_module = self.flax_module
-
-        def apply(variables, arrs):
-            a, k = _fill(skeleton, arrs)
-            return flax_module.apply(variables, *a, **k, **extra, method=spec.method)
+            self.setup(dims, skeleton, jarrays, rng)
 
         # --- torch: forward (eval mode), then backward of sum(out * cotangent)
         self.phase = "torch forward"
@@ -487,7 +569,7 @@ class _Run:
                 cts.append(None)
         grads = self.check_grads and loss is not None
         if self.check_grads and loss is None:
-            self.notes.append("no differentiable output: gradients not compared")
+            self.note("no differentiable output: gradients not compared")
         if grads:
             self.phase = "torch backward"
             loss.backward()
@@ -495,34 +577,20 @@ class _Run:
         # --- flax: forward and gradients in one jitted function
         variables = self.variables
         flax_params = variables.get("params", {})
+        rest = {k: v for k, v in variables.items() if k != "params"}
         jcts = [None if c is None else jnp.asarray(c) for c in cts]
-
-        def loss_fn(p, floats):
-            arrs = list(jarrays)
-            for i, f in zip(float_idx, floats):
-                arrs[i] = f
-            out = apply({**variables, "params": p}, arrs)
-            out_leaves = _leaves(out)
-            if len(out_leaves) != len(jcts):
-                raise _StructureMismatch
-            total = jnp.zeros((), jnp.float32)
-            for (_, v), c in zip(out_leaves, jcts):
-                if c is not None:
-                    total = total + jnp.sum(jnp.asarray(v).astype(jnp.float32) * c)
-            return total, out
 
         fout = g_params = g_inputs = None
         if grads:
             self.phase = "flax forward and gradients (jit)"
             try:
-                (_, fout), (g_params, g_inputs) = jax.jit(
-                    jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(
-                    flax_params, [jarrays[i] for i in float_idx])
+                (_, fout), (g_params, g_inputs) = self._jit("grad", skeleton, float_idx)(
+                    flax_params, floats_j, others_j, jcts, rest)
             except Exception:  # noqa: BLE001 - retried below without gradients, for a clear report
                 fout = None
         if fout is None:
             self.phase = "flax forward (jit)"
-            fout = jax.jit(apply)(variables, jarrays)
+            fout = self._jit("forward", skeleton, float_idx)(variables, floats_j, others_j)
         self.phase = "comparing outputs"
         f_leaves = _leaves(fout)
         if [p for p, _ in t_leaves] != [p for p, _ in f_leaves]:
@@ -539,15 +607,16 @@ class _Run:
         if grads:
             if g_params is None:
                 self.phase = "flax gradients (jit)"
-                jax.jit(jax.grad(loss_fn, argnums=(0, 1), has_aux=True))(
-                    flax_params, [jarrays[i] for i in float_idx])  # raises the real problem
+                self._jit("grad", skeleton, float_idx)(
+                    flax_params, floats_j, others_j, jcts, rest)  # raises the real problem
                 raise RuntimeError("flax gradients failed")
-            self._grads(index, tag, leaves_in, float_idx, g_params, g_inputs)
-        # --- training-mode forward
-        if spec.train_forward:
-            self._train_forward(tag, skeleton, arrays, jarrays, method)
+            self._grads(tag, leaves_in, float_idx, g_params, g_inputs)
+        # --- training-mode forward (and updated BatchNorm statistics)
+        if self.train_forward:
+            self._train_forward(tag, skeleton, arrays, float_idx, floats_j, others_j)
+        return self.current
 
-    def _grads(self, index, tag, leaves_in, float_idx, g_params, g_inputs):
+    def _grads(self, tag, leaves_in, float_idx, g_params, g_inputs):
         import torch
 
         tm = self.torch_module
@@ -585,8 +654,8 @@ class _Run:
                 self.add(compare_arrays(f"grad{tag}:params/{path}", _jax_to_numpy(fl[path]), ref,
                                         "float32", self.grad_rtol, self.grad_atol))
         else:
-            self.notes.append("parameter gradients compared as directional derivatives")
-            gen = torch.Generator().manual_seed(self.seed * 1000 + index)
+            self.note("parameter gradients compared as directional derivatives")
+            gen = torch.Generator().manual_seed(self.seed * 1000 + self.examples)
             fl = _tree_paths(g_params)
             for k in range(3):
                 v = {n: torch.randn(p.shape, generator=gen).to(p.dtype) for n, p in params.items()}
@@ -608,29 +677,48 @@ class _Run:
                                err / max(abs(ref), 1e-12),
                                "" if ok else f"<grad, v>: flax {got:.6g} vs torch {ref:.6g}"))
 
-    def _train_forward(self, tag, skeleton, arrays, jarrays, method):
+    def _train_forward(self, tag, skeleton, arrays, float_idx, floats_j, others_j):
+        """One training-mode forward pass on both sides (dropout layers switched off on both,
+        so the pass is deterministic), then the updated mutable state (BatchNorm statistics).
+
+        torch's BatchNorm stores the *unbiased* batch variance in ``running_var``, flax the
+        biased one: the expected value is computed from torch's update with the biased batch
+        variance (captured by a hook), and the raw difference is reported as a note."""
         import jax
         import torch
 
         self.phase = "torch forward (train mode)"
         tm = copy.deepcopy(self.torch_module)
         tm.train()
+        from torch.nn.modules.batchnorm import _BatchNorm
+        from torch.nn.modules.dropout import _DropoutNd
+        for m in tm.modules():
+            if isinstance(m, _DropoutNd):
+                m.eval()
+        bn_calls: dict[str, list] = {}
+        hooks = []
+        for name, m in tm.named_modules():
+            if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_var is not None:
+                old_var = m.running_var.detach().clone()
+
+                def hook(mod, inputs, _name=name, _old=old_var):
+                    x = inputs[0].detach().double()
+                    dims_ = [d for d in range(x.dim()) if d != 1]
+                    biased = x.var(dim=dims_, unbiased=False)
+                    n = x.numel() // max(x.shape[1], 1)
+                    bn_calls.setdefault(_name, []).append((biased, n, _old))
+                hooks.append(m.register_forward_pre_hook(hook))
         ta, tk = _fill(skeleton, [_to_torch(a) for a in arrays])
-        with torch.no_grad():
-            tout = getattr(tm, self.spec.method)(*ta, **tk) if self.spec.method else tm(*ta, **tk)
+        try:
+            with torch.no_grad():
+                tout = getattr(tm, self.spec.method)(*ta, **tk) if self.spec.method else tm(*ta, **tk)
+        finally:
+            for h in hooks:
+                h.remove()
         self.phase = "flax forward (train mode, jit)"
-        mutable = [c for c in self.variables if c != "params"]
-        flax_module, spec = self.flax_module, self.spec
-        train_kw = {"train": True} if _accepts(getattr(self.flax_cls, method), "train") else {}
-        rngs = {"dropout": jax.random.PRNGKey(self.seed + 1)}
-
-        def apply_train(variables, arrs):
-            a, k = _fill(skeleton, arrs)
-            out = flax_module.apply(variables, *a, **k, **train_kw, method=spec.method,
-                                    mutable=mutable, rngs=rngs)
-            return out[0] if mutable else out
-
-        fout = jax.jit(apply_train)(self.variables, jarrays)
+        mutable = tuple(c for c in self.variables if c != "params")
+        fn = self._jit("train", skeleton, float_idx, mutable)
+        fout, updates = fn(self.variables, floats_j, others_j, jax.random.PRNGKey(self.seed + 1))
         t_leaves, f_leaves = _leaves(tout), _leaves(fout)
         if [p for p, _ in t_leaves] != [p for p, _ in f_leaves]:
             self.add(Check(f"train_forward{tag}", "fail", float("inf"), float("inf"),
@@ -640,6 +728,84 @@ class _Run:
             ref, dt = _torch_to_numpy(tv)
             self.add(compare_arrays(f"train_forward{tag}:{path}", _jax_to_numpy(fv), ref, dt,
                                     self.rtol, self.atol))
+        updates = _unfreeze(updates)
+        if not updates:
+            return
+        self.phase = "comparing updated statistics"
+        # torch's new state with the biased batch variance: what flax is expected to hold
+        raw = _tree_paths(_unfreeze(self.transfer(tm, self.variables)))
+        expected_module = copy.deepcopy(tm)
+        mods = dict(expected_module.named_modules())
+        biased_note = []
+        with torch.no_grad():
+            for name, calls in bn_calls.items():
+                m = mods[name]
+                if len(calls) != 1:
+                    self.note(f"BatchNorm {name} ran {len(calls)} times in one pass: its running_var "
+                              "is compared as torch stores it (unbiased)")
+                    continue
+                biased, n, old = calls[0]
+                if m.momentum is None:
+                    factor = 1.0 / float(m.num_batches_tracked)
+                else:
+                    factor = float(m.momentum)
+                m.running_var.copy_(((1 - factor) * old.double() + factor * biased).to(m.running_var.dtype))
+                biased_note.append((name or "<root>", n, factor))
+        expected = _tree_paths(_unfreeze(self.transfer(expected_module, self.variables)))
+        got = _tree_paths(updates)
+        for path in sorted(got):
+            if path not in expected:
+                self.add(Check(f"train_stats{tag}:{path}", "fail", float("inf"), float("inf"),
+                               "flax updated a variable that has no torch counterpart"))
+                continue
+            ref = _jax_to_numpy(expected[path])
+            check = compare_arrays(f"train_stats{tag}:{path}", _jax_to_numpy(got[path]), ref,
+                                   "float32", self.rtol, self.atol)
+            self.add(check)
+        if biased_note:
+            worst = 0.0
+            for path in got:
+                if path.endswith("/var") and path in raw:
+                    worst = max(worst, float(np.max(np.abs(_jax_to_numpy(got[path]) - _jax_to_numpy(raw[path])),
+                                                initial=0.0)))
+            layers = ", ".join(f"{name} (n={n}, momentum={f:g})" for name, n, f in biased_note[:4])
+            self.note(f"BatchNorm running_var: torch stores the unbiased batch variance (x n/(n-1)), "
+                      f"flax the biased one; compared against torch's update with the biased "
+                      f"variance for {layers}; raw difference from torch's running_var up to {worst:.3g}")
+
+
+def _no_flax_dropout(next_fun, args, kwargs, context):
+    """flax method interceptor: dropout layers are the identity (deterministic train pass)."""
+    import flax.linen as fnn
+    module = context.module
+    if context.method_name == "__call__" and (isinstance(module, fnn.Dropout)
+                                              or "Dropout" in type(module).__name__):
+        return args[0]
+    return next_fun(*args, **kwargs)
+
+
+def _wants_train_check(torch_module) -> bool:
+    """Auto mode of ``train_forward``: on for models with BatchNorm whose training pass is
+    deterministic once dropout layers are off (no RNN/attention dropout)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    has_bn = False
+    for m in torch_module.modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            has_bn = True
+        p = getattr(m, "dropout", None)
+        if isinstance(p, float) and p > 0:
+            return False
+    return has_bn
+
+
+def _skeleton_key(skeleton):
+    if isinstance(skeleton, _Slot):
+        return ("slot", skeleton.i)
+    if isinstance(skeleton, tuple):
+        return ("tuple",) + tuple(_skeleton_key(x) for x in skeleton)
+    if isinstance(skeleton, dict):
+        return ("dict",) + tuple((k, _skeleton_key(v)) for k, v in skeleton.items())
+    return ("lit", repr(skeleton))
 
 
 def _tuplify(kwargs: dict) -> dict:

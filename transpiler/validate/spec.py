@@ -51,7 +51,8 @@ KNOWN_KEYS = {
     "grad_atol": "absolute tolerance factor for gradients (default: atol)",
     "skip": "reason: do not run this case at all",
     "skip_grad": "reason: compare the forward pass only",
-    "train_forward": "also compare a forward pass in training mode (no dropout in the model)",
+    "train_forward": "compare a training-mode forward pass and the updated BatchNorm statistics "
+                     "(default: on for models with BatchNorm and no RNN/attention dropout)",
     "perturb": "randomise constant parameters and norm running stats first (default true)",
     "grad_params": "'auto' | 'leaves' | 'directional': how parameter gradients are compared",
     "examples": "how many random examples to draw (default 1)",
@@ -206,7 +207,7 @@ class ModuleSpec:
     grad_atol: float | None = None
     skip: str | None = None
     skip_grad: str | None = None
-    train_forward: bool = False
+    train_forward: bool | None = None          # None: automatic (BatchNorm models)
     perturb: bool = True
     grad_params: str = "auto"
     examples: int = 1
@@ -340,7 +341,7 @@ def parse_module_spec(name: str, table: Any, source: str = "<spec>") -> ModuleSp
         grad_rtol=_number(table, "grad_rtol", source, name),
         grad_atol=_number(table, "grad_atol", source, name),
         skip=_reason(table, "skip", source, name), skip_grad=_reason(table, "skip_grad", source, name),
-        train_forward=table.get("train_forward", False), perturb=table.get("perturb", True),
+        train_forward=table.get("train_forward"), perturb=table.get("perturb", True),
         grad_params=grad_params, examples=examples, note=note, source=source)
     missing = sorted(spec.symbols() - set(dims))
     if missing:
