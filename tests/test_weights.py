@@ -238,3 +238,51 @@ def test_layout_specs():
         parse_param_spec("kernel:transpose")
     with pytest.raises(LayoutError):
         apply_layout("perm(1, 0)", a, ())
+
+
+def test_tied_weights_need_one_flax_leaf():
+    class T(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = tnn.Embedding(5, 3)
+            self.head = tnn.Linear(3, 5, bias=False)
+            self.head.weight = self.emb.weight
+
+    class F(nn.Module):
+        @nn.compact
+        def __call__(self, idx):
+            emb = nn.Embed(5, 3, name="emb")
+            return emb.attend(emb(idx))
+
+    shapes = jax.eval_shape(partial(F().init, jax.random.PRNGKey(0)), jnp.zeros((2,), jnp.int32))
+    variables = load_torch_state(T(), shapes)
+    assert set(variables["params"]) == {"emb"}
+
+    class Untied(T):
+        def __init__(self):
+            super().__init__()
+            self.head.weight = tnn.Parameter(torch.zeros(5, 3))
+
+    with pytest.raises(WeightTransferError, match="head.weight"):
+        load_torch_state(Untied(), shapes)
+
+
+def test_attribute_renamed_for_a_field_clash():
+    """The converter names an attribute ``layers_`` when ``layers`` is also a constructor field."""
+    class T(tnn.Module):
+        def __init__(self, layers=2):
+            super().__init__()
+            self.layers = tnn.Sequential(*[tnn.Linear(2, 2) for _ in range(layers)])
+
+    class F(nn.Module):
+        layers: int = 2
+
+        def setup(self):
+            self.layers_ = nn.Sequential([nn.Dense(2) for _ in range(self.layers)])
+
+        def __call__(self, x):
+            return self.layers_(x)
+
+    shapes = jax.eval_shape(partial(F().init, jax.random.PRNGKey(0)), jnp.zeros((1, 2)))
+    variables = load_torch_state(T(), shapes)
+    assert set(variables["params"]["layers_"]) == {"layers_0", "layers_1"}
