@@ -50,6 +50,7 @@ class ClassInfo:
     has_init: bool = False
     has_forward: bool = False
     sequential_base: bool = False     # subclass of nn.Sequential: children live in `layers`
+    local_base: str | None = None     # a converted class of this file it inherits from
 
 
 # ------------------------------------------------------------------ pre-scan
@@ -211,6 +212,7 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         methods = _methods(cls)
         init = methods.get("__init__")
         info.sequential_base = any(qualify(b.value, ctx.aliases) == SEQUENTIAL_BASE for b in cls.bases)
+        info.local_base = next((dotted(b.value) for b in cls.bases if dotted(b.value) in classes), None)
         info.has_init = init is not None
         info.has_forward = "forward" in methods
         # setup helpers: methods reachable from __init__
@@ -536,6 +538,10 @@ class ModulesRule(Rule):
         method = self._method()
         if method not in info.runtime_methods:
             return updated
+        if (isinstance(original.func, cst.Attribute) and original.func.attr.value == "forward"
+                and isinstance(original.func.value, cst.Call) and dotted(original.func.value.func) == "super"):
+            return _add_arg(updated.with_changes(func=updated.func.with_changes(attr=cst.Name("__call__"))),
+                            _train_kwarg("train"))
         if name and name.startswith("self.") and name.count(".") == 1 and name[5:] in info.tied:
             return updated.with_changes(func=cst.parse_expression(f"self.{info.tied[name[5:]]}.attend"))
         if name and name.startswith("self.") and name.count(".") == 1:
@@ -623,6 +629,15 @@ class ModulesRule(Rule):
                 return updated.with_changes(body=[cst.Assign(
                     targets=[cst.AssignTarget(cst.parse_expression("self.layers"))],
                     value=cst.List(elements))])
+            if info.local_base:
+                # the parent's layers are built by its setup(); its constructor arguments are
+                # inherited dataclass fields, given when the subclass is constructed
+                parent = self.classes.get(info.local_base)
+                parent_fields = [p.name.value for p in parent.fields] if parent else []
+                if not _forwards_same_names(stmt.value.args, parent_fields):
+                    self.ctx.report(stmt, "JP309", f"arguments passed to {info.local_base}.__init__ "
+                                    "become inherited fields: pass them when constructing this class")
+                return updated.with_changes(body=[cst.Expr(cst.parse_expression("super().setup()"))])
             return cst.RemoveFromParent()
         if method == "__init__" and info.tied and isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
             target = dotted(stmt.targets[0].target) or ""
@@ -844,6 +859,16 @@ def _with_train_param(fn: cst.FunctionDef) -> cst.FunctionDef:
     if plist:
         plist[-1] = plist[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
     return fn.with_changes(params=params.with_changes(params=[*plist, train]))
+
+
+def _forwards_same_names(args, parent_fields: list[str]) -> bool:
+    """``super().__init__(d, k=k)`` where every argument is the parent's field of that name:
+    the inherited fields already carry those values."""
+    for i, a in enumerate(args):
+        name = a.keyword.value if a.keyword is not None else (parent_fields[i] if i < len(parent_fields) else None)
+        if a.star or name is None or not (isinstance(a.value, cst.Name) and a.value.value == name):
+            return False
+    return True
 
 
 def _is_super_init(stmt, ctx) -> bool:
