@@ -39,7 +39,8 @@ def rules(ctx: FileContext) -> list:
     """The table-driven rules, in the order they see each node."""
     from .passes.mutation import MutationRule
     from .passes.runtime import RuntimeRule
-    return [ModulesRule(ctx), OpsRule(ctx), MutationRule(ctx), RuntimeRule(ctx)]
+    from .passes.training import TrainingRule
+    return [ModulesRule(ctx), OpsRule(ctx), MutationRule(ctx), RuntimeRule(ctx), TrainingRule(ctx)]
 
 
 def run_pipeline(module: cst.Module, path: str, options) -> Outcome:

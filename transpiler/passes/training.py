@@ -1,0 +1,896 @@
+"""Training scripts: the zero_grad / forward / loss / backward / step loop → a jitted
+``train_step`` on a flax TrainState; evaluation → ``eval_step``; state threaded by name.
+
+Optimizers, schedulers and loss modules are converted by the op tables
+(``functions_optim.toml``, ``functions_losses.toml``); this rule restructures what is around
+them. It runs after the ops, mutation and runtime rules, so ``updated`` nodes hold converted
+expressions while ``original`` nodes still show the torch patterns.
+
+The model is tracked by name: ``X`` in ``optimizer = optim.SGD(X.parameters(), ...)``. In a
+converted script the parameters, optimizer state, BatchNorm statistics and dropout key live in
+one value, ``state`` (``TrainState`` from ``prelude/training.py``), created from the first batch
+of the training loop. Where the torch code passes ``model`` / ``optimizer`` objects to
+functions, the converted functions take and return ``state`` (JP605).
+
+A training loop is a ``for`` loop whose body holds, as direct statements, one
+``<loss>.backward()`` and one ``<optimizer>.step()`` (``zero_grad`` anywhere in the body,
+optionally gradient clipping between them). The *step segment* is every plain assignment
+before ``backward()`` that calls the model or reads a value computed from it; it becomes the
+body of ``loss_fn`` inside ``train_step``. Other statements before ``backward()`` that read the
+segment's values (``total += loss.item()``) run after the call. Anything else is left as it
+was with JP602.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from ..names import dotted, qualify
+from .base import Rule
+
+OPTIMIZER_PREFIX = "torch.optim."
+SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
+CLIP_CALLS = {"torch.nn.utils.clip_grad_norm_": "norm", "torch.nn.utils.clip_grad_value_": "value"}
+BATCHNORM_PREFIXES = ("torch.nn.BatchNorm", "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm")
+DATASET = "torch.utils.data.TensorDataset"
+STATE = "state"
+_BUILTINS = set(dir(__builtins__)) if isinstance(__builtins__, dict) is False else set(__builtins__)
+_BUILTINS |= {"print", "len", "range", "enumerate", "zip", "float", "int", "sum", "min", "max", "abs",
+              "True", "False", "None", "isinstance", "list", "tuple", "dict", "round", "str"}
+
+
+def inject_learning_rate(expr: cst.BaseExpression) -> cst.BaseExpression | None:
+    """Wrap the call of a converted optimizer that takes ``learning_rate=`` in
+    ``optax.inject_hyperparams`` (``optax.sgd(learning_rate=0.1)`` →
+    ``optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)``), so a scheduler can set it."""
+    found = []
+
+    class _Wrap(cst.CSTTransformer):
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+            if found or not any(a.keyword is not None and a.keyword.value == "learning_rate" for a in updated.args):
+                return updated
+            found.append(True)
+            inject = cst.Call(func=cst.parse_expression("optax.inject_hyperparams"), args=[cst.Arg(updated.func)])
+            return updated.with_changes(func=inject)
+
+    out = expr.visit(_Wrap())
+    return out if found else None
+
+
+def _code(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node)
+
+
+def _names_read(node: cst.CSTNode) -> set[str]:
+    """Names a node reads (not attribute names, not keyword names)."""
+    names: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Attribute(self, n: cst.Attribute) -> bool:
+            n.value.visit(self)
+            return False
+
+        def visit_Arg(self, n: cst.Arg) -> bool:
+            n.value.visit(self)
+            return False
+
+        def visit_AssignTarget(self, n: cst.AssignTarget) -> bool:
+            if not isinstance(n.target, (cst.Name, cst.Tuple, cst.List)):
+                n.target.visit(self)
+            return False
+
+        def visit_Lambda(self, n: cst.Lambda) -> bool:
+            return False
+
+        def visit_Name(self, n: cst.Name) -> None:
+            names.add(n.value)
+
+    node.visit(_V())
+    return names
+
+
+def _bound(target: cst.BaseExpression) -> list[str]:
+    if isinstance(target, cst.Name):
+        return [target.value]
+    if isinstance(target, (cst.Tuple, cst.List)):
+        out: list[str] = []
+        for el in target.elements:
+            out += _bound(el.value)
+        return out
+    if isinstance(target, cst.StarredElement):
+        return _bound(target.value)
+    return []
+
+
+def _assigned(stmt: cst.CSTNode) -> list[str]:
+    out: list[str] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_AssignTarget(self, n: cst.AssignTarget) -> None:
+            out.extend(_bound(n.target))
+
+        def visit_AugAssign(self, n: cst.AugAssign) -> None:
+            out.extend(_bound(n.target))
+
+        def visit_AnnAssign(self, n: cst.AnnAssign) -> None:
+            out.extend(_bound(n.target))
+
+        def visit_For(self, n: cst.For) -> None:
+            out.extend(_bound(n.target))
+
+        def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
+            out.append(n.name.value)
+            return False
+
+        def visit_ClassDef(self, n: cst.ClassDef) -> bool:
+            out.append(n.name.value)
+            return False
+
+        def visit_Import(self, n: cst.Import) -> bool:
+            for a in n.names:
+                out.append(dotted(a.asname.name) if a.asname else (dotted(a.name) or "").split(".")[0])
+            return False
+
+        def visit_ImportFrom(self, n: cst.ImportFrom) -> bool:
+            if not isinstance(n.names, cst.ImportStar):
+                for a in n.names:
+                    out.append(dotted(a.asname.name) if a.asname else dotted(a.name))
+            return False
+
+        def visit_Param(self, n: cst.Param) -> None:
+            out.append(n.name.value)
+
+        def visit_Lambda(self, n: cst.Lambda) -> bool:
+            return False
+
+    stmt.visit(_V())
+    return out
+
+
+def _method_stmt(stmt: cst.CSTNode, method: str) -> tuple[cst.BaseExpression, cst.Call] | None:
+    """``<receiver>.<method>(...)`` as a whole statement → (receiver, call)."""
+    if not (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1 and isinstance(stmt.body[0], cst.Expr)):
+        return None
+    call = stmt.body[0].value
+    if isinstance(call, cst.Call) and isinstance(call.func, cst.Attribute) and call.func.attr.value == method:
+        return call.func.value, call
+    return None
+
+
+def _calls_name(node: cst.CSTNode, names: set[str]) -> bool:
+    hit = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, n: cst.Call) -> None:
+            if isinstance(n.func, cst.Name) and n.func.value in names:
+                hit.append(n)
+
+    node.visit(_V())
+    return bool(hit)
+
+
+@dataclass
+class LoopPlan:
+    step_name: str
+    model: str
+    optimizer: str
+    segment: list[cst.SimpleStatementLine]            # original statements, in order
+    deferred: list[cst.SimpleStatementLine]
+    removed: list[cst.SimpleStatementLine]             # zero_grad, backward, step, clipping
+    clips: list[tuple[cst.SimpleStatementLine, str]]   # (statement, "norm" | "value")
+    loss: cst.BaseExpression                           # the backward() receiver (original)
+    inputs: list[str] = field(default_factory=list)
+    local: set[str] = field(default_factory=set)
+    static: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    boundary: list[str] = field(default_factory=list)  # loop target names turned into arrays
+    init_args: list[cst.Arg] = field(default_factory=list)
+
+
+@dataclass
+class FunctionInfo:
+    node: cst.FunctionDef
+    needs: bool = False       # reads the state
+    returns: bool = False     # changes the state
+    creates: bool = False     # builds the optimizer (state is local)
+
+
+class TrainingRule(Rule):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.models: set[str] = set()
+        self.optimizers: dict[str, str] = {}      # optimizer var → model var
+        self.schedulers: dict[str, str] = {}      # scheduler var → optimizer var
+        self.losses: set[str] = set()
+        self.batchnorm = False
+        self.seed = "0"
+        self.plans: dict[int, LoopPlan] = {}      # id(original For) → plan
+        self.failed: dict[int, str] = {}
+        self.eval_loops: set[int] = set()
+        self.functions: dict[str, FunctionInfo] = {}
+        self.converted: dict[int, cst.SimpleStatementLine] = {}   # id(original stmt) → updated
+        self.segment_ids: dict[int, LoopPlan] = {}
+        self.steps: list[tuple[str, str]] = []    # (anchor top-level statement id, train_step source)
+        self.step_anchor: dict[int, list[str]] = {}
+        self.function_stack: list[str] = []
+        self.class_depth = 0
+        self.mode: dict[str, str] = {}            # function → "train" | "eval" (by model.train()/eval())
+        self.segment_depth = 0
+        self.top_level: list[cst.CSTNode] = []
+        self.current_top: cst.CSTNode | None = None
+
+    # ------------------------------------------------------------------ pre-scan
+    def visit_Module(self, node: cst.Module) -> None:
+        self.top_level = list(node.body)
+        for stmt in node.body:
+            self._scan(stmt, None)
+        if not self.optimizers:
+            return
+        for info in self.functions.values():
+            self._mark_function(info)
+        changed = True
+        while changed:
+            changed = False
+            for name, info in self.functions.items():
+                if info.creates:
+                    continue
+                for callee in self._called_functions(info.node):
+                    other = self.functions.get(callee)
+                    if other is None or other is info:
+                        continue
+                    if other.needs and not info.needs:
+                        info.needs = changed = True
+                    if other.returns and not info.returns:
+                        info.returns = changed = True
+
+    def _scan(self, stmt: cst.CSTNode, function: str | None) -> None:
+        rule = self
+
+        class _V(cst.CSTVisitor):
+            def __init__(self) -> None:
+                self.fn = function
+
+            def visit_ClassDef(self, n: cst.ClassDef) -> bool:
+                for sub in cst.ensure_type(n, cst.ClassDef).body.body:
+                    sub.visit(_BN())
+                return False
+
+            def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
+                if self.fn is None:
+                    rule.functions[n.name.value] = FunctionInfo(n)
+                    saved, self.fn = self.fn, n.name.value
+                    n.body.visit(self)
+                    self.fn = saved
+                    return False
+                return True
+
+            def visit_Assign(self, n: cst.Assign) -> None:
+                if len(n.targets) != 1 or not isinstance(n.targets[0].target, cst.Name) or not isinstance(n.value, cst.Call):
+                    return
+                name = n.targets[0].target.value
+                q = qualify(n.value.func, rule.ctx.aliases) or ""
+                if q.startswith(SCHEDULER_PREFIX):
+                    if n.value.args and isinstance(n.value.args[0].value, cst.Name):
+                        rule.schedulers[name] = n.value.args[0].value.value
+                elif q.startswith(OPTIMIZER_PREFIX) and q in rule.ctx.tables.functions:
+                    model = None
+                    if n.value.args:
+                        first = n.value.args[0].value
+                        if isinstance(first, cst.Call) and isinstance(first.func, cst.Attribute) \
+                                and first.func.attr.value == "parameters" and not first.args:
+                            model = dotted(first.func.value)
+                    if model is not None:
+                        rule.optimizers[name] = model
+                        rule.models.add(model)
+                        if self.fn is not None:
+                            rule.functions[self.fn].creates = True
+                elif q in rule.ctx.tables.functions and rule.ctx.tables.functions[q].key.endswith("Loss"):
+                    rule.losses.add(name)
+
+            def visit_Call(self, n: cst.Call) -> None:
+                q = qualify(n.func, rule.ctx.aliases) or ""
+                if q.startswith(BATCHNORM_PREFIXES):
+                    rule.batchnorm = True
+                if q in ("torch.manual_seed", "torch.random.manual_seed") and n.args \
+                        and isinstance(n.args[0].value, cst.Integer):
+                    rule.seed = n.args[0].value.value
+
+        class _BN(cst.CSTVisitor):
+            def visit_Call(self, n: cst.Call) -> None:
+                q = qualify(n.func, rule.ctx.aliases) or ""
+                if q.startswith(BATCHNORM_PREFIXES):
+                    rule.batchnorm = True
+
+        stmt.visit(_V())
+
+    def _called_functions(self, fn: cst.FunctionDef) -> set[str]:
+        out: set[str] = set()
+
+        class _V(cst.CSTVisitor):
+            def visit_Call(self, n: cst.Call) -> None:
+                if isinstance(n.func, cst.Name):
+                    out.add(n.func.value)
+
+        fn.body.visit(_V())
+        return out
+
+    # ------------------------------------------------------------------ scopes
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.function_stack.append(node.name.value)
+
+    def _mark_function(self, info: FunctionInfo) -> None:
+        body = info.node.body
+        if info.creates:
+            return
+        text = _code(body)
+        if _calls_name(body, self.models) or any(f"{m}.state_dict(" in text for m in self.models):
+            info.needs = True
+        if any(f"{s}.step(" in text for s in self.schedulers) or (
+                ".backward(" in text and any(f"{o}.step(" in text for o in self.optimizers)):
+            info.needs = info.returns = True
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self.class_depth += 1
+
+    def leave_ClassDef(self, original, updated):
+        self.class_depth -= 1
+        return updated
+
+    def _function(self) -> str | None:
+        return self.function_stack[0] if self.function_stack and self.class_depth == 0 else None
+
+    def visit_For(self, node: cst.For) -> None:
+        if not self.optimizers or self.class_depth:
+            return
+        backward = [s for s in node.body.body if _method_stmt(s, "backward")]
+        steps = [s for s in node.body.body if (m := _method_stmt(s, "step")) and dotted(m[0]) in self.optimizers]
+        if not backward and not steps:
+            if _calls_name(node.body, self.models):
+                self.eval_loops.add(id(node))
+            return
+        try:
+            plan = self._plan(node, backward, steps)
+        except _Unsupported as exc:
+            self.failed[id(node)] = str(exc)
+            return
+        self.plans[id(node)] = plan
+        for s in plan.segment + plan.deferred + plan.removed:
+            self.segment_ids[id(s)] = plan
+
+    # ------------------------------------------------------------------ loop analysis
+    def _plan(self, loop: cst.For, backward, steps) -> LoopPlan:
+        body = list(loop.body.body)
+        if len(backward) != 1:
+            raise _Unsupported(f"{len(backward)} backward() calls in one loop")
+        if len(steps) != 1:
+            raise _Unsupported(f"{len(steps)} optimizer step() calls in one loop")
+        b_stmt, s_stmt = backward[0], steps[0]
+        b_index, s_index = body.index(b_stmt), body.index(s_stmt)
+        loss_expr, b_call = _method_stmt(b_stmt, "backward")
+        if b_call.args:
+            raise _Unsupported("backward() with arguments (retain_graph, gradient)")
+        optimizer = dotted(_method_stmt(s_stmt, "step")[0])
+        model = self.optimizers[optimizer]
+        if s_index < b_index:
+            raise _Unsupported("step() before backward()")
+        removed = [b_stmt, s_stmt]
+        clips = []
+        for stmt in body[b_index + 1:s_index]:
+            kind = self._clip_kind(stmt)
+            if kind is None:
+                raise _Unsupported("statements between backward() and step() other than gradient clipping")
+            clips.append((stmt, kind))
+            removed.append(stmt)
+        for stmt in body:
+            z = _method_stmt(stmt, "zero_grad")
+            if z is not None and dotted(z[0]) in (optimizer, model):
+                removed.append(stmt)
+        # the step segment
+        tainted: set[str] = set()
+        segment, deferred = [], []
+        for stmt in body[:b_index]:
+            if stmt in removed:
+                continue
+            reads = _names_read(stmt)
+            uses_model = _calls_name(stmt, {model})
+            if not (uses_model or reads & tainted):
+                if segment and set(_assigned(stmt)) & (reads_of(segment) | tainted):
+                    raise _Unsupported("a statement inside the forward pass rebinds one of its names")
+                continue
+            if not isinstance(stmt, cst.SimpleStatementLine):
+                raise _Unsupported("the forward pass or loss is computed inside a nested block")
+            small = stmt.body[0] if len(stmt.body) == 1 else None
+            if isinstance(small, cst.Assign) and all(_bound(t.target) and len(_bound(t.target)) ==
+                                                     _target_size(t.target) for t in small.targets) \
+                    and ".item()" not in _code(small.value):
+                segment.append(stmt)
+                tainted |= set(_assigned(stmt))
+            elif not uses_model and isinstance(small, (cst.AugAssign, cst.Expr, cst.Assign)):
+                deferred.append(stmt)
+            else:
+                raise _Unsupported("the model is called in a statement that is not a plain assignment")
+        if not segment:
+            raise _Unsupported("no forward pass found before backward()")
+        loss_names = _names_read(loss_expr)
+        if not loss_names & tainted:
+            raise _Unsupported("the loss does not depend on the model's output")
+        model_calls = _model_calls(segment, model)
+        if len(model_calls) != 1:
+            raise _Unsupported(f"{len(model_calls)} model calls in the forward pass")
+        if self.batchnorm and not _is_assigned_call(segment, model):
+            raise _Unsupported("with BatchNorm the model call must be a statement of its own (out = model(x))")
+        call = model_calls[0]
+        if any(a.keyword is not None or a.star for a in call.args):
+            raise _Unsupported("model called with keyword or starred arguments")
+        if any(_names_read(a.value) & tainted for a in call.args):
+            raise _Unsupported("the model's inputs are computed inside the forward pass")
+        plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=deferred,
+                        removed=removed, clips=clips, loss=loss_expr)
+        plan.init_args = list(call.args)
+        reads = reads_of(segment)
+        # outputs: segment names read after the segment
+        later = set()
+        for stmt in body:
+            if stmt in segment or stmt in removed:
+                continue
+            later |= _names_read(stmt)
+        fn = self._function()
+        if fn is not None and fn in self.functions:
+            later |= _names_read(self.functions[fn].node.body) - reads_of(segment)
+        loss_name = dotted(loss_expr) if isinstance(loss_expr, cst.Name) else None
+        outputs = [n for n in _ordered_assigned(segment) if n in later and n != loss_name]
+        plan.outputs = [loss_name or "loss_value", *outputs]
+        plan.boundary = _loop_batch_names(loop)
+        plan.local = self._local_names(loop)
+        return plan
+
+    def _clip_kind(self, stmt) -> str | None:
+        if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+            return None
+        small = stmt.body[0]
+        value = small.value if isinstance(small, (cst.Expr, cst.Assign)) else None
+        if not isinstance(value, cst.Call):
+            return None
+        return CLIP_CALLS.get(qualify(value.func, self.ctx.aliases) or "")
+
+    def _local_names(self, loop: cst.For) -> set[str]:
+        fn = self._function()
+        if fn is not None and fn in self.functions:
+            return set(_assigned(self.functions[fn].node.params)) | set(_assigned(self.functions[fn].node.body))
+        # module-level loop: names bound by the loop itself
+        return set(_assigned(loop))
+
+    # ------------------------------------------------------------------ statements
+    def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
+        if id(original) in self.segment_ids:
+            self.segment_depth -= 1
+            self.converted[id(original)] = updated
+            return updated
+        if not self.optimizers or self.class_depth or len(original.body) != 1:
+            return updated
+        stmt = original.body[0]
+        # model.train() / model.eval() / optimizer.zero_grad()
+        for method in ("train", "eval", "zero_grad"):
+            found = _method_stmt(original, method)
+            if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)):
+                fn = self._function()
+                if method in ("train", "eval") and fn is not None:
+                    self.mode[fn] = method
+                self.ctx.report(original, "JP603", f"{dotted(found[0])}.{method}() removed: "
+                                "train_step/eval_step pass the train flag; gradients are not accumulated")
+                return cst.RemoveFromParent()
+        found = _method_stmt(original, "step")
+        if found is not None and dotted(found[0]) in self.schedulers:
+            if found[1].args:
+                self.ctx.report(original, "JP606", f"{dotted(found[0])}.step(...) with a metric is not converted")
+                return updated
+            return cst.parse_statement(f"{STATE} = {dotted(found[0])}.step({STATE})\n").with_changes(
+                leading_lines=updated.leading_lines)
+        found = _method_stmt(original, "load_state_dict")
+        if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)):
+            self.ctx.report(original, "JP606", f"{dotted(found[0])}.load_state_dict(...) not converted: "
+                            "restore into the TrainState, e.g. state = state.replace(params=...)")
+            return updated
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0].target, cst.Name):
+            name = stmt.targets[0].target.value
+            if name in self.optimizers and isinstance(updated.body[0], cst.Assign):
+                value = updated.body[0].value
+                if name in self.schedulers.values():
+                    wrapped = inject_learning_rate(value)
+                    if wrapped is not None:
+                        value = wrapped
+                new = updated.with_changes(body=[updated.body[0].with_changes(value=value)])
+                fn = self._function()
+                self._check_groups(original)
+                return cst.FlattenSentinel([new, cst.parse_statement(f"{STATE} = None\n")])
+            if name in self.schedulers and isinstance(updated.body[0], cst.Assign) \
+                    and _code(updated.body[0].value).startswith("TorchLRScheduler("):
+                self.ctx.report(original, "JP607", f"{name} drives {self.schedulers[name]} through "
+                                "optax.inject_hyperparams; step() → state = scheduler.step(state)")
+                opt = self.schedulers[name]
+                return cst.FlattenSentinel([updated, cst.parse_statement(f"{opt} = {name}.optimizer\n")])
+        if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call):
+            q = qualify(stmt.value.func, self.ctx.aliases) or ""
+            if q.startswith(OPTIMIZER_PREFIX) and not q.startswith(SCHEDULER_PREFIX):
+                self._check_groups(original)
+        return self._thread_calls(original, updated)
+
+    def _check_groups(self, original) -> None:
+        stmt = original.body[0]
+        if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call) and stmt.value.args:
+            first = stmt.value.args[0].value
+            ok = isinstance(first, cst.Call) and isinstance(first.func, cst.Attribute) \
+                and first.func.attr.value == "parameters"
+            if not ok:
+                self.ctx.report(original, "JP604", "optimizer parameter groups / parameter lists are not "
+                                "converted: every parameter gets the same hyperparameters")
+
+    def _thread_calls(self, original, updated):
+        """``train(...)`` of a state-changing function → ``state = train(..., state=state)``."""
+        if not self.optimizers:
+            return updated
+        stmt = original.body[0]
+        call = None
+        if isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
+            call = stmt.value
+        elif isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call) and len(stmt.targets) == 1:
+            call = stmt.value
+        if call is None or not isinstance(call.func, cst.Name):
+            return updated
+        info = self.functions.get(call.func.value)
+        if info is None or not info.returns or info.creates:
+            return updated
+        new = updated.body[0]
+        if isinstance(new, cst.Expr):
+            return updated.with_changes(body=[cst.Assign(targets=[cst.AssignTarget(cst.Name(STATE))], value=new.value)])
+        if isinstance(new, cst.Assign):
+            target = new.targets[0].target
+            elements = [cst.Element(cst.Name(STATE)), cst.Element(target)]
+            return updated.with_changes(body=[new.with_changes(
+                targets=[cst.AssignTarget(cst.Tuple(elements, lpar=[], rpar=[]))])])
+        return updated
+
+    # ------------------------------------------------------------------ expressions
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        q = qualify(original.func, self.ctx.aliases)
+        if q == DATASET:
+            self.ctx.emits.add("ArrayDataset")
+            return updated.with_changes(func=cst.Name("ArrayDataset"))
+        if not self.optimizers or self.class_depth:
+            return updated
+        func = original.func
+        if isinstance(func, cst.Attribute) and func.attr.value == "state_dict" and not original.args:
+            owner = dotted(func.value)
+            if owner in self.models:
+                self.ctx.emits.add("model_variables")
+                return cst.parse_expression(f"model_variables({STATE})")
+            if owner in self.optimizers:
+                return cst.parse_expression(f"{STATE}.opt_state")
+        if isinstance(func, cst.Name) and func.value in self.functions and self.functions[func.value].needs \
+                and not self.functions[func.value].creates:
+            if not any(a.keyword is not None and a.keyword.value == STATE for a in updated.args):
+                return _add_kwarg(updated, STATE, cst.Name(STATE))
+        if isinstance(func, cst.Name) and func.value in self.models and not self.segment_depth:
+            fn = self._function()
+            if fn is not None and self.mode.get(fn) == "train":
+                self.ctx.report(original, "JP606", f"{func.value}(...) in training mode outside the training step "
+                                "is evaluated in eval mode (dropout off, BatchNorm running statistics)")
+            if any(a.keyword is not None or a.star for a in updated.args):
+                self.ctx.report(original, "JP606", f"{func.value}(...) with keyword arguments is not converted")
+                return updated
+            self.ctx.emits.add("eval_step")
+            return cst.Call(func=cst.Name("eval_step"),
+                            args=[cst.Arg(cst.Name(STATE), comma=_COMMA), *updated.args])
+        return updated
+
+    # ------------------------------------------------------------------ loops
+    def leave_For(self, original: cst.For, updated: cst.For):
+        if id(original) in self.eval_loops:
+            names = _loop_batch_names(original)
+            if names:
+                self.ctx.emits.add("to_jax")
+                stmt = cst.parse_statement(f"{', '.join(names)} = {', '.join(f'to_jax({n})' for n in names)}\n")
+                return updated.with_changes(body=updated.body.with_changes(body=[stmt, *updated.body.body]))
+            return updated
+        if id(original) in self.failed:
+            self.ctx.report(original, "JP602", f"training loop not converted: {self.failed[id(original)]}")
+            return updated
+        plan = self.plans.get(id(original))
+        if plan is None:
+            return updated
+        name = self._step_name()
+        plan.step_name = name
+        self._inputs(plan)
+        source = self._train_step_source(plan)
+        anchor = self._anchor()
+        self.step_anchor.setdefault(anchor, []).append(source)
+        drop = {id(self.converted[id(s)].body[0]) for s in plan.removed + plan.segment + plan.deferred
+                if id(s) in self.converted}
+        first = self.converted.get(id(plan.segment[0]))
+        body: list[cst.BaseStatement] = []
+        if plan.boundary:
+            names = ", ".join(plan.boundary)
+            values = ", ".join(f"to_jax({n})" for n in plan.boundary)
+            body.append(cst.parse_statement(f"{names} = {values}\n"))
+            self.ctx.emits.add("to_jax")
+        init_args = ", ".join(_code(a.value) for a in _converted_args(plan, self.converted))
+        call_args = ", ".join([STATE, *plan.inputs])
+        outputs = ", ".join([STATE, *plan.outputs])
+        call_block = [
+            cst.parse_statement(f"if {STATE} is None:\n    {STATE} = create_train_state({plan.model}, {plan.optimizer}, "
+                                f"jax.random.PRNGKey({self.seed}), {init_args})\n"),
+            cst.parse_statement(f"{outputs} = {name}({call_args})\n"),
+        ]
+        self.ctx.emits |= {"create_train_state", "jax"}
+        deferred = [self.converted[id(s)] for s in plan.deferred if id(s) in self.converted]
+        placed = False
+        for stmt in updated.body.body:
+            inner = stmt.body[0] if isinstance(stmt, cst.SimpleStatementLine) and stmt.body else None
+            if inner is not None and id(inner) in drop:
+                if first is not None and inner is first.body[0] and not placed:
+                    call_block[0] = call_block[0].with_changes(leading_lines=stmt.leading_lines)
+                    body += call_block + deferred
+                    placed = True
+                continue
+            body.append(stmt)
+        if not placed:
+            body += call_block + deferred
+        self.ctx.report(original, "JP601", f"training loop → jitted {name}(state, ...) with "
+                        "jax.value_and_grad and optax")
+        return updated.with_changes(body=updated.body.with_changes(body=body))
+
+    def _inputs(self, plan: LoopPlan) -> None:
+        """train_step's arguments: names the converted segment reads that the enclosing
+        function (or, at module level, the loop) binds; loss modules are static."""
+        reads: list[str] = []
+        assigned: set[str] = set()
+        for s in plan.segment:
+            stmt = self.converted.get(id(s), s)
+            for n in sorted(_names_read(stmt)):
+                if n not in assigned and n not in reads and n != plan.model:
+                    reads.append(n)
+            assigned |= set(_assigned(stmt))
+        plan.inputs = [n for n in reads if n in plan.local and n not in _BUILTINS and n != STATE]
+        plan.static = [n for n in plan.inputs if n in self.losses]
+
+    def _step_name(self) -> str:
+        used = getattr(self, "_used", [])
+        name = "train_step" if not used else f"train_step_{len(used) + 1}"
+        used.append(name)
+        self._used = used
+        return name
+
+    def _anchor(self) -> int:
+        return id(self.current_top) if self.current_top is not None else 0
+
+    def _train_step_source(self, plan: LoopPlan) -> str:
+        segment = [self.converted[id(s)] for s in plan.segment]
+        variables = '{"params": params, "batch_stats": state.batch_stats}' if self.batchnorm else '{"params": params}'
+        extra = ', mutable=["batch_stats"]' if self.batchnorm else ""
+        lines = []
+        replacer = _ModelCall(plan.model, variables, extra, self.batchnorm)
+        for stmt in segment:
+            new = stmt.visit(replacer)
+            text = _code(new.with_changes(leading_lines=[])).rstrip("\n")
+            lines += ["        " + line for line in text.splitlines()]
+        loss_value = _code(self._converted_loss(plan))
+        aux = list(plan.outputs[1:])
+        if self.batchnorm:
+            aux = ["updates", *aux]
+        aux_tuple = "(" + ", ".join(aux) + ("," if len(aux) == 1 else "") + ")"
+        static = tuple(plan.static)
+        decorator = f"@partial(jax.jit, static_argnames={static!r})" if static else "@jax.jit"
+        if static:
+            self.ctx.emits.add("partial")
+        params = ", ".join([STATE, *plan.inputs])
+        out = [decorator, f"def {plan.step_name}({params}):",
+               '    dropout_rng, rng = jax.random.split(state.rng)', "", "    def loss_fn(params):", *lines]
+        if aux:
+            out.append(f"        return {loss_value}, {aux_tuple}")
+            out.append(f"    ({plan.outputs[0]}, {aux_tuple}), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)")
+        else:
+            out.append(f"        return {loss_value}")
+            out.append(f"    {plan.outputs[0]}, grads = jax.value_and_grad(loss_fn)(state.params)")
+        for stmt, kind in plan.clips:
+            call = self.converted[id(stmt)].body[0]
+            value = call.value if isinstance(call, (cst.Expr, cst.Assign)) else None
+            if isinstance(value, cst.Call) and value.args:
+                args = [value.args[0].with_changes(value=cst.Name("grads")), *value.args[1:]]
+                text = _code(value.with_changes(args=args))
+                self.ctx.emits.add("torch_clip_grad_norm" if kind == "norm" else "torch_clip_grad_value")
+                out.append(f"    grads, _ = {text}" if kind == "norm" else f"    grads = {text}")
+        updates = ', batch_stats=updates["batch_stats"]' if self.batchnorm else ""
+        out.append(f"    state = state.apply_gradients(grads=grads, rng=rng{updates})")
+        out.append("    return " + ", ".join([STATE, *plan.outputs]))
+        return "\n".join(out) + "\n"
+
+    def _converted_loss(self, plan: LoopPlan) -> cst.BaseExpression:
+        b = [s for s in plan.removed if _method_stmt(s, "backward")][0]
+        conv = self.converted.get(id(b))
+        if conv is not None:
+            found = _method_stmt(conv, "backward")
+            if found is not None:
+                return found[0]
+        return plan.loss
+
+    # ------------------------------------------------------------------ functions and module
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef):
+        name = self.function_stack.pop() if self.function_stack else None
+        if self.function_stack or self.class_depth or name is None:
+            return updated
+        info = self.functions.get(name)
+        if info is None or info.creates or not info.needs:
+            return updated
+        params = updated.params
+        state_param = cst.Param(cst.Name(STATE), default=cst.Name("None"),
+                                equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                                      whitespace_after=cst.SimpleWhitespace("")))
+        if params.star_arg not in (cst.MaybeSentinel.DEFAULT, None) or params.kwonly_params or params.star_kwarg:
+            params = params.with_changes(kwonly_params=[*params.kwonly_params, state_param])
+        else:
+            plist = list(params.params)
+            if plist:
+                plist[-1] = plist[-1].with_changes(comma=_COMMA)
+            params = params.with_changes(params=[*plist, state_param])
+        self.ctx.report(original, "JP605", f"{name}() takes the training state"
+                        + (" and returns it" if info.returns else ""))
+        updated = updated.with_changes(params=params)
+        if info.returns:
+            body = list(updated.body.body)
+            body = [s.visit(_Returns()) for s in body]
+            if not body or not _ends_with_return(body[-1]):
+                body.append(cst.parse_statement(f"return {STATE}\n"))
+            updated = updated.with_changes(body=updated.body.with_changes(body=body))
+        return updated
+
+    def visit_SimpleStatementLine(self, node) -> None:
+        if id(node) in self.segment_ids:
+            self.segment_depth += 1
+
+    def leave_Module(self, original: cst.Module, updated: cst.Module):
+        """train_step functions go after the last top-level class (the models), or after the
+        imports: before any code that can call them."""
+        sources = [src for group in self.step_anchor.values() for src in group]
+        if not sources:
+            return updated
+        body = list(updated.body)
+        at = 0
+        for i, stmt in enumerate(body):
+            if isinstance(stmt, cst.ClassDef) or (isinstance(stmt, cst.SimpleStatementLine) and all(
+                    isinstance(s, (cst.Import, cst.ImportFrom)) for s in stmt.body)):
+                at = i + 1
+        new = [cst.parse_statement(src).with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+               for src in sources]
+        if at < len(body):
+            body[at] = body[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine(),
+                                                            *[l for l in body[at].leading_lines if l.comment]])
+        body[at:at] = new
+        return updated.with_changes(body=body)
+
+
+def _loop_batch_names(loop: cst.For) -> list[str]:
+    """The names a loop over a data loader binds to a batch (not the index of enumerate,
+    nothing for a loop over range)."""
+    target = loop.target
+    if isinstance(loop.iter, cst.Call) and dotted(loop.iter.func) == "range":
+        return []
+    if isinstance(loop.iter, cst.Call) and dotted(loop.iter.func) == "enumerate" \
+            and isinstance(target, cst.Tuple) and len(target.elements) == 2:
+        target = target.elements[1].value
+    return _bound(target)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_COMMA = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+
+
+def reads_of(stmts) -> set[str]:
+    out: set[str] = set()
+    for s in stmts:
+        out |= _names_read(s)
+    return out
+
+
+def _target_size(target) -> int:
+    return len(_bound(target))
+
+
+def _ordered_assigned(stmts) -> list[str]:
+    out: list[str] = []
+    for s in stmts:
+        for n in _assigned(s):
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def _model_calls(stmts, model: str) -> list[cst.Call]:
+    calls: list[cst.Call] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, n: cst.Call) -> None:
+            if isinstance(n.func, cst.Name) and n.func.value == model:
+                calls.append(n)
+
+    for s in stmts:
+        s.visit(_V())
+    return calls
+
+
+def _is_assigned_call(stmts, model: str) -> bool:
+    for s in stmts:
+        small = s.body[0]
+        if isinstance(small, cst.Assign) and isinstance(small.value, cst.Call) \
+                and isinstance(small.value.func, cst.Name) and small.value.func.value == model:
+            return True
+    return False
+
+
+def _converted_args(plan: LoopPlan, converted) -> list[cst.Arg]:
+    for s in plan.segment:
+        conv = converted.get(id(s))
+        if conv is None:
+            continue
+        calls = _model_calls([conv], plan.model)
+        if calls:
+            return list(calls[0].args)
+    return plan.init_args
+
+
+def _add_kwarg(call: cst.Call, name: str, value: cst.BaseExpression) -> cst.Call:
+    args = list(call.args)
+    if args:
+        args[-1] = args[-1].with_changes(comma=_COMMA)
+    return call.with_changes(args=[*args, cst.Arg(value, keyword=cst.Name(name), equal=cst.AssignEqual(
+        whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))])
+
+
+class _ModelCall(cst.CSTTransformer):
+    """``model(x)`` → ``state.apply_fn(variables, x, train=True, rngs=...)`` inside loss_fn."""
+
+    def __init__(self, model: str, variables: str, extra: str, batchnorm: bool) -> None:
+        self.model, self.variables, self.extra, self.batchnorm = model, variables, extra, batchnorm
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        if not (isinstance(original.func, cst.Name) and original.func.value == self.model):
+            return updated
+        args = ", ".join(_code(a.value) for a in updated.args)
+        return cst.parse_expression(f'state.apply_fn({self.variables}, {args}, train=True, '
+                                    f'rngs={{"dropout": dropout_rng}}{self.extra})')
+
+    def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
+        if self.batchnorm and isinstance(original.value, cst.Call) and isinstance(original.value.func, cst.Name) \
+                and original.value.func.value == self.model and len(updated.targets) == 1:
+            target = updated.targets[0].target
+            return updated.with_changes(targets=[cst.AssignTarget(cst.Tuple(
+                [cst.Element(target), cst.Element(cst.Name("updates"))], lpar=[], rpar=[]))])
+        return updated
+
+
+class _Returns(cst.CSTTransformer):
+    def visit_FunctionDef(self, node) -> bool:
+        return False
+
+    def visit_Lambda(self, node) -> bool:
+        return False
+
+    def leave_Return(self, original: cst.Return, updated: cst.Return) -> cst.Return:
+        if updated.value is None:
+            return updated.with_changes(value=cst.Name(STATE))
+        value = updated.value
+        if isinstance(value, cst.Tuple) and not value.lpar:
+            elements = [cst.Element(cst.Name(STATE), comma=_COMMA), *value.elements]
+        else:
+            elements = [cst.Element(cst.Name(STATE), comma=_COMMA), cst.Element(value)]
+        return updated.with_changes(value=cst.Tuple(elements, lpar=[], rpar=[]),
+                                    whitespace_after_return=cst.SimpleWhitespace(" "))
+
+
+def _ends_with_return(stmt) -> bool:
+    return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[-1], cst.Return)
+
+

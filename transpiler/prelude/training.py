@@ -1,0 +1,223 @@
+"""Helpers for converted training scripts: a flax TrainState that also carries BatchNorm
+statistics and the dropout key, model init from a first batch, torch-style learning-rate
+schedulers on top of ``optax.inject_hyperparams``, SGD with dampening, a dataset over
+arrays and checkpoint files."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+from flax.training import train_state
+from typing import Any
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus the model's ``batch_stats`` (empty without BatchNorm) and the
+    PRNG key that ``train_step`` splits for dropout at every step."""
+    batch_stats: Any = None
+    rng: Any = None
+
+
+def create_train_state(model, tx, rng, *inputs):
+    """Initialise ``model`` on a first batch (``model.init``) and wrap it in a TrainState."""
+    params_rng, dropout_rng, rng = jax.random.split(rng, 3)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, *inputs)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), rng=rng)
+
+
+def model_variables(state):
+    """The variables ``apply`` takes (what torch's ``model.state_dict()`` holds)."""
+    if state.batch_stats:
+        return {"params": state.params, "batch_stats": state.batch_stats}
+    return {"params": state.params}
+
+
+@jax.jit
+def eval_step(state, *inputs):
+    """The model's forward pass in eval mode (``model.eval()``: dropout off, BatchNorm running stats)."""
+    return state.apply_fn(model_variables(state), *inputs, train=False)
+
+
+def to_jax(batch):
+    """A batch from a data loader (torch tensors, NumPy arrays, nested tuples/dicts) as JAX arrays."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), batch)
+
+
+def torch_clip_grad_norm(grads, max_norm, norm_type=2.0):
+    """``torch.nn.utils.clip_grad_norm_``: scale all gradients by max_norm / (total_norm + 1e-6)
+    when that is below 1. Returns the clipped gradients and the total norm."""
+    leaves = jax.tree_util.tree_leaves(grads)
+    if norm_type == math.inf:
+        total = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in leaves]))
+    else:
+        total = jnp.sum(jnp.stack([jnp.sum(jnp.abs(g) ** norm_type) for g in leaves])) ** (1.0 / norm_type)
+    scale = jnp.minimum(max_norm / (total + 1e-6), 1.0)
+    return jax.tree_util.tree_map(lambda g: g * scale, grads), total
+
+
+def torch_clip_grad_value(grads, clip_value):
+    """``torch.nn.utils.clip_grad_value_``."""
+    return jax.tree_util.tree_map(lambda g: jnp.clip(g, -clip_value, clip_value), grads)
+
+
+def torch_sgd_momentum(momentum=0.0, dampening=0.0, nesterov=False):
+    """torch SGD's momentum buffer with ``dampening``: the first step stores the gradient,
+    later steps buf = momentum * buf + (1 - dampening) * grad (nesterov: grad + momentum * buf)."""
+    def init(params):
+        return (jnp.zeros([], jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        count, trace = state
+        first = count == 0
+        buf = jax.tree_util.tree_map(
+            lambda g, t: jnp.where(first, g, momentum * t + (1.0 - dampening) * g), updates, trace)
+        out = jax.tree_util.tree_map(lambda g, b: g + momentum * b, updates, buf) if nesterov else buf
+        return out, (count + 1, buf)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _is_injected(node):
+    return isinstance(node, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
+
+
+def get_learning_rate(opt_state):
+    """The learning rate held by the first ``optax.inject_hyperparams`` state in ``opt_state``."""
+    for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_injected):
+        if _is_injected(node) and "learning_rate" in node.hyperparams:
+            return node.hyperparams["learning_rate"]
+    raise ValueError("the optimizer has no injected learning_rate: build it with "
+                     "optax.inject_hyperparams(...) to use a learning-rate scheduler")
+
+
+def set_learning_rate(opt_state, lr):
+    """``opt_state`` with every injected ``learning_rate`` set to ``lr`` (dtype kept, so a
+    jitted train_step is not recompiled)."""
+    def replace(node):
+        if _is_injected(node) and "learning_rate" in node.hyperparams:
+            old = node.hyperparams["learning_rate"]
+            return node._replace(hyperparams={**node.hyperparams,
+                                              "learning_rate": jnp.asarray(lr, dtype=jnp.asarray(old).dtype)})
+        return node
+    return jax.tree_util.tree_map(replace, opt_state, is_leaf=_is_injected)
+
+
+class TorchLRScheduler:
+    """A torch ``lr_scheduler``: ``schedule(base_lr)`` is an optax schedule counted in calls
+    to ``step`` (epochs or batches, wherever the script calls it, exactly like torch).
+    ``step(state)`` returns ``state`` with the next learning rate in its optimizer state.
+    ``optimizer`` is the transformation to train with: it starts at the schedule's value
+    for count 0, as torch sets it when the scheduler is built."""
+
+    def __init__(self, optimizer, schedule):
+        self.base_lr = float(get_learning_rate(optimizer.init({})))
+        self.schedule = schedule(self.base_lr)
+        self.last_epoch = 0
+        self._last_lr = [float(self.schedule(0))]
+        first = self._last_lr[0]
+
+        def init(params):
+            return set_learning_rate(optimizer.init(params), first)
+
+        self.optimizer = optax.GradientTransformationExtraArgs(init, optimizer.update)
+
+    def step(self, state):
+        self.last_epoch += 1
+        lr = float(self.schedule(self.last_epoch))
+        self._last_lr = [lr]
+        return state.replace(opt_state=set_learning_rate(state.opt_state, lr))
+
+    def get_last_lr(self):
+        return list(self._last_lr)
+
+
+def torch_step_lr(step_size, gamma=0.1):
+    """``StepLR``: base * gamma ** (count // step_size)."""
+    return lambda base: optax.exponential_decay(base, step_size, gamma, staircase=True)
+
+
+def torch_multistep_lr(milestones, gamma=0.1):
+    """``MultiStepLR``: base * gamma ** (number of milestones <= count; repeats count twice)."""
+    return lambda base: (lambda count: base * gamma ** sum(1 for m in milestones if count >= m))
+
+
+def torch_exponential_lr(gamma):
+    """``ExponentialLR``: base * gamma ** count."""
+    return lambda base: optax.exponential_decay(base, 1, gamma)
+
+
+def torch_cosine_annealing_lr(T_max, eta_min=0.0):
+    """``CosineAnnealingLR``: eta_min + (base - eta_min) * (1 + cos(pi * count / T_max)) / 2,
+    also after T_max (torch keeps following the cosine; optax.cosine_decay_schedule stops)."""
+    return lambda base: (lambda count: eta_min + (base - eta_min) * (1 + math.cos(math.pi * count / T_max)) / 2)
+
+
+def torch_linear_lr(start_factor=1.0 / 3, end_factor=1.0, total_iters=5):
+    """``LinearLR``: the factor goes linearly from start_factor to end_factor in total_iters steps."""
+    return lambda base: optax.linear_schedule(base * start_factor, base * end_factor, total_iters)
+
+
+def torch_lambda_lr(lr_lambda):
+    """``LambdaLR``: base * lr_lambda(count)."""
+    return lambda base: (lambda count: base * lr_lambda(count))
+
+
+def torch_onecycle_lr(max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
+                      anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4, three_phase=False):
+    """``OneCycleLR`` (learning rate only): warm up from max_lr / div_factor to max_lr over
+    pct_start of the steps, then anneal to initial / final_div_factor (three_phase: back to the
+    initial value first)."""
+    if total_steps is None:
+        total_steps = epochs * steps_per_epoch
+    initial = max_lr / div_factor
+    final = initial / final_div_factor
+    if three_phase:
+        phases = [(float(pct_start * total_steps) - 1, initial, max_lr),
+                  (float(2 * pct_start * total_steps) - 2, max_lr, initial),
+                  (total_steps - 1, initial, final)]
+    else:
+        phases = [(float(pct_start * total_steps) - 1, initial, max_lr), (total_steps - 1, max_lr, final)]
+
+    def anneal(start, end, pct):
+        if anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def schedule(count):
+        start_step = 0.0
+        for i, (end_step, start, end) in enumerate(phases):
+            if count <= end_step or i == len(phases) - 1:
+                return anneal(start, end, (count - start_step) / (end_step - start_step))
+            start_step = end_step
+        return final
+
+    return lambda base: schedule
+
+
+class ArrayDataset:
+    """``TensorDataset`` over JAX/NumPy arrays (kept as NumPy on the host): a map-style
+    dataset that torch's DataLoader batches like a TensorDataset."""
+
+    def __init__(self, *arrays):
+        self.arrays = tuple(np.array(a) for a in arrays)
+
+    def __len__(self):
+        return len(self.arrays[0])
+
+    def __getitem__(self, index):
+        return tuple(a[index] for a in self.arrays)
+
+
+def save_checkpoint(obj, path):
+    """``torch.save``: write a pytree (e.g. ``model_variables(state)``) as flax msgpack bytes."""
+    with open(path, "wb") as fh:
+        fh.write(serialization.msgpack_serialize(serialization.to_state_dict(obj)))
+
+
+def load_checkpoint(path):
+    """``torch.load`` of a file written by ``save_checkpoint``: the nested dict of arrays."""
+    with open(path, "rb") as fh:
+        return serialization.msgpack_restore(fh.read())
