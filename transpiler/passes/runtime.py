@@ -22,6 +22,10 @@ GRAD_CONTEXTS = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
                  "torch.autograd.no_grad", "torch.set_grad_enabled"}
 
 
+def _same_code(a: cst.CSTNode, b: cst.CSTNode) -> bool:
+    return a.deep_equals(b)
+
+
 class RuntimeRule(Rule):
     def _is_grad_context(self, expr: cst.BaseExpression) -> bool:
         func = expr.func if isinstance(expr, cst.Call) else expr
@@ -60,6 +64,13 @@ class RuntimeRule(Rule):
             if q in DROPPED_CALLS:
                 self.ctx.report(original, "JP401", f"{q}(...) has no JAX counterpart and was removed")
                 return cst.RemoveFromParent()
+        new = updated.body[0] if len(updated.body) == 1 else None
+        if (isinstance(stmt, cst.Assign) and isinstance(new, cst.Assign) and len(new.targets) == 1
+                and _same_code(new.targets[0].target, new.value) and _same_code(stmt.targets[0].target, new.value)
+                and not _same_code(stmt.value, new.value)):
+            # `x = x.to(device)` once the device move is gone: nothing left to do
+            self.ctx.report(original, "JP401", "device transfer removed")
+            return cst.RemoveFromParent()
         if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
             q = qualify(stmt.targets[0].target, self.ctx.aliases) or ""
             if q.startswith(DROPPED_FLAG_PREFIXES):
