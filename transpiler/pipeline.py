@@ -58,5 +58,8 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, positions=positions,
                       other_imports=imports.other_imports)
     converted = wrapper.module.visit(Composite(ctx, rules(ctx)))
+    if getattr(options, "layout", "nchw") == "nhwc" and any("nchw" in n.lower() for n in ctx.emits):
+        ctx.report(None, "JP202", "--layout nhwc is not implemented yet: the converted model keeps "
+                   "PyTorch's NCHW interface", marker=False)
     converted = finalize(converted, ctx)
     return Outcome(converted.code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites)
