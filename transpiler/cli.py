@@ -202,11 +202,6 @@ def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, ve
 
 # --------------------------------------------------------------------------- validate / weights
 
-def _not_implemented(what: str) -> None:
-    click.echo(f"jaxport {what}: not implemented yet", err=True)
-    sys.exit(EXIT_USAGE)
-
-
 @cli.command(context_settings=CONTEXT)
 @click.argument("original", type=click.Path(exists=True, dir_okay=False))
 @click.argument("converted", type=click.Path(exists=True, dir_okay=False))
@@ -342,12 +337,59 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
 @cli.command(context_settings=CONTEXT)
 @click.argument("checkpoint", metavar="CHECKPOINT.pt", type=click.Path(exists=True, dir_okay=False))
 @click.option("--module", "module", required=True, metavar="FILE.py:CLASS",
-              help="The converted flax module the weights are for.")
+              help="The ORIGINAL PyTorch file and the nn.Module class the checkpoint belongs to.")
 @click.option("-o", "--output", "out", required=True, metavar="PARAMS.msgpack",
               type=click.Path(dir_okay=False), help="Where to write the flax variables.")
-def weights(checkpoint, module, out) -> None:
-    """Convert a torch state_dict checkpoint into flax variables (msgpack)."""
-    _not_implemented("weights")
+@click.option("--converted", type=click.Path(exists=True, dir_okay=False), metavar="CONVERTED.py",
+              help="The converted file holding CLASS (default: convert FILE.py in memory).")
+@click.option("--init", "init", metavar="NAME=VALUE", multiple=True,
+              help="Constructor argument of CLASS (repeatable; Python literals, else strings).")
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False), metavar="SPEC.toml",
+              help="Validation spec giving CLASS's init and inputs (default: FILE.toml if present).")
+@click.option("--unsafe-load", is_flag=True,
+              help="Unpickle arbitrary objects (torch.load(weights_only=False)). Only for trusted files.")
+def weights(checkpoint, module, out, converted, init, spec, unsafe_load) -> None:
+    """Convert a torch checkpoint into flax variables (flax msgpack serialization).
+
+    FILE.py is the ORIGINAL PyTorch source (the checkpoint's structure comes from its CLASS);
+    the flax module is CLASS of the converted file (--converted) or of FILE.py converted in
+    memory. CHECKPOINT.pt holds a state_dict, or a dict holding one under 'state_dict',
+    'model_state_dict', 'model', 'net', 'module' or 'network' (a 'module.' prefix from
+    DataParallel is dropped). It is read with torch.load(weights_only=True) unless
+    --unsafe-load. Load the result with
+    flax.serialization.from_bytes(model.init(...), open(PARAMS.msgpack, 'rb').read()).
+    Exit status: 0 written, 1 the checkpoint could not be converted, 2 usage error.
+    """
+    from pathlib import Path
+
+    from .validate.checkpoint import CheckpointError, convert_checkpoint, parse_init
+    path, sep, cls_name = module.rpartition(":")
+    if not sep or not path or not cls_name.isidentifier():
+        raise click.BadParameter(f"{module!r}: expected FILE.py:CLASS", param_hint="'--module'")
+    if not Path(path).is_file():
+        raise click.BadParameter(f"{path}: no such file", param_hint="'--module'")
+    try:
+        init_kwargs = parse_init(init)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--init'") from None
+    if unsafe_load:
+        click.echo("jaxport weights: warning: --unsafe-load unpickles arbitrary objects; only use "
+                   "it for checkpoints you trust", err=True)
+    try:
+        info = convert_checkpoint(checkpoint, path, cls_name, out, init=init_kwargs,
+                                  converted=converted, spec=spec, unsafe_load=unsafe_load)
+    except CheckpointError as exc:
+        click.echo(f"jaxport weights: {exc}", err=True)
+        sys.exit(EXIT_FINDINGS)
+    except OSError as exc:
+        click.echo(f"jaxport weights: {exc}", err=True)
+        sys.exit(EXIT_FINDINGS)
+    except Exception as exc:
+        _fail_internal(exc, False)
+    click.echo(f"wrote {out}: {info['tensors']} torch tensors (from {info['found']}) -> "
+               f"{info['leaves']} flax arrays ({info['elements']} values) in "
+               f"{', '.join(info['collections'])}")
+    sys.exit(EXIT_OK)
 
 
 # --------------------------------------------------------------------------- explain
