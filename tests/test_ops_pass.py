@@ -126,3 +126,15 @@ def test_converting_converted_output_changes_nothing():
     once = convert_source(src, "m.py").output.decode()
     twice = convert_source(once, "m.py")
     assert twice.status == "copied" and twice.output.decode() == once
+
+
+def test_device_moves_disappear_with_their_assignment():
+    out, codes = convert("""
+        import torch
+        def step(model, data, target, device):
+            data, target = data.to(device), target.cuda()
+            model = model.to(device)
+            return model(data), target
+    """)
+    assert "data, target =" not in out and "model = model" not in out
+    assert ("JP401", 4) in codes and ("JP401", 5) in codes
