@@ -34,7 +34,15 @@ def _is_torch(name: str) -> bool:
 
 
 class AliasCollector(cst.CSTVisitor):
-    """Collects ``local name → qualified torch name`` from every import in a module."""
+    """Collects ``local name → qualified torch name`` from every import in a module.
+
+    Imports are statements: the visitor walks statements and blocks only, never expressions,
+    which keeps this pass a small fraction of a parse."""
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.BaseExpression):
+            return False
+        return super().on_visit(node)
 
     def __init__(self) -> None:
         self.aliases: dict[str, str] = {}

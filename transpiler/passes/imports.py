@@ -41,7 +41,13 @@ def _strip_torch_imports(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLi
 
 
 class _TorchImportRemover(cst.CSTTransformer):
-    """Removes torch imports at any depth (also inside functions and try blocks)."""
+    """Removes torch imports at any depth (also inside functions and try blocks); walks
+    statements only."""
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.BaseExpression):
+            return False
+        return super().on_visit(node)
 
     def leave_SimpleStatementLine(self, original, updated):
         if not any(isinstance(s, (cst.Import, cst.ImportFrom)) for s in updated.body):
