@@ -383,19 +383,15 @@ def test_explain_known_and_unknown():
     assert proc.returncode == 2 and b"unknown code" in proc.stderr and proc.stdout == b""
 
 
-def test_validate_and_weights_registered_but_not_implemented(tmp_path):
+def test_validate_and_weights_reject_bad_usage(tmp_path):
     a, b = tmp_path / "a.py", tmp_path / "b.py"
     a.write_text("x = 1\n")
     b.write_text("x = 1\n")
-    proc = jaxport("validate", a, b, "--module", "Net", "--examples", "3", "--train-steps", "2",
-                   "--seed", "0", "--json", tmp_path / "v.json", "--junit", tmp_path / "v.xml")
-    assert proc.returncode == 2 and b"not implemented yet" in proc.stderr
-    ckpt = tmp_path / "w.pt"
-    ckpt.write_bytes(b"")
-    proc = jaxport("weights", ckpt, "--module", f"{b}:Net", "-o", tmp_path / "p.msgpack")
-    assert proc.returncode == 2 and b"not implemented yet" in proc.stderr
     assert b"--train-steps" in jaxport("validate", "--help").stdout
     assert jaxport("validate", a, b, "--examples", "lots").returncode == 2
+    assert jaxport("validate", a, tmp_path / "missing.py").returncode == 2
+    assert jaxport("weights", tmp_path / "missing.pt", "--module", f"{b}:Net",
+                   "-o", tmp_path / "p.msgpack").returncode == 2
 
 
 def test_help_and_version():

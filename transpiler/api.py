@@ -100,7 +100,7 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
         return FileResult(path, "failed", data,
                           [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
                           traceback=traceback.format_exc())
-    if not outcome.touched:
+    if not getattr(outcome, "touched", True):
         return FileResult(path, "copied", data)
     new_text = outcome.code
     try:
