@@ -22,6 +22,7 @@ OWNED_BY_OTHER_PASSES = {"torch.no_grad", "torch.inference_mode", "torch.enable_
                          "torch.autograd.no_grad", "torch.set_grad_enabled",
                          "torch.manual_seed", "torch.random.manual_seed", "torch.cuda.manual_seed",
                          "torch.cuda.manual_seed_all", "torch.cuda.empty_cache", "torch.cuda.synchronize",
+                         "torch.cuda.set_device",
                          "torch.set_float32_matmul_precision", "torch.use_deterministic_algorithms"}
 
 _NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString,

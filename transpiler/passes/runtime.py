@@ -14,6 +14,7 @@ from .base import Rule
 
 SEEDS = {"torch.manual_seed", "torch.random.manual_seed"}
 DROPPED_CALLS = {"torch.cuda.manual_seed", "torch.cuda.manual_seed_all", "torch.cuda.empty_cache",
+                 "torch.cuda.set_device",
                  "torch.cuda.synchronize", "torch.set_float32_matmul_precision",
                  "torch.use_deterministic_algorithms", "torch.backends.cudnn.enabled"}
 DROPPED_FLAG_PREFIXES = ("torch.backends.cudnn.", "torch.backends.cuda.matmul.")
