@@ -47,6 +47,7 @@ class _Planner:
         self.classdefs = {s.name.value: s for s in module.body if isinstance(s, cst.ClassDef)}
         self.functions = {s.name.value: s for s in module.body if isinstance(s, cst.FunctionDef)}
         self.plan = InitPlan()
+        self._layer_calls: dict[str, list] = {}
 
     # ---------------------------------------------------------------- one init statement
     def initializer(self, call: cst.Call) -> tuple[str, cst.BaseExpression] | None:
@@ -134,7 +135,12 @@ class _Planner:
     # ---------------------------------------------------------------- per class
     def layer_calls(self, class_name: str) -> list[tuple[str, cst.Call, str | None]]:
         """(qualified layer, call, attribute it is assigned to) for every layer built in the
-        constructor and setup helpers of a class."""
+        constructor and setup helpers of a class (computed once per class)."""
+        if class_name not in self._layer_calls:
+            self._layer_calls[class_name] = self._find_layer_calls(class_name)
+        return self._layer_calls[class_name]
+
+    def _find_layer_calls(self, class_name: str) -> list[tuple[str, cst.Call, str | None]]:
         cls = self.classdefs.get(class_name)
         info = self.classes.get(class_name)
         if cls is None or info is None:
