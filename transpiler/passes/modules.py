@@ -215,15 +215,18 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         info.local_base = next((dotted(b.value) for b in cls.bases if dotted(b.value) in classes), None)
         info.has_init = init is not None
         info.has_forward = "forward" in methods
+        uses: dict[str, _SelfCalls] = {}
+        for name, fn in methods.items():
+            v = _SelfCalls()
+            fn.visit(v)
+            uses[name] = v
         # setup helpers: methods reachable from __init__
         if init is not None:
             pending = ["__init__"]
             while pending:
-                fn = methods.get(pending.pop())
-                if fn is None:
+                v = uses.get(pending.pop())
+                if v is None:
                     continue
-                v = _SelfCalls()
-                fn.visit(v)
                 for callee in v.called:
                     if callee in methods and callee not in info.setup_helpers and callee != "__init__":
                         info.setup_helpers.add(callee)
@@ -267,11 +270,6 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         info.accumulated |= {a for a, n in assigned_in_init.items() if n > 1}
         # runtime methods: forward plus anything that needs the train flag
         runtime = {"forward"}
-        uses: dict[str, _SelfCalls] = {}
-        for name, fn in methods.items():
-            v = _SelfCalls()
-            fn.visit(v)
-            uses[name] = v
         changed = True
         while changed:
             changed = False
