@@ -3,9 +3,10 @@
 ``example_strategy(spec)`` draws one ``Example`` (symbolic dims, positional args, kwargs):
 
 * each symbolic dim is drawn from a few *buckets* of its ``[lo, hi]`` range (``lo``, ``hi``
-  and a power of two between them, see ``dim_buckets``), so 25 examples need only a handful
-  of input shapes and the jitted flax program (cached per shape by the harness) is compiled
-  a handful of times; shrinking moves every dim to its smallest bucket;
+  and a power of two between them, see ``dim_buckets``; with several dims, at most 4
+  combinations or lowest/highest/one-dim-high, see ``dim_combos``), so 25 examples need only
+  a handful of input shapes and the jitted flax program (cached per shape by the harness) is
+  compiled a handful of times; shrinking moves the dims to the smallest combination;
 * arrays of at most ``SMALL_ARRAY`` elements are drawn element by element (finite values in
   the spec range; integers in ``[lo, hi)``; bools), so hypothesis shrinks their values too;
   larger arrays are filled from a numpy generator whose seed hypothesis draws (values
@@ -76,6 +77,26 @@ def dim_buckets(lo: int, hi: int) -> list[int]:
     return sorted(values)
 
 
+def dim_combos(spec: ModuleSpec) -> list[dict[str, int]]:
+    """The dims an example may take, smallest first. One symbolic dim: its buckets. Several:
+    every combination of buckets if there are at most 4, else all-lowest, all-highest and
+    each dim alone at its highest (each distinct combination is one compilation)."""
+    import itertools
+    names = list(spec.dims)
+    buckets = [dim_buckets(*spec.dims[d]) for d in names]
+    product = [dict(zip(names, vals)) for vals in itertools.product(*buckets)]
+    if len(product) <= 4:
+        return product
+    lo = {d: spec.dims[d][0] for d in names}
+    hi = {d: spec.dims[d][1] for d in names}
+    out = [lo, hi] + [{**lo, d: hi[d]} for d in names]
+    unique = []
+    for c in out:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
 def _float_bounds(a: ArraySpec) -> tuple[float, float]:
     lo, hi = a.bounds()
     return float(lo), float(hi)
@@ -138,12 +159,11 @@ def example_strategy(spec: ModuleSpec | dict, fixed_dims: dict[str, int] | None 
     """Strategy of ``Example`` for a spec (dims from buckets unless ``fixed_dims``)."""
     from hypothesis import strategies as st
     spec = as_module_spec(spec)
-    buckets = {d: dim_buckets(lo, hi) for d, (lo, hi) in spec.dims.items()}
+    combos = dim_combos(spec)
 
     @st.composite
     def draw_example(draw):
-        dims = dict(fixed_dims) if fixed_dims else {
-            d: draw(st.sampled_from(b)) for d, b in buckets.items()}
+        dims = dict(fixed_dims) if fixed_dims else dict(draw(st.sampled_from(combos)))
         args = tuple(draw(value_strategy(s, dims)) for s in spec.inputs)
         kwargs = {k: draw(value_strategy(s, dims)) for k, s in spec.kwargs.items()}
         return Example(dims, args, kwargs)
