@@ -122,19 +122,27 @@ def _print_diagnostics(run, verbose: bool, quiet: bool) -> None:
               type=click.Path(dir_okay=False), help="Write a report; the format follows the suffix.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
               help="Worker processes (default: all cores).")
-@click.option("--parallel", type=click.Choice(["pmap", "sharding"]), default="pmap",
-              show_default=True, help="How data parallelism (DDP) is converted.")
-@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
-              help="Image layout of converted models' interfaces.")
+@click.option("--parallel", type=click.Choice(["pmap", "sharding"]), default=None,
+              help="How data parallelism (DDP) is converted  [default: pmap, or the config's].")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None,
+              help="Image layout of converted models' interfaces  [default: nchw, or the config's].")
+@click.option("--exclude", "excludes", metavar="GLOB", multiple=True,
+              help="Copy matching paths as they are instead of converting them; repeatable. "
+                   "Replaces the config's exclude list.")
+@click.option("--in-place", is_flag=True,
+              help="Rewrite the input files themselves (no -o), keeping each original as "
+                   "FILE.torch.bak.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only error diagnostics, no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every diagnostic, notes and tracebacks.")
 def convert(paths: tuple[str, ...], out: str | None, diff: bool, check: bool,
-            reports: tuple[str, ...], jobs: int | None, parallel: str, layout: str,
-            quiet: bool, verbose: bool) -> None:
+            reports: tuple[str, ...], jobs: int | None, parallel: str | None, layout: str | None,
+            excludes: tuple[str, ...], in_place: bool, quiet: bool, verbose: bool) -> None:
     """Convert PyTorch files and directories into OUT.
 
-    Every .py file is converted, every other file copied byte for byte; the inputs are never
-    modified. PATH '-' reads standard input and writes the result to standard output.
+    Every .py file and the code cells of every .ipynb notebook are converted, every other
+    file copied byte for byte; the inputs are never modified (unless --in-place). PATH '-'
+    reads standard input and writes the result to standard output. Settings may also come
+    from [tool.jaxport] in each input directory's pyproject.toml; flags win.
     """
     from .report import report_format
     if quiet and verbose:
@@ -144,7 +152,8 @@ def convert(paths: tuple[str, ...], out: str | None, diff: bool, check: bool,
             raise click.BadParameter(f"{rep!r}: the report's suffix must be .json, .md or .html",
                                      param_hint="'--report'")
     try:
-        code = _convert(list(paths), out, diff, check, reports, jobs, parallel, layout, quiet, verbose)
+        code = _convert(list(paths), out, diff, check, reports, jobs, parallel, layout, quiet,
+                        verbose, excludes, in_place)
     except (click.ClickException, BrokenPipeError):
         raise   # click reports these itself (usage errors exit 2)
     except Exception as exc:
@@ -152,13 +161,18 @@ def convert(paths: tuple[str, ...], out: str | None, diff: bool, check: bool,
     sys.exit(code)
 
 
-def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, verbose) -> int:
+def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, verbose,
+             excludes=(), in_place=False) -> int:
     from . import report as rep
     from .api import Options
+    from .config import Settings
     from .tree import STDIN, TreeError, convert_tree, input_containing
 
     stdin_mode = paths == [STDIN]
-    if not stdin_mode and out is None and not check:
+    if in_place and (stdin_mode or out is not None or check):
+        raise click.UsageError("--in-place rewrites the input files themselves: it cannot be "
+                               "used with '-', -o or --check")
+    if not stdin_mode and out is None and not check and not in_place:
         raise click.UsageError("missing option '-o' / '--output' (where to write the converted tree)")
     if stdin_mode and out is not None:
         raise click.UsageError("'-' writes to standard output: drop -o")
@@ -168,14 +182,18 @@ def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, ve
             raise click.UsageError(f"report {path} would be written into the input {holder}: "
                                    "jaxport never writes into its input")
     keep_text = diff or any(rep.report_format(r) == "html" for r in reports)
-    options = Options(parallel=parallel, layout=layout)
+    overrides = Settings(parallel=parallel, layout=layout, exclude=tuple(excludes) or None)
     started = time.monotonic()
     progress = _Progress(enabled=not quiet and not stdin_mode and sys.stderr.isatty())
     try:
         with progress:
-            run = convert_tree(paths, out, options, jobs, progress, check=check, keep_text=keep_text)
+            run = convert_tree(paths, out, Options(), jobs, progress, check=check,
+                               keep_text=keep_text, overrides=overrides, in_place=in_place)
     except TreeError as exc:
         raise click.UsageError(str(exc)) from None
+    if verbose:
+        for source in run.configs:
+            click.echo(f"config: {source}", err=True)
     elapsed = time.monotonic() - started
 
     stdout = click.get_text_stream("stdout")

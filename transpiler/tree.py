@@ -1,9 +1,14 @@
 """Convert whole trees: plan which files go where, convert ``.py`` files, copy the rest.
 
 ``convert_tree`` is the engine behind ``jaxport convert``. It mirrors every input into the
-output directory (``.py`` files through :func:`transpiler.api.convert_bytes`, every other
-file byte for byte), never writes into an input tree, writes atomically, and runs files in
-parallel. Its result does not depend on the number of workers: records are sorted by path.
+output directory (``.py`` files through :func:`transpiler.api.convert_bytes`, ``.ipynb``
+notebooks through :mod:`transpiler.notebooks`, every other file byte for byte), never writes
+into an input tree (except with ``in_place``, which rewrites changed files after keeping a
+``<file>.torch.bak`` backup), writes atomically, and runs files in parallel. Its result does
+not depend on the number of workers: records are sorted by path.
+
+Each input directory may configure the run in ``[tool.jaxport]`` of its ``pyproject.toml``
+(:mod:`transpiler.config`); ``overrides`` (the command-line flags) win over it.
 
 Problems with the command line (OUT inside an input, a missing ``-o``) raise
 :class:`TreeError`; problems with one file (unreadable, unwritable, unparseable) become that
@@ -22,9 +27,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
+from . import config as cfg
 from . import diagnostics as diag
 from .api import FileResult, Options, convert_bytes, decode
 from .diagnostics import Diagnostic
+from .notebooks import convert_notebook, is_notebook
 
 STDIN = "-"
 STDIN_PATH = "<stdin>"
@@ -35,7 +42,8 @@ SKIP_DIRS = frozenset({
     ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", ".ipynb_checkpoints",
     "node_modules",
 })
-SKIP_SUFFIXES = (".pyc", ".pyo")
+BACKUP_SUFFIX = ".torch.bak"    # --in-place keeps the original of each rewritten file here
+SKIP_SUFFIXES = (".pyc", ".pyo", BACKUP_SUFFIX)
 
 
 class TreeError(ValueError):
@@ -49,7 +57,7 @@ class FileRecord:
     path: str                       # relative to its input root, '/'-separated (report path)
     display: str                    # where the user finds the input (for path:line:col)
     result: FileResult
-    python: bool                    # a .py file (went through the converter)
+    python: bool                    # went through the converter (.py file or notebook)
     original_text: str | None = None   # kept only when asked for (diff, html report)
     output_text: str | None = None
 
@@ -82,6 +90,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)            # skipped links / special files
     check: bool = False
     stdout: bytes | None = None                               # stdin mode: the converted bytes
+    configs: list[str] = field(default_factory=list)          # pyproject.toml files used
 
     @property
     def has_errors(self) -> bool:
@@ -125,10 +134,16 @@ class Job:
     target: str | None              # absolute output path; None: write nothing
     path: str                       # report path
     display: str
-    python: bool
+    kind: str                       # "python" | "notebook" | "copy"
     options: Options
     keep_text: bool
     roots: tuple[str, ...]          # resolved input roots: never write below them
+    ignores: tuple[str, ...] = ()   # codes not reported for this file (per-file-ignores)
+    in_place: bool = False          # target is the source: write only if changed, with backup
+
+    @property
+    def python(self) -> bool:
+        return self.kind != "copy"
 
 
 @dataclass
@@ -138,6 +153,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     out_dirs: list[str] = field(default_factory=list)
     roots: tuple[str, ...] = ()
+    configs: list[str] = field(default_factory=list)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -169,14 +185,47 @@ def input_containing(path: str, inputs: list[str]) -> str | None:
     return None
 
 
+def _kind(path: str) -> str:
+    if path.endswith(".py"):
+        return "python"
+    if is_notebook(path):
+        return "notebook"
+    return "copy"
+
+
+def _root_settings(root: str, overrides: cfg.Settings, plan: Plan) -> cfg.Settings:
+    """The settings for one input: its pyproject.toml's (if a directory), then the flags."""
+    if not os.path.isdir(root):
+        return overrides
+    try:
+        found = cfg.load(root)
+    except cfg.ConfigError as exc:
+        raise TreeError(str(exc)) from None
+    if found.source is not None:
+        plan.configs.append(found.source)
+    return overrides.over(found)
+
+
+def _options(settings: cfg.Settings, base: Options) -> Options:
+    return Options(parallel=settings.parallel or base.parallel, layout=settings.layout or base.layout)
+
+
 def plan_tree(inputs: list[str], out: str | None, options: Options, *, write: bool = True,
-              keep_text: bool = False) -> Plan:
-    """Decide, for every input file, where its output goes. Raises TreeError on usage errors."""
+              keep_text: bool = False, overrides: cfg.Settings | None = None,
+              in_place: bool = False) -> Plan:
+    """Decide, for every input file, where its output goes. Raises TreeError on usage errors
+    (and on a malformed ``[tool.jaxport]`` configuration)."""
+    overrides = overrides or cfg.Settings()
     if not inputs:
         raise TreeError("no PATH given")
     if STDIN in inputs:
         raise TreeError("'-' (standard input) must be the only PATH")
-    if write and out is None:
+    if in_place:
+        if out is not None:
+            raise TreeError("--in-place rewrites the inputs themselves: drop -o")
+        if not write:
+            raise TreeError("--in-place and --check do not go together (--check writes nothing)")
+    elif write and out is None:
         raise TreeError("missing option '-o' / '--output' (where to write the converted tree)")
     for p in inputs:
         if not os.path.lexists(p):
@@ -212,20 +261,29 @@ def plan_tree(inputs: list[str], out: str | None, options: Options, *, write: bo
             raise TreeError(f"several inputs are named {dupes[0]!r}: their outputs would collide; "
                             "convert them one at a time")
 
-    def job(source: str, rel: str, display: str) -> Job:
-        target = None
-        if write and out_real is not None:
-            target = out_real if single_file_target else os.path.join(out_real, *rel.split("/"))
-        return Job(source, target, rel, display, source.endswith(".py"), options, keep_text,
-                   guard_roots)
+    def make_job(settings: cfg.Settings, root_options: Options, prefix: str):
+        def job(source: str, rel: str, display: str) -> Job:
+            own = rel[len(prefix) + 1:] if prefix else rel     # path as seen from its input root
+            kind = "copy" if settings.excluded(own) else _kind(source)
+            target = None
+            if in_place:
+                target = source if kind != "copy" else None
+            elif write and out_real is not None:
+                target = out_real if single_file_target else os.path.join(out_real, *rel.split("/"))
+            return Job(source, target, rel, display, kind, root_options, keep_text,
+                       () if in_place else guard_roots, settings.ignored_codes(own), in_place)
+        return job
 
     for p, root in zip(inputs, roots):
         prefix = os.path.basename(root) if multi else ""
+        settings = _root_settings(root, overrides, plan)
+        job = make_job(settings, _options(settings, options), prefix)
         if os.path.isfile(root):
             name = os.path.basename(os.path.abspath(p)) if not multi else prefix
             plan.jobs.append(job(root, name, os.path.normpath(p)))
             continue
-        _walk(root, root, prefix, os.path.normpath(p), plan, job, write, out_real)
+        _walk(root, root, prefix, os.path.normpath(p), plan, job, write and not in_place,
+              None if in_place else out_real)
     plan.jobs.sort(key=lambda j: j.path)
     return plan
 
@@ -331,6 +389,14 @@ def _atomic_write(target: str, data: bytes | None, source: str | None, roots: tu
         raise
 
 
+def _backup(source: str) -> None:
+    """Keep the original beside itself before an in-place rewrite. An existing backup is
+    never overwritten: after several runs it still holds the very first original."""
+    backup = source + BACKUP_SUFFIX
+    if not os.path.lexists(backup):
+        shutil.copy2(source, backup)
+
+
 def _failure(job: Job, message: str, tb: str | None = None, code: str = "JP003") -> FileRecord:
     d = io_error(message) if code == "JP005" else diag.make(code, message)
     return FileRecord(job.path, job.display, FileResult(job.path, "failed", b"", [d], traceback=tb),
@@ -362,9 +428,12 @@ def _process(job: Job) -> FileRecord:
             data = fh.read()
     except OSError as exc:
         return _failure(job, f"cannot read file: {_oserr(exc)}", code="JP005")
-    record = convert_record(data, job.path, job.display, job.options, job.keep_text)
-    if job.target is not None:
+    record = convert_record(data, job.path, job.display, job.options, job.keep_text,
+                            job.kind, job.ignores)
+    if job.target is not None and not (job.in_place and record.result.output == data):
         try:
+            if job.in_place:
+                _backup(job.source)
             _atomic_write(job.target, record.result.output, job.source, job.roots)
         except OSError as exc:
             record.result.status = "failed"
@@ -373,17 +442,34 @@ def _process(job: Job) -> FileRecord:
     return record
 
 
-def convert_record(data: bytes, path: str, display: str, options: Options, keep_text: bool) -> FileRecord:
+def convert_record(data: bytes, path: str, display: str, options: Options, keep_text: bool,
+                   kind: str = "python", ignores: tuple[str, ...] = ()) -> FileRecord:
+    texts = None
     try:
-        result = convert_bytes(data, path, options)
+        if kind == "notebook":
+            nb = convert_notebook(data, path, options)
+            result, texts = nb.result, (nb.original_text, nb.output_text)
+        else:
+            result = convert_bytes(data, path, options)
     except Exception as exc:
         result = FileResult(path, "failed", data,
                             [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
                             traceback=traceback.format_exc())
+    if ignores:
+        _apply_ignores(result, ignores)
     original = output = None
     if keep_text and (result.status != "copied" or result.changed):
-        original, output = _texts(data, result)
+        original, output = texts if texts is not None else _texts(data, result)
     return FileRecord(path, display, result, True, original, output)
+
+
+def _apply_ignores(result: FileResult, ignores: tuple[str, ...]) -> None:
+    """Drop ignored codes from the file's diagnostics; a file whose every warning is ignored
+    counts as ``converted`` (the output itself, ``# jaxport:`` comments included, is the same)."""
+    result.diagnostics = cfg.ignore(result.diagnostics, ignores)
+    if result.status == "partial" and not any(d.severity in ("warning", "error")
+                                              for d in result.diagnostics):
+        result.status = "converted"
 
 
 def _oserr(exc: OSError) -> str:
@@ -407,17 +493,25 @@ def default_jobs() -> int:
 def convert_tree(inputs: list[str], out: str | None, options: Options | None = None,
                  jobs: int | None = None, on_progress: ProgressFn | None = None, *,
                  check: bool = False, keep_text: bool = False,
-                 stdin: BinaryIO | None = None) -> RunResult:
+                 stdin: BinaryIO | None = None, overrides: cfg.Settings | None = None,
+                 in_place: bool = False) -> RunResult:
     """Convert ``inputs`` (files, directories, or ``["-"]`` for standard input) into ``out``.
 
     With ``check`` nothing is written. With ``keep_text`` every converted file's original and
-    converted text is kept on its record (for diffs and the HTML report).
+    converted text is kept on its record (for diffs and the HTML report). ``options`` are the
+    defaults, each input directory's ``[tool.jaxport]`` goes over them and ``overrides`` (the
+    command-line flags) over that. With ``in_place`` (and no ``out``) every file that changes
+    is rewritten where it is, its original kept as ``<file>.torch.bak``.
     """
     options = options or Options()
     if list(inputs) == [STDIN]:
-        return _convert_stdin(options, check, keep_text, stdin, on_progress)
-    plan = plan_tree(list(inputs), out, options, write=not check, keep_text=keep_text)
-    run = RunResult(notes=list(plan.notes), check=check)
+        if in_place:
+            raise TreeError("--in-place cannot be used with '-' (standard input)")
+        merged = (overrides or cfg.Settings()).over(cfg.Settings())
+        return _convert_stdin(_options(merged, options), check, keep_text, stdin, on_progress)
+    plan = plan_tree(list(inputs), out, options, write=not check, keep_text=keep_text,
+                     overrides=overrides, in_place=in_place)
+    run = RunResult(notes=list(plan.notes), check=check, configs=list(plan.configs))
     for directory in plan.out_dirs:
         try:
             os.makedirs(directory, exist_ok=True)
