@@ -4,6 +4,7 @@ I/O failures, parallel determinism. The conversion itself is replaced by a small
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from transpiler import config as cfg
 from transpiler import tree
 from transpiler.api import Options
 from transpiler.tree import TreeError, convert_tree, plan_tree
@@ -28,13 +30,22 @@ class _Outcome:
     converted_call_sites: int
 
 
+SEEN_OPTIONS: dict[str, Options] = {}     # path → the options the stand-in was given
+
+
 @pytest.fixture(autouse=True)
 def stub_pipeline(monkeypatch):
-    """``torch.relu(`` → ``jnp.relu(``; nothing else. Only for this module's tests."""
+    """``torch.relu(`` → ``jnp.relu(``; ``torch.special.zeta(`` left with a JP101 warning;
+    nothing else. Only for this module's tests."""
+    from transpiler import diagnostics as diag
+
     def run_pipeline(module, path, options):
+        SEEN_OPTIONS[path] = options
         code = module.code
         n = code.count("torch.relu(")
-        return _Outcome(code.replace("torch.relu(", "jnp.relu("), [], n, n)
+        problems = [diag.make("JP101", "torch.special.zeta has no mapping", i, line.find("torch.special"))
+                    for i, line in enumerate(code.splitlines(), 1) if "torch.special.zeta(" in line]
+        return _Outcome(code.replace("torch.relu(", "jnp.relu("), problems, n + len(problems), n)
 
     stub = types.ModuleType("transpiler.pipeline")
     stub.run_pipeline = run_pipeline
@@ -248,3 +259,154 @@ def test_progress_callback(src, tmp_path):
     assert sorted(p for _, _, p in seen) == ["a.py", "pkg/__init__.py", "pkg/deep/m.py",
                                              "pkg/table.csv", "plain.py"]
 # -j 1 against -j 2 (worker processes) is tested end to end in test_cli.py.
+
+
+# --------------------------------------------------------------------------- notebooks
+
+def notebook(*sources: str) -> str:
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# notes"]}]
+    cells += [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+               "source": s.splitlines(keepends=True)} for s in sources]
+    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5},
+                      indent=1) + "\n"
+
+
+def test_notebooks_in_a_tree(tmp_path):
+    src = tmp_path / "src"
+    write(src, {"nb/a.ipynb": notebook("import torch", "y = torch.relu(x)\nz = torch.special.zeta(y, 2)"),
+                "nb/plain.ipynb": notebook("x = 1"),
+                "nb/data.json": "{}\n"})
+    run = convert_tree([str(src)], str(tmp_path / "out"), Options(), jobs=1, keep_text=True)
+    by = {r.path: r for r in run.records}
+    assert {p: r.status for p, r in by.items()} == {
+        "nb/a.ipynb": "partial", "nb/plain.ipynb": "copied", "nb/data.json": "copied"}
+    out = json.loads((tmp_path / "out" / "nb" / "a.ipynb").read_text())
+    assert out["cells"][2]["source"] == ["y = jnp.relu(x)\n", "z = torch.special.zeta(y, 2)"]
+    assert (tmp_path / "out" / "nb" / "plain.ipynb").read_bytes() == (src / "nb" / "plain.ipynb").read_bytes()
+    a = by["nb/a.ipynb"]
+    assert a.python and a.changed
+    [d] = a.diagnostics
+    assert (d.code, d.line, d.col) == ("JP101", 5, 4)
+    assert d.message == "cell 3, line 2: torch.special.zeta has no mapping"
+    assert a.original_text.splitlines()[d.line - 1].startswith("z = torch.special.zeta")
+    assert a.output_text.splitlines()[2] == '"jaxport:cell 3"'
+
+
+# --------------------------------------------------------------------------- --in-place
+
+def test_in_place_rewrites_changed_files_with_backups(src, tmp_path):
+    (src / "nb.ipynb").write_text(notebook("import torch\ny = torch.relu(x)"))
+    (src / "link.py").symlink_to("a.py")
+    before = snapshot(src)
+    run = convert_tree([str(src)], None, Options(), jobs=1, in_place=True)
+    assert run.exit_code() == 0
+    after = snapshot(src)
+    changed = {"a.py", "pkg/deep/m.py", "nb.ipynb"}
+    assert {r.path for r in run.changed} == changed
+    for path in changed:
+        assert after[path + tree.BACKUP_SUFFIX] == before[path]
+        assert after[path] != before[path]
+    assert after["a.py"] == TINY.replace("torch.relu(", "jnp.relu(").encode()
+    # nothing else was written: no new files but the backups, other files byte for byte
+    assert set(after) == set(before) | {p + tree.BACKUP_SUFFIX for p in changed}
+    assert all(after[p] == before[p] for p in before if p not in changed)
+    assert os.readlink(src / "link.py") == "a.py"
+    # a second run changes nothing and keeps the first originals in the backups
+    again = convert_tree([str(src)], None, Options(), jobs=1, in_place=True)
+    assert again.changed == [] and snapshot(src) == after
+    assert not any(r.path.endswith(tree.BACKUP_SUFFIX) for r in again.records)
+
+
+def test_in_place_single_file_and_usage_errors(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(TINY)
+    convert_tree([str(f)], None, Options(), jobs=1, in_place=True)
+    assert "jnp.relu(" in f.read_text() and (tmp_path / "m.py.torch.bak").read_text() == TINY
+    with pytest.raises(TreeError, match="drop -o"):
+        convert_tree([str(f)], str(tmp_path / "o"), Options(), in_place=True)
+    with pytest.raises(TreeError, match="--check"):
+        convert_tree([str(f)], None, Options(), in_place=True, check=True)
+    with pytest.raises(TreeError, match="standard input"):
+        convert_tree(["-"], None, Options(), in_place=True, stdin=io.BytesIO(b""))
+    with pytest.raises(TreeError, match="missing option"):      # without the flag: -o needed
+        convert_tree([str(f)], None, Options())
+
+
+# --------------------------------------------------------------------------- configuration
+
+def test_config_parallel_layout_and_flags_override(tmp_path):
+    src = tmp_path / "src"
+    write(src, {"a.py": TINY, "pyproject.toml": '[tool.jaxport]\nparallel = "sharding"\nlayout = "nhwc"\n'})
+    SEEN_OPTIONS.clear()
+    run = convert_tree([str(src)], str(tmp_path / "o1"), Options(), jobs=1)
+    assert SEEN_OPTIONS["a.py"] == Options(parallel="sharding", layout="nhwc")
+    assert run.configs == [str(src / "pyproject.toml")]
+    assert (tmp_path / "o1" / "pyproject.toml").exists()          # copied like any file
+    convert_tree([str(src)], str(tmp_path / "o2"), Options(), jobs=1,
+                 overrides=cfg.Settings(layout="nchw"))
+    assert SEEN_OPTIONS["a.py"] == Options(parallel="sharding", layout="nchw")
+    convert_tree([str(src / "a.py")], str(tmp_path / "o3"), Options(), jobs=1)
+    assert SEEN_OPTIONS["a.py"] == Options()          # a file input has no input root config
+
+
+def test_config_exclude_and_per_file_ignores(tmp_path):
+    zeta = "import torch\ny = torch.special.zeta(x, 2)\nz = torch.relu(y)\n"
+    src = tmp_path / "src"
+    write(src, {"keep/m.py": TINY, "gen/m.py": TINY, "nb.ipynb": notebook("import torch", "y = torch.relu(x)"),
+                "tests/t.py": zeta, "pkg/z.py": zeta,
+                "pyproject.toml": '[tool.jaxport]\nexclude = ["gen", "*.ipynb"]\n'
+                                  '[tool.jaxport.per-file-ignores]\n"tests/**" = ["JP1"]\n'})
+    out = tmp_path / "out"
+    run = convert_tree([str(src)], str(out), Options(), jobs=1)
+    by = {r.path: r for r in run.records}
+    assert by["gen/m.py"].status == "copied" and (out / "gen" / "m.py").read_text() == TINY
+    assert by["nb.ipynb"].status == "copied"
+    assert (out / "nb.ipynb").read_bytes() == (src / "nb.ipynb").read_bytes()
+    assert by["keep/m.py"].status == "converted"
+    assert by["tests/t.py"].status == "converted" and by["tests/t.py"].diagnostics == []
+    assert by["pkg/z.py"].status == "partial" and [d.code for d in by["pkg/z.py"].diagnostics] == ["JP101"]
+    assert (out / "tests" / "t.py").read_bytes() == (out / "pkg" / "z.py").read_bytes()  # output unaffected
+    # --exclude on the command line replaces the file's list
+    run = convert_tree([str(src)], str(tmp_path / "o2"), Options(), jobs=1,
+                       overrides=cfg.Settings(exclude=("keep",)))
+    by = {r.path: r.status for r in run.records}
+    assert (by["keep/m.py"], by["gen/m.py"], by["nb.ipynb"]) == ("copied", "converted", "converted")
+
+
+def test_config_per_input_directory(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a, {"m.py": TINY, "pyproject.toml": '[tool.jaxport]\nexclude = ["m.py"]\n'})
+    write(b, {"m.py": TINY})
+    run = convert_tree([str(a), str(b)], str(tmp_path / "out"), Options(), jobs=1)
+    by = {r.path: r.status for r in run.records}
+    assert by["a/m.py"] == "copied" and by["b/m.py"] == "converted"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[tool.jaxport]\nlayout = "NCHW"\n', "layout: must be one of"),
+    ('[tool.jaxport]\nexclude = "gen"\n', "exclude: expected a list"),
+    ('[tool.jaxport]\njobs = 3\n', "unknown key 'jobs'"),
+    ('[tool.jaxport\n', "invalid TOML"),
+])
+def test_malformed_config_is_a_usage_error(tmp_path, text, needle):
+    src = tmp_path / "src"
+    write(src, {"a.py": TINY, "pyproject.toml": text})
+    with pytest.raises(TreeError) as info:
+        convert_tree([str(src)], str(tmp_path / "out"), Options(), jobs=1)
+    assert str(info.value).startswith(str(src / "pyproject.toml") + ":") and needle in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- idempotence
+
+def test_idempotent_and_deterministic(src, tmp_path):
+    write(src, {"nb.ipynb": notebook("import torch", "y = torch.relu(x)\nz = torch.special.zeta(y, 2)"),
+                "w.py": "import torch\nz = torch.special.zeta(y, 2)\n"})
+    first = convert_tree([str(src)], str(tmp_path / "out1"), Options(), jobs=1)
+    assert first.changed
+    again = convert_tree([str(src)], str(tmp_path / "out1b"), Options(), jobs=1)
+    assert snapshot(tmp_path / "out1") == snapshot(tmp_path / "out1b")
+    second = convert_tree([str(tmp_path / "out1")], str(tmp_path / "out2"), Options(), jobs=1)
+    assert second.changed == []
+    assert snapshot(tmp_path / "out2") == snapshot(tmp_path / "out1")
+    assert [r.to_json() for r in again.records] == [r.to_json() for r in first.records]
