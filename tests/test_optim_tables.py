@@ -181,6 +181,12 @@ def test_optimizer_hyperparameters_spelled_out():
     assert code == "optax.chain(optax.add_decayed_weights(w), optax.adam(learning_rate=0.001, eps=1e-6))"
     code = _render(OPTIMIZERS["torch.optim.Adagrad"], "optim.Adagrad(model.parameters())")
     assert code == "optax.adagrad(learning_rate=0.01, initial_accumulator_value=0, eps=1e-10)"
+    code = _render(OPTIMIZERS["torch.optim.SGD"], "optim.SGD(model.parameters(), lr=0.1, momentum=0.9)")
+    assert code == "optax.sgd(learning_rate=0.1, momentum=0.9)"
+    code = _render(OPTIMIZERS["torch.optim.SGD"], "optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5)")
+    assert code == "optax.chain(torch_sgd_momentum(0.9, 0.5), optax.scale_by_learning_rate(learning_rate=0.1))"
+    code = _render(OPTIMIZERS["torch.optim.SGD"], "optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)")
+    assert code == "optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(learning_rate=0.1))"
     code = _render(OPTIMIZERS["torch.optim.RMSprop"], "optim.RMSprop(model.parameters())")
     assert "decay=0.99" in code and "eps_in_sqrt=False" in code
 

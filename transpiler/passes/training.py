@@ -467,9 +467,19 @@ class TrainingRule(Rule):
             self.segment_depth -= 1
             self.converted[id(original)] = updated
             return updated
-        if not self.optimizers or self.class_depth or len(original.body) != 1:
+        if self.class_depth or len(original.body) != 1:
             return updated
         stmt = original.body[0]
+        if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call):
+            q = qualify(stmt.value.func, self.ctx.aliases) or ""
+            if q.startswith(OPTIMIZER_PREFIX) and not q.startswith(SCHEDULER_PREFIX):
+                self._check_groups(original)
+        found = _method_stmt(original, "step")
+        if found is not None and dotted(found[0]) in self.schedulers and found[1].args:
+            self.ctx.report(original, "JP606", f"{dotted(found[0])}.step(...) with a metric is not converted")
+            return updated
+        if not self.optimizers:
+            return updated
         # model.train() / model.eval() / optimizer.zero_grad()
         for method in ("train", "eval", "zero_grad"):
             found = _method_stmt(original, method)
@@ -482,9 +492,6 @@ class TrainingRule(Rule):
                 return cst.RemoveFromParent()
         found = _method_stmt(original, "step")
         if found is not None and dotted(found[0]) in self.schedulers:
-            if found[1].args:
-                self.ctx.report(original, "JP606", f"{dotted(found[0])}.step(...) with a metric is not converted")
-                return updated
             return cst.parse_statement(f"{STATE} = {dotted(found[0])}.step({STATE})\n").with_changes(
                 leading_lines=updated.leading_lines)
         found = _method_stmt(original, "load_state_dict")
@@ -501,8 +508,6 @@ class TrainingRule(Rule):
                     if wrapped is not None:
                         value = wrapped
                 new = updated.with_changes(body=[updated.body[0].with_changes(value=value)])
-                fn = self._function()
-                self._check_groups(original)
                 return cst.FlattenSentinel([new, cst.parse_statement(f"{STATE} = None\n")])
             if name in self.schedulers and isinstance(updated.body[0], cst.Assign) \
                     and _code(updated.body[0].value).startswith("TorchLRScheduler("):
@@ -510,10 +515,6 @@ class TrainingRule(Rule):
                                 "optax.inject_hyperparams; step() → state = scheduler.step(state)")
                 opt = self.schedulers[name]
                 return cst.FlattenSentinel([updated, cst.parse_statement(f"{opt} = {name}.optimizer\n")])
-        if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call):
-            q = qualify(stmt.value.func, self.ctx.aliases) or ""
-            if q.startswith(OPTIMIZER_PREFIX) and not q.startswith(SCHEDULER_PREFIX):
-                self._check_groups(original)
         return self._thread_calls(original, updated)
 
     def _check_groups(self, original) -> None:
@@ -651,8 +652,9 @@ class TrainingRule(Rule):
                 if n not in assigned and n not in reads and n != plan.model:
                     reads.append(n)
             assigned |= set(_assigned(stmt))
-        plan.inputs = [n for n in reads if n in plan.local and n not in _BUILTINS and n != STATE]
-        plan.static = [n for n in plan.inputs if n in self.losses]
+        inputs = [n for n in reads if n in plan.local and n not in _BUILTINS and n != STATE]
+        plan.static = [n for n in inputs if n in self.losses]
+        plan.inputs = [n for n in inputs if n not in plan.static] + plan.static
 
     def _step_name(self) -> str:
         used = getattr(self, "_used", [])
