@@ -257,9 +257,26 @@ _JS = """
       el.classList.toggle('hidden', !show);
     });
   }
+  // A link can carry a filter: #severity=error,warning&code=JP101&status=partial&flagged=1
+  function fromHash() {
+    var hash = window.location.hash.replace(/^#/, '');
+    if (hash.indexOf('=') < 0) return;
+    hash.split('&').forEach(function (pair) {
+      var kv = pair.split('='), name = decodeURIComponent(kv[0]);
+      var values = decodeURIComponent(kv[1] || '').split(',');
+      if (name === 'flagged') {
+        document.getElementById('only-flagged').checked = values[0] === '1';
+        return;
+      }
+      document.querySelectorAll('input[data-filter="' + name + '"]').forEach(function (box) {
+        box.checked = values.indexOf(box.value) >= 0;
+      });
+    });
+  }
   document.querySelectorAll('.filters input').forEach(function (box) {
     box.addEventListener('change', apply);
   });
+  fromHash();
   apply();
 })();
 """
