@@ -114,6 +114,7 @@ def check_report_contract(data: dict) -> None:
 
 def test_convert_mirrors_tree_and_never_touches_input(repo, tmp_path, converting_env):
     before = tree_hashes(repo)
+    before_nb = (repo / "notebooks/explore.ipynb").read_text()
     out = tmp_path / "out"
     proc = jaxport("convert", repo, "-o", out, "--report", tmp_path / "r.json", env=converting_env)
     assert proc.returncode == 1, proc.stderr          # broken.py and blob.py have errors
@@ -144,6 +145,10 @@ def test_convert_mirrors_tree_and_never_touches_input(repo, tmp_path, converting
     assert by_path["pkg/utils.py"]["status"] == "copied"
     assert by_path["data/pixel.bin"]["status"] == "copied"
     assert by_path["pkg/model.py"]["status"] in ("converted", "partial")
+    assert by_path["notebooks/explore.ipynb"]["status"] in ("converted", "partial")
+    nb = json.loads((out / "notebooks/explore.ipynb").read_text())
+    assert "jax.nn.relu(" in "".join(nb["cells"][2]["source"])
+    assert nb["cells"][0] == json.loads(before_nb)["cells"][0]
 
 
 def test_ruff_style_diagnostics_and_summary(repo, tmp_path, stub_env):
@@ -155,8 +160,8 @@ def test_ruff_style_diagnostics_and_summary(repo, tmp_path, stub_env):
                for line in err.splitlines()), err
     lines = [l for l in err.splitlines() if ": JP002 " in l]
     assert len(lines) == 1 and lines[0].startswith(os.path.join(str(repo), "pkg", "blob.py") + ":1:0: JP002")
-    assert "3 converted, 0 partial, 8 copied, 2 failed" in err
-    assert "Torch call sites converted: 2/2 (100%)" in err
+    assert "4 converted, 0 partial, 8 copied, 2 failed" in err
+    assert "Torch call sites converted: 3/3 (100%)" in err
     assert "Needs attention first:" in err
     assert proc.stdout == b""
 
@@ -368,6 +373,84 @@ def test_report_formats(repo, tmp_path, stub_env):
     assert page.startswith("<!DOCTYPE html>")
     assert "http://" not in page and "https://" not in page and "<link" not in page
     assert "pkg/model.py" in page and "jax.nn.relu" in page
+
+
+def test_notebook_diff_shows_code_cells(repo, tmp_path, stub_env):
+    proc = jaxport("convert", repo / "notebooks", "--check", "--diff", env=stub_env)
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert out.startswith("--- a/explore.ipynb\n+++ b/explore.ipynb\n@@ -1,4 +1,6 @@\n")
+    assert ('\n "jaxport:cell 3"\n-y = torch.relu(torch.ones(2))\n+y = jax.nn.relu(torch.ones(2))\n'
+            in out)                    # the code cells, not the notebook's JSON
+
+
+def test_in_place(repo, tmp_path, stub_env):
+    before = tree_hashes(repo)
+    proc = jaxport("convert", repo, "--in-place", "-q", env=stub_env)
+    assert proc.returncode == 1, proc.stderr        # broken.py and blob.py: errors, left alone
+    after = tree_hashes(repo)
+    changed = {"pkg/model.py", "notebooks/explore.ipynb", "pkg/legacy_latin1.py"}
+    assert {p for p in before if before[p] != after[p]} == changed
+    assert set(after) - set(before) == {p + ".torch.bak" for p in changed}
+    for p in changed:
+        assert after[p + ".torch.bak"] == before[p]
+    assert "jax.nn.relu(" in (repo / "pkg/model.py").read_text()
+    # a second run changes nothing (the first originals stay in the backups)
+    proc = jaxport("convert", repo, "--in-place", "--report", tmp_path / "r.json", env=stub_env)
+    assert tree_hashes(repo) == after
+    assert b"Processed 14 files" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--in-place", "-o", "{tmp}/o"], ["--in-place", "--check"],
+                                  ["-o", "{src}/sub"]])
+def test_in_place_usage(tmp_path, args):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.py").write_text(TINY)
+    proc = jaxport("convert", src, *[a.format(src=src, tmp=tmp_path) for a in args])
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+    assert os.listdir(src) == ["m.py"] and (src / "m.py").read_text() == TINY
+
+
+def test_config_from_pyproject(repo, tmp_path, stub_env):
+    (repo / "pkg" / "special.py").write_text("import torch\ny = torch.special.zeta(x, 2)\n")
+    (repo / "pyproject.toml").write_text(
+        '[tool.jaxport]\nparallel = "sharding"\nexclude = ["nested", "*.ipynb"]\n'
+        '[tool.jaxport.per-file-ignores]\n"pkg/special.py" = ["JP101"]\n')
+    out = tmp_path / "out"
+    proc = jaxport("convert", repo, "-o", out, "--report", tmp_path / "r.json", "-v", env=stub_env)
+    assert proc.returncode == 1
+    assert f"config: {repo / 'pyproject.toml'}" in proc.stderr.decode()
+    files = {f["path"]: f for f in json.loads((tmp_path / "r.json").read_text())["files"]}
+    assert files["pkg/nested/deep/layers.py"]["status"] == "copied"
+    assert files["notebooks/explore.ipynb"]["status"] == "copied"
+    assert (out / "notebooks/explore.ipynb").read_bytes() == (repo / "notebooks/explore.ipynb").read_bytes()
+    assert files["pkg/special.py"] == {"path": "pkg/special.py", "status": "converted", "diagnostics": []}
+    assert "JP101" not in proc.stderr.decode()
+    # a flag overrides the file's list
+    proc = jaxport("convert", repo, "-o", tmp_path / "o2", "--exclude", "pkg", "--check",
+                   "--report", tmp_path / "r2.json", env=stub_env)
+    files = {f["path"]: f["status"] for f in json.loads((tmp_path / "r2.json").read_text())["files"]}
+    assert files["pkg/model.py"] == "copied" and files["notebooks/explore.ipynb"] == "converted"
+
+
+def test_malformed_config_exit_2(repo, tmp_path):
+    (repo / "pyproject.toml").write_text('[tool.jaxport]\nlayout = "NHWC"\n')
+    proc = jaxport("convert", repo, "-o", tmp_path / "out")
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    err = proc.stderr.decode()
+    assert f"{repo / 'pyproject.toml'}: [tool.jaxport] layout: must be one of nchw, nhwc" in err
+    assert "Traceback" not in err
+
+
+def test_idempotent_end_to_end(repo, tmp_path, stub_env):
+    first, again, second = tmp_path / "first", tmp_path / "again", tmp_path / "second"
+    assert jaxport("convert", repo, "-o", first, "-j", 2, env=stub_env).returncode == 1
+    assert jaxport("convert", repo, "-o", again, "-j", 1, env=stub_env).returncode == 1
+    assert tree_hashes(first) == tree_hashes(again)
+    proc = jaxport("convert", first, "-o", second, "--diff", env=stub_env)
+    assert proc.stdout == b""                       # converting converted output changes nothing
+    assert tree_hashes(second) == tree_hashes(first)
 
 
 # --------------------------------------------------------------------------- other commands
