@@ -444,10 +444,9 @@ def test_malformed_config_exit_2(repo, tmp_path):
 
 
 def test_idempotent_end_to_end(repo, tmp_path, stub_env):
-    first, again, second = tmp_path / "first", tmp_path / "again", tmp_path / "second"
-    assert jaxport("convert", repo, "-o", first, "-j", 2, env=stub_env).returncode == 1
-    assert jaxport("convert", repo, "-o", again, "-j", 1, env=stub_env).returncode == 1
-    assert tree_hashes(first) == tree_hashes(again)
+    # (two runs giving the same bytes: test_parallel_runs_identical_to_serial)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert jaxport("convert", repo, "-o", first, env=stub_env).returncode == 1
     proc = jaxport("convert", first, "-o", second, "--diff", env=stub_env)
     assert proc.stdout == b""                       # converting converted output changes nothing
     assert tree_hashes(second) == tree_hashes(first)
