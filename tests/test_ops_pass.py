@@ -138,3 +138,16 @@ def test_device_moves_disappear_with_their_assignment():
     """)
     assert "data, target =" not in out and "model = model" not in out
     assert ("JP401", 4) in codes and ("JP401", 5) in codes
+
+
+def test_partial_conversion_is_idempotent():
+    src = textwrap.dedent("""
+        import os
+        import torch
+        import torch.nn.functional as F
+        y = F.relu(x)
+        z = torch.special.zeta(x, 2)
+    """)
+    once = convert_source(src, "m.py").output.decode()
+    assert once.index("import torch") < once.index("import jax")   # kept where it was
+    assert convert_source(once, "m.py").output.decode() == once

@@ -22,11 +22,12 @@ def _is_torch_module(name: str | None) -> bool:
     return bool(name) and name.split(".", 1)[0] in ROOTS
 
 
-def _strip_torch_imports(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine | None:
+def _strip_torch_imports(stmt: cst.SimpleStatementLine, keep_plain_torch: bool) -> cst.SimpleStatementLine | None:
     small = []
     for s in stmt.body:
         if isinstance(s, cst.Import):
-            names = [a for a in s.names if not _is_torch_module(dotted(a.name))]
+            names = [a for a in s.names if not _is_torch_module(dotted(a.name))
+                     or (keep_plain_torch and dotted(a.name) == "torch" and a.asname is None)]
             if not names:
                 continue
             if len(names) != len(s.names):
@@ -42,7 +43,11 @@ def _strip_torch_imports(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLi
 
 class _TorchImportRemover(cst.CSTTransformer):
     """Removes torch imports at any depth (also inside functions and try blocks); walks
-    statements only."""
+    statements only. A plain ``import torch`` stays where it is while code still uses torch."""
+
+    def __init__(self, keep_plain_torch: bool) -> None:
+        super().__init__()
+        self.keep_plain_torch = keep_plain_torch
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.BaseExpression):
@@ -52,7 +57,7 @@ class _TorchImportRemover(cst.CSTTransformer):
     def leave_SimpleStatementLine(self, original, updated):
         if not any(isinstance(s, (cst.Import, cst.ImportFrom)) for s in updated.body):
             return updated
-        stripped = _strip_torch_imports(updated)
+        stripped = _strip_torch_imports(updated, self.keep_plain_torch)
         if stripped is None:
             return cst.RemoveFromParent()
         return stripped
@@ -116,7 +121,10 @@ def _import_block_end(body) -> int:
 
 
 def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
-    module = module.visit(_TorchImportRemover())
+    before = _References()
+    module.visit(before)
+    torch_used = "torch" in before.names
+    module = module.visit(_TorchImportRemover(keep_plain_torch=torch_used))
     refs = _References()
     module.visit(refs)
     helpers = prelude_index.closure({n for n in ctx.emits | refs.names if n not in refs.bound})
