@@ -22,6 +22,7 @@ was with JP602.
 """
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -35,9 +36,7 @@ CLIP_CALLS = {"torch.nn.utils.clip_grad_norm_": "norm", "torch.nn.utils.clip_gra
 BATCHNORM_PREFIXES = ("torch.nn.BatchNorm", "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm")
 DATASET = "torch.utils.data.TensorDataset"
 STATE = "state"
-_BUILTINS = set(dir(__builtins__)) if isinstance(__builtins__, dict) is False else set(__builtins__)
-_BUILTINS |= {"print", "len", "range", "enumerate", "zip", "float", "int", "sum", "min", "max", "abs",
-              "True", "False", "None", "isinstance", "list", "tuple", "dict", "round", "str"}
+_BUILTINS = set(dir(builtins))
 
 
 def inject_learning_rate(expr: cst.BaseExpression) -> cst.BaseExpression | None:
@@ -211,18 +210,14 @@ class TrainingRule(Rule):
         self.functions: dict[str, FunctionInfo] = {}
         self.converted: dict[int, cst.SimpleStatementLine] = {}   # id(original stmt) → updated
         self.segment_ids: dict[int, LoopPlan] = {}
-        self.steps: list[tuple[str, str]] = []    # (anchor top-level statement id, train_step source)
-        self.step_anchor: dict[int, list[str]] = {}
+        self.step_sources: list[str] = []         # train_step functions, in order
         self.function_stack: list[str] = []
         self.class_depth = 0
         self.mode: dict[str, str] = {}            # function → "train" | "eval" (by model.train()/eval())
         self.segment_depth = 0
-        self.top_level: list[cst.CSTNode] = []
-        self.current_top: cst.CSTNode | None = None
 
     # ------------------------------------------------------------------ pre-scan
     def visit_Module(self, node: cst.Module) -> None:
-        self.top_level = list(node.body)
         for stmt in node.body:
             self._scan(stmt, None)
         if not self.optimizers:
@@ -604,8 +599,7 @@ class TrainingRule(Rule):
         plan.step_name = name
         self._inputs(plan)
         source = self._train_step_source(plan)
-        anchor = self._anchor()
-        self.step_anchor.setdefault(anchor, []).append(source)
+        self.step_sources.append(source)
         drop = {id(self.converted[id(s)].body[0]) for s in plan.removed + plan.segment + plan.deferred
                 if id(s) in self.converted}
         first = self.converted.get(id(plan.segment[0]))
@@ -662,9 +656,6 @@ class TrainingRule(Rule):
         used.append(name)
         self._used = used
         return name
-
-    def _anchor(self) -> int:
-        return id(self.current_top) if self.current_top is not None else 0
 
     def _train_step_source(self, plan: LoopPlan) -> str:
         segment = [self.converted[id(s)] for s in plan.segment]
@@ -753,7 +744,7 @@ class TrainingRule(Rule):
     def leave_Module(self, original: cst.Module, updated: cst.Module):
         """train_step functions go after the last top-level class (the models), or after the
         imports: before any code that can call them."""
-        sources = [src for group in self.step_anchor.values() for src in group]
+        sources = self.step_sources
         if not sources:
             return updated
         body = list(updated.body)
