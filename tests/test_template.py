@@ -69,3 +69,15 @@ def test_comparison_of_literals_is_folded():
 def test_calls_that_do_not_fit_the_signature_are_rejected(call, message):
     with pytest.raises(BindError, match=message):
         bind(Signature.parse("a, b=1"), cst.parse_expression(call).args)
+
+
+def test_output_keywords_named_like_parameters_are_not_references():
+    sig = "params, lr=0.01, eps=1e-10"
+    variants = ["opt(learning_rate=lr, eps=eps)", "opt(learning_rate=lr)"]
+    assert render(sig, variants, "Adagrad(p, lr=0.1)") == "opt(learning_rate=0.1)"
+
+
+def test_literal_subscripts_are_folded():
+    assert render("params, betas=(0.9, 0.999)", "adam(b1=betas[0], b2=betas[1])",
+                  "Adam(p, betas=(0.8, 0.95))", always=["b1", "b2"]) == "adam(b1=0.8, b2=0.95)"
+    assert render("params, betas=(0.9, 0.999)", "adam(b1=betas[0])", "Adam(p, betas=b)") == "adam(b1=b[0])"

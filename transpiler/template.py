@@ -238,10 +238,13 @@ class _Render(cst.CSTTransformer):
         self.strict = strict
         self.params = {p.name for p in sig.params}
         self.dropped: set[int] = set()
+        self.keywords: set[int] = set()
 
     # keyword arguments referring to unsupplied parameters are dropped (and, being dropped,
     # do not make a variant inapplicable: their names are never substituted)
     def visit_Arg(self, node: cst.Arg) -> bool:
+        if node.keyword is not None:
+            self.keywords.add(id(node.keyword))   # an output keyword is never a reference
         if node.keyword is not None and node.keyword.value not in self.always:
             refs = references(node.value, self.params)
             if any(not self.bound.supplied(r) for r in refs):
@@ -275,11 +278,14 @@ class _Render(cst.CSTTransformer):
         return updated.with_changes(attr=original.attr, value=_parens(updated.value))
 
     def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
+        folded = _fold(updated)          # (0.9, 0.999)[0] → 0.9
+        if folded is not updated:
+            return folded
         return updated.with_changes(value=_parens(updated.value))
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
         name = original.value
-        if name not in self.params:
+        if name not in self.params or id(original) in self.keywords:
             return updated
         if name in self.bound.values:
             return _parens(self.bound.values[name])
@@ -320,7 +326,8 @@ def _fix_commas(args: Sequence[cst.Arg]) -> list[cst.Arg]:
 
 
 _FOLDABLE = (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator,
-             ast.unaryop, ast.cmpop, ast.boolop, ast.Expression, ast.Tuple, ast.Load)
+             ast.unaryop, ast.cmpop, ast.boolop, ast.Expression, ast.Tuple, ast.List, ast.Load,
+             ast.Subscript)
 
 
 def _fold(node: cst.BaseExpression) -> cst.BaseExpression:

@@ -34,7 +34,6 @@ OPTIMIZER_PREFIX = "torch.optim."
 SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
 CLIP_CALLS = {"torch.nn.utils.clip_grad_norm_": "norm", "torch.nn.utils.clip_grad_value_": "value"}
 BATCHNORM_PREFIXES = ("torch.nn.BatchNorm", "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm")
-DATASET = "torch.utils.data.TensorDataset"
 STATE = "state"
 _BUILTINS = set(dir(builtins))
 
@@ -549,10 +548,6 @@ class TrainingRule(Rule):
 
     # ------------------------------------------------------------------ expressions
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
-        q = qualify(original.func, self.ctx.aliases)
-        if q == DATASET:
-            self.ctx.emits.add("ArrayDataset")
-            return updated.with_changes(func=cst.Name("ArrayDataset"))
         if not self.optimizers or self.class_depth:
             return updated
         func = original.func
