@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import tokenize
 import traceback
+import warnings
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -68,6 +69,22 @@ def encode(text: str, encoding: str, original: bytes) -> bytes:
     return bom + text.encode(encoding if encoding != "utf-8-sig" else "utf-8")
 
 
+def _compile_error(text: str, path: str) -> tuple[int, int, str] | None:
+    """(line, col, message) of why CPython refuses to compile ``text``; None if it compiles.
+    Compiler warnings about the user's code (SyntaxWarning) are not ours to print."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            compile(text, path, "exec")
+        except SyntaxError as exc:
+            return max(1, exc.lineno or 1), max(0, (exc.offset or 1) - 1), f"{exc.msg}"
+        except (RecursionError, MemoryError):
+            return 1, 0, "code nested too deeply for Python to compile"
+        except ValueError as exc:
+            return 1, 0, str(exc)
+    return None
+
+
 def convert_source(source: str, path: str = "<string>", options: Options | None = None) -> FileResult:
     """Convert Python source text. The result's ``output`` is UTF-8 bytes."""
     data = source.encode("utf-8")
@@ -87,6 +104,13 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
 
     if not mentions_torch(text):
         return FileResult(path, "copied", data)
+    # CPython first: it rejects what libcst would accept but cannot compile ('return' outside a
+    # function), has the clearer messages (Python 2 print statements), and refuses nesting so
+    # deep that libcst's native parser would overflow its stack and kill the process.
+    problem = _compile_error(text, path)
+    if problem is not None:
+        line, col, message = problem
+        return FileResult(path, "failed", data, [diag.make("JP001", f"syntax error: {message}", line, col)])
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
@@ -103,11 +127,10 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     if not getattr(outcome, "touched", True):
         return FileResult(path, "copied", data)
     new_text = outcome.code
-    try:
-        compile(new_text, path, "exec")
-    except (SyntaxError, ValueError, RecursionError) as exc:
-        return FileResult(path, "failed", data,
-                          outcome.diagnostics + [diag.make("JP004", f"converted code does not compile: {exc}")])
+    problem = _compile_error(new_text, path)
+    if problem is not None:
+        return FileResult(path, "failed", data, outcome.diagnostics + [diag.make(
+            "JP004", f"converted code does not compile: {problem[2]} (output line {problem[0]})")])
     problems = [d for d in outcome.diagnostics if d.severity in ("warning", "error")]
     status = "partial" if problems else "converted"
     output = encode(new_text, encoding, data)
