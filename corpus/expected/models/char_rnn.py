@@ -35,16 +35,6 @@ def torch_normal_init(padding_idx=None):
     return init
 
 
-class EmbedWithPadding(nn.Embed):
-    """nn.Embed whose row ``padding_idx`` gets no gradient (torch.nn.Embedding(padding_idx=...))."""
-    padding_idx: int = 0
-
-    def __call__(self, inputs):
-        y = super().__call__(inputs)
-        padding = (inputs == self.padding_idx % self.num_embeddings)[..., None]
-        return jnp.where(padding, jax.lax.stop_gradient(y), y)
-
-
 def torch_rnn_uniform(hidden_size):
     """torch's initialiser for every recurrent weight and bias: U(±1/sqrt(hidden_size))."""
     bound = 1.0 / hidden_size ** 0.5 if hidden_size > 0 else 0.0
@@ -267,7 +257,7 @@ class CharLSTM(nn.Module):
     dropout: float = 0.1
 
     def setup(self):
-        self.embed = EmbedWithPadding(num_embeddings=self.vocab_size, features=self.embed_dim, embedding_init=torch_normal_init())
+        self.embed = nn.Embed(num_embeddings=self.vocab_size, features=self.embed_dim, embedding_init=torch_normal_init())
         self.lstm = TorchLSTM(input_size=self.embed_dim, hidden_size=self.hidden_size, num_layers=self.num_layers, batch_first=True, dropout=self.dropout)
         self.drop = nn.Dropout(rate=self.dropout)
         self.decoder = nn.Dense(features=self.vocab_size, kernel_init=torch_kaiming_uniform(self.hidden_size), bias_init=torch_bias_uniform(self.hidden_size))
@@ -290,7 +280,7 @@ class CharGRU(nn.Module):
     hidden_size: int = 16
 
     def setup(self):
-        self.encoder = EmbedWithPadding(num_embeddings=self.vocab_size, features=self.hidden_size, embedding_init=torch_normal_init())
+        self.encoder = nn.Embed(num_embeddings=self.vocab_size, features=self.hidden_size, embedding_init=torch_normal_init())
         self.gru = TorchGRU(input_size=self.hidden_size, hidden_size=self.hidden_size)
         self.decoder = nn.Dense(features=self.vocab_size, kernel_init=torch_kaiming_uniform(self.hidden_size), bias_init=torch_bias_uniform(self.hidden_size))
 

@@ -3,7 +3,6 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import math
-from functools import partial
 from typing import Any
 from typing import Sequence
 import inspect
@@ -123,7 +122,7 @@ class GatedStack(nn.Module):
         self.values = [nn.Dense(features=self.dim, kernel_init=torch_kaiming_uniform(self.dim), bias_init=torch_bias_uniform(self.dim)) for _ in range(self.n)]
         self.gates = [nn.Dense(features=self.dim, kernel_init=torch_kaiming_uniform(self.dim), bias_init=torch_bias_uniform(self.dim)) for _ in range(self.n)]
         self.acts = {"relu": nn.relu, "sigmoid": nn.sigmoid}
-        self.out = Sequential([nn.Dense(features=self.dim, kernel_init=torch_kaiming_uniform(self.dim), bias_init=torch_bias_uniform(self.dim)), partial(nn.elu), nn.Dense(features=2, kernel_init=torch_kaiming_uniform(self.dim), bias_init=torch_bias_uniform(self.dim))])
+        self.out = Sequential([nn.Dense(features=self.dim, kernel_init=torch_kaiming_uniform(self.dim), bias_init=torch_bias_uniform(self.dim)), nn.elu, nn.Dense(features=2, kernel_init=torch_kaiming_uniform(self.dim), bias_init=torch_bias_uniform(self.dim))])
 
     def __call__(self, x, train: bool = False):
         for value, gate in zip(self.values, self.gates):

@@ -38,16 +38,6 @@ def torch_normal_init(padding_idx=None):
     return init
 
 
-class EmbedWithPadding(nn.Embed):
-    """nn.Embed whose row ``padding_idx`` gets no gradient (torch.nn.Embedding(padding_idx=...))."""
-    padding_idx: int = 0
-
-    def __call__(self, inputs):
-        y = super().__call__(inputs)
-        padding = (inputs == self.padding_idx % self.num_embeddings)[..., None]
-        return jnp.where(padding, jax.lax.stop_gradient(y), y)
-
-
 def call_layer(layer, x, train):
     """Call one layer of a converted container, passing the training flag the way it takes it."""
     if not isinstance(layer, nn.Module):
@@ -86,7 +76,7 @@ class TabularModel(nn.Module):
 
     def setup(self):
         emb_szs = [(c, min(6, (c + 1) // 2)) for c in self.cardinalities]
-        self.embeds = [EmbedWithPadding(num_embeddings=ni, features=nf, embedding_init=torch_normal_init()) for ni, nf in emb_szs]
+        self.embeds = [nn.Embed(num_embeddings=ni, features=nf, embedding_init=torch_normal_init()) for ni, nf in emb_szs]
         self.emb_drop = nn.Dropout(rate=self.p)
         # jaxport: JP201 torch.nn.BatchNorm1d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
         self.bn_cont = nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False)

@@ -76,16 +76,6 @@ class LayerNormLastAxes(nn.Module):
         return y
 
 
-class EmbedWithPadding(nn.Embed):
-    """nn.Embed whose row ``padding_idx`` gets no gradient (torch.nn.Embedding(padding_idx=...))."""
-    padding_idx: int = 0
-
-    def __call__(self, inputs):
-        y = super().__call__(inputs)
-        padding = (inputs == self.padding_idx % self.num_embeddings)[..., None]
-        return jnp.where(padding, jax.lax.stop_gradient(y), y)
-
-
 def call_layer(layer, x, train):
     """Call one layer of a converted container, passing the training flag the way it takes it."""
     if not isinstance(layer, nn.Module):
@@ -247,7 +237,7 @@ class TinyGPT(nn.Module):
     n_layer: int = 2
 
     def setup(self):
-        self.tok_emb = EmbedWithPadding(num_embeddings=self.vocab_size, features=self.n_embd, embedding_init=torch_normal(0.0, 0.02))
+        self.tok_emb = nn.Embed(num_embeddings=self.vocab_size, features=self.n_embd, embedding_init=torch_normal(0.0, 0.02))
         self.pos_emb = self.param('pos_emb', lambda rng_key: jnp.zeros((1, self.block_size, self.n_embd)))
         self.blocks = [Block(self.n_embd, self.n_head, self.block_size) for _ in range(self.n_layer)]
         self.ln_f = LayerNormLastAxes(normalized_shape=self.n_embd, epsilon=1e-05, use_bias=True)

@@ -1,5 +1,9 @@
-"""MNIST-style convnet trained on random images with Adadelta-free SGD... (synthetic data)."""
+"""MNIST-style convnet (pytorch/examples layout: train()/test() functions, SGD + StepLR,
+a test loop under no_grad, torch.save of the state dict) on synthetic images."""
 import argparse
+
+import numpy as np
+
 import torch
 import jax
 import jax.numpy as jnp
@@ -7,6 +11,7 @@ import flax.linen as nn
 import optax
 import math
 from typing import Any
+from flax.training import train_state
 from flax import serialization
 
 
@@ -166,8 +171,41 @@ def torch_nll_loss(input, target, weight=None, ignore_index=-100, reduction="mea
     return torch_reduce(loss, reduction)
 
 
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus the model's ``batch_stats`` (empty without BatchNorm) and the
+    PRNG key that ``train_step`` splits for dropout at every step."""
+    batch_stats: Any = None
+    rng: Any = None
+
+
+def create_train_state(model, tx, rng, *inputs):
+    """Initialise ``model`` on a first batch (``model.init``) and wrap it in a TrainState."""
+    params_rng, dropout_rng, rng = jax.random.split(rng, 3)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, *inputs)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), rng=rng)
+
+
+def model_variables(state):
+    """The variables ``apply`` takes (what torch's ``model.state_dict()`` holds)."""
+    if state.batch_stats:
+        return {"params": state.params, "batch_stats": state.batch_stats}
+    return {"params": state.params}
+
+
+@jax.jit
+def eval_step(state, *inputs):
+    """The model's forward pass in eval mode (``model.eval()``: dropout off, BatchNorm running stats)."""
+    return state.apply_fn(model_variables(state), *inputs, train=False)
+
+
+def to_jax(batch):
+    """A batch from a data loader (torch tensors, NumPy arrays, nested tuples/dicts) as JAX arrays."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), batch)
+
+
 def _is_injected(node):
-    return isinstance(node, optax.InjectHyperparamsState)
+    return isinstance(node, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
 
 
 def get_learning_rate(opt_state):
@@ -225,6 +263,20 @@ def torch_step_lr(step_size, gamma=0.1):
     return lambda base: optax.exponential_decay(base, step_size, gamma, staircase=True)
 
 
+class ArrayDataset:
+    """``TensorDataset`` over JAX/NumPy arrays (kept as NumPy on the host): a map-style
+    dataset that torch's DataLoader batches like a TensorDataset."""
+
+    def __init__(self, *arrays):
+        self.arrays = tuple(np.array(a) for a in arrays)
+
+    def __len__(self):
+        return len(self.arrays[0])
+
+    def __getitem__(self, index):
+        return tuple(a[index] for a in self.arrays)
+
+
 def save_checkpoint(obj, path):
     """``torch.save``: write a pytree (e.g. ``model_variables(state)``) as flax msgpack bytes."""
     with open(path, "wb") as fh:
@@ -234,10 +286,12 @@ def save_checkpoint(obj, path):
 
 
 class Net(nn.Module):
+    dropout: float = 0.25
+
     def setup(self):
         self.conv1 = ConvNCHW(features=4, kernel_size=3, strides=1)
         self.conv2 = ConvNCHW(features=8, kernel_size=3, strides=1)
-        self.dropout1 = nn.Dropout(rate=0.25)
+        self.dropout1 = nn.Dropout(rate=self.dropout)
         self.fc1 = nn.Dense(features=16, kernel_init=torch_kaiming_uniform(8 * 5 * 5), bias_init=torch_bias_uniform(8 * 5 * 5))
         self.fc2 = nn.Dense(features=10, kernel_init=torch_kaiming_uniform(16), bias_init=torch_bias_uniform(16))
 
@@ -252,26 +306,36 @@ class Net(nn.Module):
         return jax.nn.log_softmax(x, axis=1)
 
 
-def train(args, model, device, train_loader, optimizer, epoch):
-    model.train()
-    for batch_idx, (data, target) in enumerate(train_loader):
-        data, target = data, target
-        optimizer.zero_grad()
-        output = model(data)
+@jax.jit
+def train_step(state, data, target):
+    dropout_rng, rng = jax.random.split(state.rng)
+
+    def loss_fn(params):
+        output = state.apply_fn({"params": params}, data, train=True, rngs={"dropout": dropout_rng})
         loss = torch_nll_loss(output, target)
-        loss.backward()
-        optimizer.step()
+        return loss
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    state = state.apply_gradients(grads=grads, rng=rng)
+    return state, loss
+
+
+def train(args, model, device, train_loader, optimizer, epoch, state=None):
+    for batch_idx, (data, target) in enumerate(train_loader):
+        data, target = to_jax(data), to_jax(target)
+        if state is None:
+            state = create_train_state(model, optimizer, jax.random.PRNGKey(1), data)
+        state, loss = train_step(state, data, target)
         if batch_idx % args.log_interval == 0:
-            print(f"Train Epoch: {epoch} [{batch_idx}] loss={loss.item():.6f}")
+            print(f"Train Epoch: {epoch} [{batch_idx}] loss={loss.item():.7f}")
+    return state
 
 
-def test(model, device, test_loader):
-    model.eval()
+def test(model, device, test_loader, state=None):
     test_loss = 0
     correct = 0
     for data, target in test_loader:
-        data, target = data, target
-        output = model(data)
+        data, target = to_jax(data), to_jax(target)
+        output = eval_step(state, data)
         test_loss += torch_nll_loss(output, target, reduction="sum").item()
         pred = jnp.argmax(output, axis=1, keepdims=True)
         correct += jnp.sum(jnp.equal(pred, jnp.reshape(target, pred.shape))).item()
@@ -284,24 +348,31 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--gamma", type=float, default=0.7)
-    parser.add_argument("--log-interval", type=int, default=2)
+    parser.add_argument("--log-interval", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=0.25)
+    parser.add_argument("--save", default="")
     args = parser.parse_args()
     rng_key = jax.random.PRNGKey(1)
     device = jax.devices()[0]
-    # jaxport: JP403 random op needs an explicit PRNG key: define rng_key (e.g. rng_key, sub = jax.random.split(rng_key)) before this line
-    x = jax.random.normal(rng_key, (64, 1, 14, 14))
-    # jaxport: JP403 random op needs an explicit PRNG key: define rng_key (e.g. rng_key, sub = jax.random.split(rng_key)) before this line
-    y = jax.random.randint(rng_key, (64,), 0, 10)
-    train_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
-    test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:32], y[:32]), batch_size=16)
-    model = Net()
-    optimizer = optax.sgd(learning_rate=args.lr, momentum=0.9)
+    data = np.random.default_rng(0)
+    y_np = data.integers(0, 10, size=64)
+    prototypes = data.standard_normal((10, 1, 14, 14))
+    x_np = 0.5 * data.standard_normal((64, 1, 14, 14)) + prototypes[y_np]
+    x = jnp.asarray(x_np.astype(np.float32))
+    y = jnp.asarray(y_np)
+    train_loader = torch.utils.data.DataLoader(ArrayDataset(x, y), batch_size=16)
+    test_loader = torch.utils.data.DataLoader(ArrayDataset(x[:32], y[:32]), batch_size=16)
+    model = Net(args.dropout)
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=args.lr, momentum=0.9)
+    state = None
     scheduler = TorchLRScheduler(optimizer, torch_step_lr(1, gamma=args.gamma))
+    optimizer = scheduler.optimizer
     for epoch in range(1, args.epochs + 1):
-        train(args, model, device, train_loader, optimizer, epoch)
-        test(model, device, test_loader)
-        scheduler.step()
-    save_checkpoint(model.state_dict(), "mnist_cnn.pt")
+        state = train(args, model, device, train_loader, optimizer, epoch, state=state)
+        test(model, device, test_loader, state=state)
+        state = scheduler.step(state)
+    if args.save:
+        save_checkpoint(model_variables(state), args.save)
 
 
 if __name__ == "__main__":
