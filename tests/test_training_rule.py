@@ -31,12 +31,12 @@ def test_module_level_loop_becomes_train_step():
             print(loss.item(), out.shape)
         """)
     assert "JP601" in codes and "JP602" not in codes
-    assert "@jax.jit\ndef train_step(state, x, y):" in out
-    assert 'state.apply_fn({"params": params}, x, train=True, rngs={"dropout": dropout_rng})' in out
+    assert "@jax.jit\ndef train_step(train_state, x, y):" in out
+    assert 'train_state.apply_fn({"params": params}, x, train=True, rngs={"dropout": dropout_rng})' in out
     assert "jax.value_and_grad(loss_fn, has_aux=True)" in out
-    assert "state, loss, out = train_step(state, x, y)" in out
+    assert "train_state, loss, out = train_step(train_state, x, y)" in out
     assert "x, y = to_jax(x), to_jax(y)" in out
-    assert "opt = optax.sgd(learning_rate=0.1, momentum=0.9)\nstate = None" in out
+    assert "opt = optax.sgd(learning_rate=0.1, momentum=0.9)\ntrain_state = None" in out
     assert "crit = partial(torch_cross_entropy, label_smoothing=0.1)" in out
     assert ".backward()" not in out and "zero_grad" not in out
     compile(out, "s.py", "exec")
@@ -105,14 +105,14 @@ def test_function_threading_and_scheduler():
             torch.save(model.state_dict(), "m.pt")
         """)
     assert {"JP601", "JP605", "JP607", "JP603"} <= codes
-    assert "def fit(model, loader, optimizer, state=None):" in out
-    assert "return state, loss.item()" in out
-    assert "state, last = fit(model, loader, optimizer, state=state)" in out
-    assert "def evaluate(model, x, state=None):" in out
-    assert "return eval_step(state, x)" in out
+    assert "def fit(model, loader, optimizer, train_state=None):" in out
+    assert "return train_state, loss.item()" in out
+    assert "train_state, last = fit(model, loader, optimizer, train_state=train_state)" in out
+    assert "def evaluate(model, x, train_state=None):" in out
+    assert "return eval_step(train_state, x)" in out
     assert "optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)" in out
     assert "optimizer = scheduler.optimizer" in out
-    assert "state = scheduler.step(state)" in out
+    assert "train_state = scheduler.step(train_state)" in out
     assert "grads, _ = torch_clip_grad_norm(grads, 0.5)" in out
-    assert 'save_checkpoint(model_variables(state), "m.pt")' in out
+    assert 'save_checkpoint(model_variables(train_state), "m.pt")' in out
     compile(out, "s.py", "exec")

@@ -34,7 +34,7 @@ OPTIMIZER_PREFIX = "torch.optim."
 SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
 CLIP_CALLS = {"torch.nn.utils.clip_grad_norm_": "norm", "torch.nn.utils.clip_grad_value_": "value"}
 BATCHNORM_PREFIXES = ("torch.nn.BatchNorm", "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm")
-STATE = "state"
+STATE = "train_state"   # the threaded TrainState; "state" is too common in RL scripts
 _BUILTINS = set(dir(builtins))
 
 
@@ -654,7 +654,7 @@ class TrainingRule(Rule):
 
     def _train_step_source(self, plan: LoopPlan) -> str:
         segment = [self.converted[id(s)] for s in plan.segment]
-        variables = '{"params": params, "batch_stats": state.batch_stats}' if self.batchnorm else '{"params": params}'
+        variables = '{"params": params, "batch_stats": ' + STATE + '.batch_stats}' if self.batchnorm else '{"params": params}'
         extra = ', mutable=["batch_stats"]' if self.batchnorm else ""
         lines = []
         replacer = _ModelCall(plan.model, variables, extra, self.batchnorm)
@@ -673,13 +673,13 @@ class TrainingRule(Rule):
             self.ctx.emits.add("partial")
         params = ", ".join([STATE, *plan.inputs])
         out = [decorator, f"def {plan.step_name}({params}):",
-               '    dropout_rng, rng = jax.random.split(state.rng)', "", "    def loss_fn(params):", *lines]
+               f'    dropout_rng, rng = jax.random.split({STATE}.rng)', "", "    def loss_fn(params):", *lines]
         if aux:
             out.append(f"        return {loss_value}, {aux_tuple}")
-            out.append(f"    ({plan.outputs[0]}, {aux_tuple}), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)")
+            out.append(f"    ({plan.outputs[0]}, {aux_tuple}), grads = jax.value_and_grad(loss_fn, has_aux=True)({STATE}.params)")
         else:
             out.append(f"        return {loss_value}")
-            out.append(f"    {plan.outputs[0]}, grads = jax.value_and_grad(loss_fn)(state.params)")
+            out.append(f"    {plan.outputs[0]}, grads = jax.value_and_grad(loss_fn)({STATE}.params)")
         for stmt, kind in plan.clips:
             call = self.converted[id(stmt)].body[0]
             value = call.value if isinstance(call, (cst.Expr, cst.Assign)) else None
@@ -689,7 +689,7 @@ class TrainingRule(Rule):
                 self.ctx.emits.add("torch_clip_grad_norm" if kind == "norm" else "torch_clip_grad_value")
                 out.append(f"    grads, _ = {text}" if kind == "norm" else f"    grads = {text}")
         updates = ', batch_stats=updates["batch_stats"]' if self.batchnorm else ""
-        out.append(f"    state = state.apply_gradients(grads=grads, rng=rng{updates})")
+        out.append(f"    {STATE} = {STATE}.apply_gradients(grads=grads, rng=rng{updates})")
         out.append("    return " + ", ".join([STATE, *plan.outputs]))
         return "\n".join(out) + "\n"
 
@@ -847,7 +847,7 @@ class _ModelCall(cst.CSTTransformer):
         if not (isinstance(original.func, cst.Name) and original.func.value == self.model):
             return updated
         args = ", ".join(_code(a.value) for a in updated.args)
-        return cst.parse_expression(f'state.apply_fn({self.variables}, {args}, train=True, '
+        return cst.parse_expression(f'{STATE}.apply_fn({self.variables}, {args}, train=True, '
                                     f'rngs={{"dropout": dropout_rng}}{self.extra})')
 
     def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
