@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from flax.training import train_state
+from flax.training.train_state import TrainState as FlaxTrainState
 from typing import Any
 
 
-class TrainState(train_state.TrainState):
+class TrainState(FlaxTrainState):
     """flax's TrainState plus the model's ``batch_stats`` (empty without BatchNorm) and the
     PRNG key that ``train_step`` splits for dropout at every step."""
     batch_stats: Any = None

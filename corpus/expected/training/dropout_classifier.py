@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 from typing import Sequence
 import inspect
-from flax.training import train_state
+from flax.training.train_state import TrainState as FlaxTrainState
 
 
 # --- helpers added by jaxport (PyTorch semantics in JAX) ---
@@ -145,7 +145,7 @@ def torch_cross_entropy(input, target, weight=None, ignore_index=-100, reduction
     return (1 - label_smoothing) * nll + label_smoothing / classes * smooth
 
 
-class TrainState(train_state.TrainState):
+class TrainState(FlaxTrainState):
     """flax's TrainState plus the model's ``batch_stats`` (empty without BatchNorm) and the
     PRNG key that ``train_step`` splits for dropout at every step."""
     batch_stats: Any = None
@@ -269,17 +269,17 @@ class Classifier(nn.Module):
 
 
 @partial(jax.jit, static_argnames=('bce', 'ce'))
-def train_step(state, xb, fb, yb, bce, ce):
-    dropout_rng, rng = jax.random.split(state.rng)
+def train_step(train_state, xb, fb, yb, bce, ce):
+    dropout_rng, rng = jax.random.split(train_state.rng)
 
     def loss_fn(params):
-        logits, flag = state.apply_fn({"params": params}, xb, train=True, rngs={"dropout": dropout_rng})
+        logits, flag = train_state.apply_fn({"params": params}, xb, train=True, rngs={"dropout": dropout_rng})
         loss = ce(logits, yb) + 0.5 * bce(flag, fb)
         return loss
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = jax.value_and_grad(loss_fn)(train_state.params)
     grads, _ = torch_clip_grad_norm(grads, 1.0)
-    state = state.apply_gradients(grads=grads, rng=rng)
-    return state, loss
+    train_state = train_state.apply_gradients(grads=grads, rng=rng)
+    return train_state, loss
 
 
 def main():
@@ -296,17 +296,17 @@ def main():
     ce = partial(torch_cross_entropy)
     bce = partial(torch_binary_cross_entropy_with_logits, pos_weight=jnp.asarray([2.0]))
     optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=5e-3, weight_decay=0.01)
-    state = None
+    train_state = None
     scheduler = TorchLRScheduler(optimizer, torch_linear_lr(start_factor=0.5, total_iters=2))
     optimizer = scheduler.optimizer
     for epoch in range(args.epochs):
         for xb, yb, fb in loader:
             xb, yb, fb = to_jax(xb), to_jax(yb), to_jax(fb)
-            if state is None:
-                state = create_train_state(model, optimizer, jax.random.PRNGKey(0), xb)
-            state, loss = train_step(state, xb, fb, yb, bce, ce)
+            if train_state is None:
+                train_state = create_train_state(model, optimizer, jax.random.PRNGKey(0), xb)
+            train_state, loss = train_step(train_state, xb, fb, yb, bce, ce)
             print(f"loss={loss.item():.7f}")
-        state = scheduler.step(state)
+        train_state = scheduler.step(train_state)
 
 
 if __name__ == "__main__":

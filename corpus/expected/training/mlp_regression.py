@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 from typing import Sequence
 import inspect
-from flax.training import train_state
+from flax.training.train_state import TrainState as FlaxTrainState
 
 
 # --- helpers added by jaxport (PyTorch semantics in JAX) ---
@@ -89,7 +89,7 @@ def torch_mse_loss(input, target, reduction="mean"):
     return torch_reduce(jnp.square(input - target), reduction)
 
 
-class TrainState(train_state.TrainState):
+class TrainState(FlaxTrainState):
     """flax's TrainState plus the model's ``batch_stats`` (empty without BatchNorm) and the
     PRNG key that ``train_step`` splits for dropout at every step."""
     batch_stats: Any = None
@@ -150,16 +150,16 @@ class MLP(nn.Module):
 
 
 @jax.jit
-def train_step(state, xb, yb):
-    dropout_rng, rng = jax.random.split(state.rng)
+def train_step(train_state, xb, yb):
+    dropout_rng, rng = jax.random.split(train_state.rng)
 
     def loss_fn(params):
-        pred = state.apply_fn({"params": params}, xb, train=True, rngs={"dropout": dropout_rng})
+        pred = train_state.apply_fn({"params": params}, xb, train=True, rngs={"dropout": dropout_rng})
         loss = criterion(pred, yb)
         return loss
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    state = state.apply_gradients(grads=grads, rng=rng)
-    return state, loss
+    loss, grads = jax.value_and_grad(loss_fn)(train_state.params)
+    train_state = train_state.apply_gradients(grads=grads, rng=rng)
+    return train_state, loss
 
 
 parser = argparse.ArgumentParser()
@@ -177,20 +177,20 @@ loader = torch.utils.data.DataLoader(dataset, batch_size=32)
 model = MLP()
 criterion = partial(torch_mse_loss)
 optimizer = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(learning_rate=args.lr))
-state = None
+train_state = None
 
 for epoch in range(args.epochs):
     total = 0.0
     for xb, yb in loader:
         xb, yb = to_jax(xb), to_jax(yb)
-        if state is None:
-            state = create_train_state(model, optimizer, jax.random.PRNGKey(0), xb)
-        state, loss = train_step(state, xb, yb)
+        if train_state is None:
+            train_state = create_train_state(model, optimizer, jax.random.PRNGKey(0), xb)
+        train_state, loss = train_step(train_state, xb, yb)
         total += loss.item()
         print(f"step loss={loss.item():.7f}")
     print(f"epoch {epoch} mean loss {total / len(loader):.5f}")
 err = 0.0
 for xb, yb in loader:
     xb, yb = to_jax(xb), to_jax(yb)
-    err += criterion(eval_step(state, xb), yb).item()
+    err += criterion(eval_step(train_state, xb), yb).item()
 print(f"eval mse {err / len(loader):.5f}")

@@ -11,7 +11,7 @@ import flax.linen as nn
 import optax
 import math
 from typing import Any
-from flax.training import train_state
+from flax.training.train_state import TrainState as FlaxTrainState
 from flax import serialization
 
 
@@ -171,7 +171,7 @@ def torch_nll_loss(input, target, weight=None, ignore_index=-100, reduction="mea
     return torch_reduce(loss, reduction)
 
 
-class TrainState(train_state.TrainState):
+class TrainState(FlaxTrainState):
     """flax's TrainState plus the model's ``batch_stats`` (empty without BatchNorm) and the
     PRNG key that ``train_step`` splits for dropout at every step."""
     batch_stats: Any = None
@@ -307,35 +307,35 @@ class Net(nn.Module):
 
 
 @jax.jit
-def train_step(state, data, target):
-    dropout_rng, rng = jax.random.split(state.rng)
+def train_step(train_state, data, target):
+    dropout_rng, rng = jax.random.split(train_state.rng)
 
     def loss_fn(params):
-        output = state.apply_fn({"params": params}, data, train=True, rngs={"dropout": dropout_rng})
+        output = train_state.apply_fn({"params": params}, data, train=True, rngs={"dropout": dropout_rng})
         loss = torch_nll_loss(output, target)
         return loss
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    state = state.apply_gradients(grads=grads, rng=rng)
-    return state, loss
+    loss, grads = jax.value_and_grad(loss_fn)(train_state.params)
+    train_state = train_state.apply_gradients(grads=grads, rng=rng)
+    return train_state, loss
 
 
-def train(args, model, device, train_loader, optimizer, epoch, state=None):
+def train(args, model, device, train_loader, optimizer, epoch, train_state=None):
     for batch_idx, (data, target) in enumerate(train_loader):
         data, target = to_jax(data), to_jax(target)
-        if state is None:
-            state = create_train_state(model, optimizer, jax.random.PRNGKey(1), data)
-        state, loss = train_step(state, data, target)
+        if train_state is None:
+            train_state = create_train_state(model, optimizer, jax.random.PRNGKey(1), data)
+        train_state, loss = train_step(train_state, data, target)
         if batch_idx % args.log_interval == 0:
             print(f"Train Epoch: {epoch} [{batch_idx}] loss={loss.item():.7f}")
-    return state
+    return train_state
 
 
-def test(model, device, test_loader, state=None):
+def test(model, device, test_loader, train_state=None):
     test_loss = 0
     correct = 0
     for data, target in test_loader:
         data, target = to_jax(data), to_jax(target)
-        output = eval_step(state, data)
+        output = eval_step(train_state, data)
         test_loss += torch_nll_loss(output, target, reduction="sum").item()
         pred = jnp.argmax(output, axis=1, keepdims=True)
         correct += jnp.sum(jnp.equal(pred, jnp.reshape(target, pred.shape))).item()
@@ -364,15 +364,15 @@ def main():
     test_loader = torch.utils.data.DataLoader(ArrayDataset(x[:32], y[:32]), batch_size=16)
     model = Net(args.dropout)
     optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=args.lr, momentum=0.9)
-    state = None
+    train_state = None
     scheduler = TorchLRScheduler(optimizer, torch_step_lr(1, gamma=args.gamma))
     optimizer = scheduler.optimizer
     for epoch in range(1, args.epochs + 1):
-        state = train(args, model, device, train_loader, optimizer, epoch, state=state)
-        test(model, device, test_loader, state=state)
-        state = scheduler.step(state)
+        train_state = train(args, model, device, train_loader, optimizer, epoch, train_state=train_state)
+        test(model, device, test_loader, train_state=train_state)
+        train_state = scheduler.step(train_state)
     if args.save:
-        save_checkpoint(model_variables(state), args.save)
+        save_checkpoint(model_variables(train_state), args.save)
 
 
 if __name__ == "__main__":

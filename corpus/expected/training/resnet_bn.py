@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 from typing import Sequence
 import inspect
-from flax.training import train_state
+from flax.training.train_state import TrainState as FlaxTrainState
 
 
 # --- helpers added by jaxport (PyTorch semantics in JAX) ---
@@ -218,7 +218,7 @@ def torch_cross_entropy(input, target, weight=None, ignore_index=-100, reduction
     return (1 - label_smoothing) * nll + label_smoothing / classes * smooth
 
 
-class TrainState(train_state.TrainState):
+class TrainState(FlaxTrainState):
     """flax's TrainState plus the model's ``batch_stats`` (empty without BatchNorm) and the
     PRNG key that ``train_step`` splits for dropout at every step."""
     batch_stats: Any = None
@@ -371,36 +371,36 @@ class SmallResNet(nn.Module):
 
 
 @partial(jax.jit, static_argnames=('criterion',))
-def train_step(state, inputs, labels, criterion):
-    dropout_rng, rng = jax.random.split(state.rng)
+def train_step(train_state, inputs, labels, criterion):
+    dropout_rng, rng = jax.random.split(train_state.rng)
 
     def loss_fn(params):
-        outputs, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, inputs, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        outputs, updates = train_state.apply_fn({"params": params, "batch_stats": train_state.batch_stats}, inputs, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
         loss = criterion(outputs, labels)
         return loss, (updates, outputs)
-    (loss, (updates, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, rng=rng, batch_stats=updates["batch_stats"])
-    return state, loss, outputs
+    (loss, (updates, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params)
+    train_state = train_state.apply_gradients(grads=grads, rng=rng, batch_stats=updates["batch_stats"])
+    return train_state, loss, outputs
 
 
-def train_epoch(model, loader, optimizer, scheduler, criterion, state=None):
+def train_epoch(model, loader, optimizer, scheduler, criterion, train_state=None):
     correct = 0
     for inputs, labels in loader:
         inputs, labels = to_jax(inputs), to_jax(labels)
-        if state is None:
-            state = create_train_state(model, optimizer, jax.random.PRNGKey(0), inputs)
-        state, loss, outputs = train_step(state, inputs, labels, criterion)
-        state = scheduler.step(state)
+        if train_state is None:
+            train_state = create_train_state(model, optimizer, jax.random.PRNGKey(0), inputs)
+        train_state, loss, outputs = train_step(train_state, inputs, labels, criterion)
+        train_state = scheduler.step(train_state)
         correct += jnp.sum(jnp.argmax(outputs, axis=1) == labels).item()
         print(f"loss={loss.item():.7f} lr={scheduler.get_last_lr()[0]:.5f}")
-    return state, correct / len(loader.dataset)
+    return train_state, correct / len(loader.dataset)
 
 
-def evaluate(model, loader, state=None):
+def evaluate(model, loader, train_state=None):
     correct = 0
     for inputs, labels in loader:
         inputs, labels = to_jax(inputs), to_jax(labels)
-        correct += jnp.sum(jnp.argmax(eval_step(state, inputs), axis=1) == labels).item()
+        correct += jnp.sum(jnp.argmax(eval_step(train_state, inputs), axis=1) == labels).item()
     return correct / len(loader.dataset)
 
 
@@ -416,12 +416,12 @@ def main():
     model = SmallResNet()
     criterion = partial(torch_cross_entropy, label_smoothing=0.1)
     optimizer = optax.chain(optax.add_decayed_weights(5e-4), optax.inject_hyperparams(optax.sgd)(learning_rate=0.05, momentum=0.9, nesterov=True))
-    state = None
+    train_state = None
     scheduler = TorchLRScheduler(optimizer, torch_cosine_annealing_lr(args.epochs * len(loader)))
     optimizer = scheduler.optimizer
     for epoch in range(args.epochs):
-        state, acc = train_epoch(model, loader, optimizer, scheduler, criterion, state=state)
-        print(f"epoch {epoch} train acc {acc:.3f} eval acc {evaluate(model, loader, state=state):.3f}")
+        train_state, acc = train_epoch(model, loader, optimizer, scheduler, criterion, train_state=train_state)
+        print(f"epoch {epoch} train acc {acc:.3f} eval acc {evaluate(model, loader, train_state=train_state):.3f}")
 
 
 if __name__ == "__main__":
