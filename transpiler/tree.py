@@ -517,7 +517,9 @@ def convert_tree(inputs: list[str], out: str | None, options: Options | None = N
             os.makedirs(directory, exist_ok=True)
         except OSError:
             pass  # each file reports its own write error
-    records = _run_jobs(plan.jobs, jobs or default_jobs(), on_progress)
+        _remove_stale_temps(directory)
+    with _TerminateAsInterrupt():
+        records = _run_jobs(plan.jobs, jobs or default_jobs(), on_progress)
     for target, link_text, rel in plan.links:
         try:
             _safe_target(target, plan.roots)
@@ -601,16 +603,73 @@ def _pool_round(jobs: list[Job], workers: int, finished, isolate: bool, copies: 
             lost += _pool_round([j], 1, finished, False, [])
         return lost
     lost: list[Job] = []
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=_mp_context()) as pool:
-        futures = {pool.submit(process, j): j for j in jobs}
-        for j in copies:
-            finished(process(j))
-        for fut in as_completed(futures):
-            j = futures[fut]
-            try:
-                finished(fut.result())
-            except BrokenProcessPool:
-                lost.append(j)
-            except Exception as exc:
-                finished(_failure(j, f"internal error: {type(exc).__name__}: {exc}"))
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=_mp_context(),
+                             initializer=_worker_init) as pool:
+        try:
+            futures = {pool.submit(process, j): j for j in jobs}
+            for j in copies:
+                finished(process(j))
+            for fut in as_completed(futures):
+                j = futures[fut]
+                try:
+                    finished(fut.result())
+                except BrokenProcessPool:
+                    lost.append(j)
+                except Exception as exc:
+                    finished(_failure(j, f"internal error: {type(exc).__name__}: {exc}"))
+        except BaseException:
+            # Ctrl-C / SIGTERM: drop the queued files, let the running ones finish their
+            # (atomic) writes, then stop; never wait for the whole queue.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return sorted(lost, key=lambda j: j.path)
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent, which cancels the queue and stops them cleanly (no
+    worker tracebacks, no file half-converted into a failure). SIGTERM still ends a worker
+    at once: its temporary file, if any, is removed by the next run."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _TerminateAsInterrupt:
+    """During a run, SIGTERM stops it like Ctrl-C (KeyboardInterrupt), so temporary files
+    are removed and workers stopped; the previous handler is restored afterwards."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def interrupt(signum, frame):
+                raise KeyboardInterrupt(f"signal {signum}")
+            try:
+                self.previous = signal.signal(signal.SIGTERM, interrupt)
+            except (ValueError, OSError):
+                self.previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+TEMP_SUFFIX = ".jaxport-tmp"
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Temporary files left by a run killed outright (SIGKILL, power loss) in an output
+    directory: ours by name (``.<file>.<random>.jaxport-tmp``), never a finished file."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
