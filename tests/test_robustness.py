@@ -287,6 +287,18 @@ def test_unwritable_output_directory(tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".jaxport-tmp")]
 
 
+@pytest.mark.xfail(strict=True, reason="pipeline/passes crash: RecursionError (JP003) on deep but legal "
+                                       "expressions such as a 1000-term sum, which CPython compiles")
+@pytest.mark.parametrize("body", ["x" + " + torch.relu(x)" * 1000, "torch.relu(" * 150 + "x" + ")" * 150],
+                         ids=["sum-1000", "calls-150"])
+def test_deep_legal_expressions_convert(body):
+    src = f"import torch\n\n\ndef f(x):\n    return {body}\n"
+    assert fs.compiles(src)
+    result = convert_bytes(src.encode(), "deep.py")
+    assert [d.code for d in result.diagnostics if d.severity == "error"] == []
+    assert result.status == "converted"
+
+
 # --------------------------------------------------------------------------- size
 
 def big_file(n_lines: int, code_heavy: bool) -> str:
