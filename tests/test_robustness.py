@@ -116,8 +116,6 @@ def test_crlf_preserved(odd_tree):
     assert head.count(b"\n") == head.count(b"\r\n") > 3          # so do the new imports
 
 
-@pytest.mark.xfail(strict=True, reason="imports/prelude: helper docstrings copied into a CRLF file "
-                                       "keep LF line endings inside the string (mixed line endings)")
 def test_crlf_file_has_no_bare_lf_after_conversion():
     data = convert_bytes(MODEL.replace("\n", "\r\n").encode(), "m.py").output
     assert data.count(b"\n") == data.count(b"\r\n")
@@ -473,12 +471,7 @@ def test_comments_around_torch_imports_survive():
 
 
 CORPUS_IDS = [f"{p.parent.name}/{p.stem}" for p in fs.CORPUS_FILES]
-NOT_IDEMPOTENT = {   # known failures, reproduced minimally below
-    "models/dcgan": "imports pass: a reconverted file with `import torch` left gets helpers again",
-    "training/dropout_classifier": "ops pass rewrites `.reshape` inside copied prelude helpers",
-    "training/mnist_steplr": "imports pass: helpers re-added on reconversion",
-    "training/resnet_bn": "imports pass: helpers re-added on reconversion",
-}
+NOT_IDEMPOTENT: dict[str, str] = {}   # corpus files known not to be idempotent (none)
 
 
 @pytest.mark.parametrize("index", [
@@ -510,8 +503,6 @@ def loader(ds):
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="imports pass: reconverting a file that keeps `import torch` "
-                                       "copies prelude helpers (TORCH_PAD_MODES) in a second time")
 def test_reconverting_keeps_helpers_once():
     once = convert_bytes(REUSED_TORCH.encode(), "m.py").output.decode()
     twice = convert_bytes(once.encode(), "m.py").output.decode()
@@ -519,8 +510,6 @@ def test_reconverting_keeps_helpers_once():
     assert twice.count("TORCH_PAD_MODES = ") == once.count("TORCH_PAD_MODES = ") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="ops pass: reconverting rewrites `.reshape(` in copied prelude "
-                                       "helpers (ConvNCHW) to jnp.reshape")
 def test_reconverting_leaves_prelude_helpers_alone():
     once = convert_bytes(REUSED_TORCH.encode(), "m.py").output.decode()
     twice = convert_bytes(once.encode(), "m.py").output.decode()

@@ -15,6 +15,12 @@ import libcst as cst
 from ..context import FileContext
 
 MARKER_PREFIX = "# jaxport: "
+HELPERS_BANNER = "# --- helpers added by jaxport (PyTorch semantics in JAX) ---"
+
+
+def prelude_helper_names() -> set[str]:
+    from ..prelude_index import helpers
+    return set(helpers())
 
 
 class Rule:
@@ -59,6 +65,7 @@ class Composite(cst.CSTTransformer):
         self.ctx = ctx
         self.rules = list(rules)
         self._visit_hooks: dict[str, list] = {}
+        self._helpers_present = False
         self._leave_hooks: dict[str, list] = {}
 
     def _hooks(self, cache: dict, prefix: str, type_name: str) -> list:
@@ -68,9 +75,21 @@ class Composite(cst.CSTTransformer):
             cache[type_name] = hooks
         return hooks
 
+    def visit_Module(self, node: cst.Module) -> bool:
+        # a file converted before carries copies of our helpers: they are JAX already
+        self._helpers_present = any(
+            l.comment is not None and l.comment.value == HELPERS_BANNER
+            for stmt in node.body for l in getattr(stmt, "leading_lines", ()))
+        return True
+
     def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.Module):
+            self.visit_Module(node)
         if _is_statement(node):
             self.ctx.statement_stack.append([])
+            if self._helpers_present and isinstance(node, (cst.FunctionDef, cst.ClassDef)) \
+                    and node.name.value in prelude_helper_names():
+                return False
         descend = True
         for hook in self._hooks(self._visit_hooks, "visit_", type(node).__name__):
             if hook(node) is False:

@@ -15,7 +15,7 @@ from ..context import FileContext
 from ..names import ROOTS, dotted
 from .. import prelude_index
 
-HELPERS_BANNER = "# --- helpers added by jaxport (PyTorch semantics in JAX) ---"
+from .base import HELPERS_BANNER
 
 
 def _is_torch_module(name: str | None) -> bool:
@@ -72,6 +72,7 @@ class _References(cst.CSTVisitor):
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.bound: set[str] = set()
+        self.depth = 0
 
     def visit_Import(self, node: cst.Import) -> bool:
         for a in node.names:
@@ -92,16 +93,31 @@ class _References(cst.CSTVisitor):
         self.names.add(node.value)
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self.bound.add(node.name.value)
+        if self.depth == 0:
+            self.bound.add(node.name.value)
+        self.depth += 1
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.bound.add(node.name.value)
+        if self.depth == 0:
+            self.bound.add(node.name.value)
+        self.depth += 1
+
+    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.depth -= 1
+
+    def leave_ClassDef(self, node: cst.ClassDef) -> None:
+        self.depth -= 1
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        if self.depth == 0 and isinstance(node.target, cst.Name):
+            self.bound.add(node.target.value)   # module-level constants (helpers such as TORCH_PAD_MODES)
 
 
 @lru_cache(maxsize=None)
-def _parsed_helper(name: str) -> tuple[cst.BaseStatement, ...]:
-    """A helper's statements, parsed once per process."""
-    return tuple(cst.parse_module(prelude_index.helpers()[name].source + "\n").body)
+def _parsed_helper(name: str, newline: str = "\n") -> tuple[cst.BaseStatement, ...]:
+    """A helper's statements with the file's line endings, parsed once per process."""
+    source = prelude_index.helpers()[name].source + "\n"
+    return tuple(cst.parse_module(source.replace("\n", newline)).body)
 
 
 def _import_block_end(body) -> int:
@@ -127,7 +143,8 @@ def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
     module = module.visit(_TorchImportRemover(keep_plain_torch=torch_used))
     refs = _References()
     module.visit(refs)
-    helpers = prelude_index.closure({n for n in ctx.emits | refs.names if n not in refs.bound})
+    helpers = [h for h in prelude_index.closure({n for n in ctx.emits | refs.names if n not in refs.bound})
+               if h.name not in refs.bound]          # already in the file (a converted file again)
     helper_names = {h.name for h in helpers}
     needed: list[str] = []
     wanted = (ctx.emits | refs.names) - refs.bound - helper_names
@@ -149,7 +166,7 @@ def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
     at = _import_block_end(body)
     new_stmts: list[cst.BaseStatement] = [cst.parse_statement(s) for s in needed]
     if helpers:
-        helper_stmts = [stmt for h in helpers for stmt in _parsed_helper(h.name)]
+        helper_stmts = [stmt for h in helpers for stmt in _parsed_helper(h.name, module.default_newline)]
         helper_stmts[0] = helper_stmts[0].with_changes(leading_lines=[
             cst.EmptyLine(), cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment(HELPERS_BANNER))])
         for i in range(1, len(helper_stmts)):
