@@ -66,6 +66,7 @@ class Composite(cst.CSTTransformer):
         self.rules = list(rules)
         self._visit_hooks: dict[str, list] = {}
         self._helpers_present = False
+        self._untouched: set[int] = set()
         self._leave_hooks: dict[str, list] = {}
 
     def _hooks(self, cache: dict, prefix: str, type_name: str) -> list:
@@ -89,6 +90,7 @@ class Composite(cst.CSTTransformer):
             self.ctx.statement_stack.append([])
             if self._helpers_present and isinstance(node, (cst.FunctionDef, cst.ClassDef)) \
                     and node.name.value in prelude_helper_names():
+                self._untouched.add(id(node))   # no rule sees it, on the way in or out
                 return False
         descend = True
         for hook in self._hooks(self._visit_hooks, "visit_", type(node).__name__):
@@ -97,6 +99,9 @@ class Composite(cst.CSTTransformer):
         return descend
 
     def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode):
+        if id(original) in self._untouched:
+            self.ctx.statement_stack.pop()
+            return updated
         result = updated
         type_name = type(original).__name__
         for hook in self._hooks(self._leave_hooks, "leave_", type_name):
