@@ -11,6 +11,7 @@ import libcst as cst
 from ..names import dotted, qualify
 from ..render import Rendered, render_call, render_value
 from .base import Rule
+from .runtime import DROPPED_CALLS, GRAD_CONTEXTS, SEEDS
 
 # Structural torch.nn names handled by the modules pass, never by the op tables.
 STRUCTURAL = {"torch.nn.Module", "torch.nn.Sequential", "torch.nn.ModuleList",
@@ -18,12 +19,7 @@ STRUCTURAL = {"torch.nn.Module", "torch.nn.Sequential", "torch.nn.ModuleList",
               "torch.nn.ParameterDict"}
 
 # Names another rule rewrites as a whole (statement level).
-OWNED_BY_OTHER_PASSES = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
-                         "torch.autograd.no_grad", "torch.set_grad_enabled",
-                         "torch.manual_seed", "torch.random.manual_seed", "torch.cuda.manual_seed",
-                         "torch.cuda.manual_seed_all", "torch.cuda.empty_cache", "torch.cuda.synchronize",
-                         "torch.cuda.set_device",
-                         "torch.set_float32_matmul_precision", "torch.use_deterministic_algorithms"}
+OWNED_BY_OTHER_PASSES = GRAD_CONTEXTS | SEEDS | DROPPED_CALLS   # the runtime rule's statements
 
 _NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString,
                         cst.List, cst.Dict, cst.Set, cst.Tuple, cst.Integer, cst.Float,
