@@ -104,3 +104,47 @@ def test_apply_with_init_function_is_folded_and_removed(converted):
     assert abs(emb.mean() - 3.0) < 0.01 and 0.01 < emb.std() < 0.03
     assert np.all(np.asarray(params["head"]["bias"]) == 0)
     assert np.asarray(params["head"]["kernel"]).std() < 0.03
+
+
+LOCALS_SOURCE = '''
+import math
+import torch.nn as nn
+
+class Helper(nn.Module):
+    def __init__(self, ntoken, ninp):
+        super().__init__()
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.decoder = nn.Linear(ninp, ntoken)
+        self.init_weights()
+    def init_weights(self):
+        initrange = 0.1
+        nn.init.uniform_(self.encoder.weight, -initrange, initrange)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
+    def forward(self, idx):
+        return self.decoder(self.encoder(idx))
+
+class LaterLocal(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        bound = 2 / math.sqrt(d)
+        nn.init.uniform_(self.fc.weight, -bound, bound)
+    def forward(self, x):
+        return self.fc(x)
+'''
+
+
+def test_initializers_reading_locals_get_their_values_inlined():
+    """The initializer moves into the layer's constructor call in setup(): locals it read in a
+    helper method (or later in __init__) must travel with it, constructor arguments as fields."""
+    result = convert_source(textwrap.dedent(LOCALS_SOURCE), "locals.py")
+    namespace: dict = {}
+    exec(compile(result.output.decode(), "locals_jax.py", "exec"), namespace)
+    params = namespace["Helper"](ntoken=50, ninp=8).init(jax.random.PRNGKey(0), jnp.zeros((2, 3), jnp.int32))["params"]
+    for table in (params["encoder"]["embedding"], params["decoder"]["kernel"]):
+        table = np.asarray(table)
+        assert table.min() >= -0.1 and table.max() <= 0.1 and table.std() > 0.04
+    assert np.all(np.asarray(params["decoder"]["bias"]) == 0)
+    kernel = np.asarray(namespace["LaterLocal"](d=16).init(jax.random.PRNGKey(1), jnp.ones((1, 16)))["params"]["fc"]["kernel"])
+    assert np.abs(kernel).max() <= 0.5 and np.abs(kernel).max() > 0.4   # U(-2/4, 2/4), not torch's 1/4

@@ -151,3 +151,26 @@ def test_partial_conversion_is_idempotent():
     once = convert_source(src, "m.py").output.decode()
     assert once.index("import torch") < once.index("import jax")   # kept where it was
     assert convert_source(once, "m.py").output.decode() == once
+
+
+def test_methods_of_names_bound_to_tensors_convert_outside_forward():
+    """In constructors and scripts receivers are not assumed to be tensors, but names bound to
+    torch results are: ``pe.unsqueeze(0).transpose(0, 1)`` swaps axes as in torch."""
+    out, codes = convert('''
+        import torch
+        import torch.nn as nn
+        class PE(nn.Module):
+            def __init__(self):
+                super().__init__()
+                pe = torch.zeros(5, 4)
+                pe = pe.unsqueeze(0).transpose(0, 1)
+                self.register_buffer("pe", pe)
+            def forward(self, x):
+                return x + self.pe
+        t = torch.ones(2, 3).transpose(0, 1)
+        shape = t.size()
+        n = shape.transpose(0, 1)
+    ''')
+    assert "pe = jnp.swapaxes(jnp.expand_dims(pe, 0), 0, 1)" in out
+    assert "t = jnp.swapaxes(jnp.ones((2, 3)), 0, 1)" in out
+    assert "n = shape.transpose(0, 1)" in out    # a shape is not a tensor

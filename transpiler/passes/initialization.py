@@ -205,7 +205,17 @@ class _Planner:
         direct_calls = {attr: (q, call) for q, call, attr in self.layer_calls(cls.name.value) if attr}
         params = {attr for attr, kind in info.submodules.items() if kind.kind == "param"}
         bodies = [init, *(methods[h] for h in sorted(info.setup_helpers) if h in methods)]
-        for stmt in _statements(bodies, self.ctx):
+        module_names = {*self.classdefs, *self.functions, *self.ctx.other_imports}
+        for body in bodies:
+            self._plan_body(cls, info, methods, body, direct_calls, params, module_names)
+
+    def _plan_body(self, cls, info, methods, body, direct_calls, params, module_names) -> None:
+        constants: dict[str, cst.BaseExpression] = {}   # locals bound to constant expressions
+        if body.name.value == "__init__":   # constructor arguments are fields in setup()
+            constants = {name: cst.Attribute(cst.Name("self"), cst.Name(name))
+                         for name in info.field_names - info.reassigned}
+        for stmt in _statements([body], self.ctx):
+            _record_constant(stmt, constants, module_names)
             if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1 \
                     and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, cst.Call):
                 call = stmt.body[0].value
@@ -216,6 +226,9 @@ class _Planner:
                 if found is None:
                     continue
                 target, init_expr = found
+                # the initializer moves to the layer's constructor call, which may come before
+                # (or, from a helper method, outside) the local it reads: inline constants
+                init_expr = init_expr.visit(_InlineNames(constants))
                 parts = target.split(".")
                 if len(parts) == 3 and parts[0] == "self" and parts[1] in direct_calls:
                     q, layer_call = direct_calls[parts[1]]
@@ -254,6 +267,72 @@ class _Planner:
         self.plan.consumed.add(id(stmt))
         if name.startswith("self."):
             self.plan.removed_methods.add((cls.name.value, name[5:]))
+
+
+def _record_constant(stmt, constants: dict, module_names: set[str]) -> None:
+    """``initrange = 0.1``: remember locals bound to expressions of literals, ``self``
+    attributes, module-level names and earlier constants; forget rebound ones."""
+    if not isinstance(stmt, cst.SimpleStatementLine):
+        return
+    for small in stmt.body:
+        if isinstance(small, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
+            targets = ([t.target for t in small.targets] if isinstance(small, cst.Assign)
+                       else [small.target])
+            names = [t.value for t in targets if isinstance(t, cst.Name)]
+            for name in names:
+                constants.pop(name, None)
+            if isinstance(small, cst.Assign) and len(names) == 1 == len(targets) \
+                    and small.value is not None:
+                value = small.value.visit(_InlineNames(constants))
+                if _names_in(value) <= {"self", *module_names}:
+                    constants[names[0]] = value
+
+
+def _names_in(expr: cst.CSTNode) -> set[str]:
+    found: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Attribute(self, node: cst.Attribute) -> bool:
+            node.value.visit(self)
+            return False
+
+        def visit_Arg(self, node: cst.Arg) -> bool:
+            node.value.visit(self)
+            return False
+
+        def visit_Name(self, node: cst.Name) -> None:
+            found.add(node.value)
+
+    expr.visit(_V())
+    return found
+
+
+class _InlineNames(cst.CSTTransformer):
+    """Replace references to known constant locals by their (parenthesised) values."""
+
+    def __init__(self, constants: dict[str, cst.BaseExpression]) -> None:
+        self.constants = constants
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        return True
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(attr=original.attr)
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        if isinstance(original.value, cst.Name) and original.value.value in self.constants:
+            # a whole argument needs no parentheses
+            updated = updated.with_changes(value=updated.value.with_changes(lpar=[], rpar=[]))
+        return updated.with_changes(keyword=original.keyword)
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+        value = self.constants.get(original.value)
+        if value is None:
+            return updated
+        if isinstance(value, (cst.Name, cst.Attribute, cst.Integer, cst.Float, cst.Call,
+                              cst.SimpleString)):
+            return value
+        return value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
 
 def _statements(functions, ctx):

@@ -26,6 +26,27 @@ _NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedS
                         cst.ListComp, cst.DictComp, cst.SetComp)
 
 
+# Tensor methods whose result is not a tensor (a Python number, a shape, a list, a flag).
+NON_TENSOR_RESULTS = {"item", "tolist", "size", "dim", "ndimension", "numel", "nelement", "numpy",
+                      "is_contiguous", "is_floating_point", "equal", "element_size", "get_device",
+                      "data_ptr", "type", "stride", "storage_offset"}
+
+# torch namespaces whose functions do not return tensors (or are not functions).
+_NON_TENSOR_NAMESPACES = ("torch.optim", "torch.utils", "torch.nn.init", "torch.distributions",
+                          "torch.distributed", "torch.cuda", "torch.backends", "torch.autograd",
+                          "torch.jit", "torch.fx", "torch.multiprocessing")
+
+
+def _is_tensor_function(q: str, tables) -> bool:
+    """``torch.zeros``, ``F.relu``: functions in the tables that return a tensor."""
+    if q.startswith(_NON_TENSOR_NAMESPACES) or q.rsplit(".", 1)[-1][:1].isupper():
+        return False
+    if q.startswith("torch.nn.") and not q.startswith("torch.nn.functional."):
+        return False
+    entry = tables.functions.get(q)
+    return entry is not None and entry.keep is None and not entry.unsupported
+
+
 RNG_KEY = "rng_key"          # the free name random-op templates use for their key
 SAMPLE_STREAM = "sample"     # flax rng stream for random ops inside modules
 DROPOUT_STREAM = "dropout"   # ... and for functional dropout, as flax's nn.Dropout uses
@@ -58,6 +79,7 @@ class OpsRule(Rule):
         self.inner: set[int] = set()     # nodes that are the .value of an Attribute
         self.callee: set[int] = set()    # nodes that are a Call's func
         self.targets: set[int] = set()   # assignment targets
+        self.tensor_names: list[set[str]] = [set()]  # per function: names bound to tensors
 
     # ---------------------------------------------------------------- bookkeeping
     def visit_Import(self, node) -> bool:
@@ -79,6 +101,45 @@ class OpsRule(Rule):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.skip.add(id(node.name))
+        self.tensor_names.append(set())
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        self.tensor_names.pop()
+        return updated
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        """Track names bound to tensors (``pe = torch.zeros(n, d)``) so that their methods
+        convert outside a module's forward too, where receivers are not assumed tensors."""
+        if len(node.targets) != 1 or not isinstance(node.targets[0].target, cst.Name):
+            return
+        name = node.targets[0].target.value
+        if self._produces_tensor(node.value):
+            self.tensor_names[-1].add(name)
+        else:
+            self.tensor_names[-1].discard(name)
+
+    def _produces_tensor(self, expr: cst.BaseExpression) -> bool:
+        """Whether ``expr`` (original code) certainly evaluates to a tensor."""
+        if isinstance(expr, cst.Name):
+            return expr.value in self.tensor_names[-1]
+        if isinstance(expr, cst.Call):
+            q = qualify(expr.func, self.ctx.aliases)
+            if q is not None:
+                return _is_tensor_function(q, self.ctx.tables)
+            if isinstance(expr.func, cst.Attribute):
+                method = expr.func.attr.value
+                return (method in self.ctx.tables.tensor_methods and method not in NON_TENSOR_RESULTS
+                        and self._produces_tensor(expr.func.value))
+            return False
+        if isinstance(expr, cst.Attribute):
+            return expr.attr.value in ("T", "mT", "data") and self._produces_tensor(expr.value)
+        if isinstance(expr, cst.Subscript):
+            return self._produces_tensor(expr.value)
+        if isinstance(expr, cst.BinaryOperation):
+            return self._produces_tensor(expr.left) or self._produces_tensor(expr.right)
+        if isinstance(expr, cst.UnaryOperation):
+            return self._produces_tensor(expr.expression)
+        return False
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.skip.add(id(node.name))
@@ -179,7 +240,7 @@ class OpsRule(Rule):
             return False  # math.sqrt, np.mean, os.path.join: a module, not a tensor
         if kind == "any":
             return True
-        return self.ctx.in_module_code()
+        return self.ctx.in_module_code() or self._produces_tensor(receiver)
 
     # ---------------------------------------------------------------- values and attributes
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
