@@ -148,3 +148,47 @@ def test_initializers_reading_locals_get_their_values_inlined():
     assert np.all(np.asarray(params["decoder"]["bias"]) == 0)
     kernel = np.asarray(namespace["LaterLocal"](d=16).init(jax.random.PRNGKey(1), jnp.ones((1, 16)))["params"]["fc"]["kernel"])
     assert np.abs(kernel).max() <= 0.5 and np.abs(kernel).max() > 0.4   # U(-2/4, 2/4), not torch's 1/4
+
+
+SCRIPT_APPLY_SOURCE = '''
+import torch
+import torch.nn as nn
+
+def weights_init(m):
+    classname = m.__class__.__name__
+    if classname.find('Conv') != -1:
+        nn.init.normal_(m.weight.data, 0.0, 0.02)
+    elif classname.find('BatchNorm') != -1:
+        nn.init.normal_(m.weight.data, 1.0, 0.02)
+        nn.init.constant_(m.bias.data, 0)
+
+class Generator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(nn.ConvTranspose2d(4, 8, 4, 1, 0, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU(True), nn.Conv2d(8, 3, 3, 1, 1, bias=False))
+    def forward(self, x):
+        return self.main(x)
+
+device = torch.device("cpu")
+netG = Generator().to(device)
+netG.apply(weights_init)
+'''
+
+
+def test_script_level_apply_of_an_init_function_folds_into_the_class():
+    """DCGAN: ``netG.apply(weights_init)`` with the ``classname.find('Conv') != -1`` dispatch
+    becomes the layers' initializers; the statement and the now unused function go."""
+    result = convert_source(textwrap.dedent(SCRIPT_APPLY_SOURCE), "dcgan.py")
+    out = result.output.decode()
+    assert "weights_init" not in out and ".apply(" not in out
+    assert sorted(d.line for d in result.diagnostics if d.code == "JP308") == [5, 23]
+    namespace: dict = {}
+    exec(compile(out, "dcgan_jax.py", "exec"), namespace)
+    params = namespace["Generator"]().init(jax.random.PRNGKey(0), jnp.ones((2, 4, 1, 1)))["params"]["main"]
+    for conv in ("layers_0", "layers_3"):
+        kernel = np.asarray(params[conv]["kernel"])
+        assert abs(kernel.mean()) < 0.01 and 0.015 < kernel.std() < 0.025
+    scale = np.asarray(params["layers_1"]["scale"])
+    assert abs(scale.mean() - 1.0) < 0.03 and scale.std() < 0.04
+    assert np.all(np.asarray(params["layers_1"]["bias"]) == 0)

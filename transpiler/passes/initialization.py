@@ -48,6 +48,7 @@ class _Planner:
         self.functions = {s.name.value: s for s in module.body if isinstance(s, cst.FunctionDef)}
         self.plan = InitPlan()
         self._layer_calls: dict[str, list] = {}
+        self.applied_functions: dict[str, int] = {}   # module-level init function → folded uses
 
     # ---------------------------------------------------------------- one init statement
     def initializer(self, call: cst.Call) -> tuple[str, cst.BaseExpression] | None:
@@ -64,6 +65,8 @@ class _Planner:
             args = [cst.Arg(target), *call.args]
         else:
             return None
+        if isinstance(target, cst.Attribute) and target.attr.value == "data":
+            target = target.value          # nn.init.normal_(m.weight.data, ...)
         name = dotted(target)
         if entry is None or name is None:
             return None
@@ -76,11 +79,15 @@ class _Planner:
     # ---------------------------------------------------------------- isinstance dispatch
     def rules(self, body, var: str) -> list[_Rule] | None:
         out: list[_Rule] = []
+        class_name_var = None
         for stmt in body:
+            if class_name_var is None and _class_name_binding(stmt, var):
+                class_name_var = _class_name_binding(stmt, var)
+                continue
             if isinstance(stmt, cst.If):
                 branch: cst.If | None = stmt
                 while branch is not None:
-                    rule = self._branch(branch, var)
+                    rule = self._branch(branch, var, class_name_var)
                     if rule is None:
                         return None
                     out.append(rule)
@@ -94,20 +101,41 @@ class _Planner:
             return None
         return out
 
-    def _branch(self, branch: cst.If, var: str) -> _Rule | None:
-        test = branch.test
-        if not (isinstance(test, cst.Call) and dotted(test.func) == "isinstance" and len(test.args) == 2
-                and dotted(test.args[0].value) == var):
-            return None
-        kinds = test.args[1].value
-        names = [e.value for e in kinds.elements] if isinstance(kinds, cst.Tuple) else [kinds]
-        layers = {qualify(n, self.ctx.aliases) for n in names}
-        if None in layers or not all(l in self.ctx.tables.layers for l in layers):
+    def _branch(self, branch: cst.If, var: str, class_name_var: str | None = None) -> _Rule | None:
+        layers = self._dispatch_layers(branch.test, var, class_name_var)
+        if not layers:
             return None
         inits: dict[str, cst.BaseExpression] = {}
         if not self._collect(branch.body.body, var, inits):
             return None
         return _Rule(layers, inits)
+
+    def _dispatch_layers(self, test, var: str, class_name_var: str | None) -> set[str] | None:
+        """The torch layers an ``if`` of an init function selects: ``isinstance(m, (A, B))``,
+        ``type(m) == A``, or DCGAN's ``classname.find('Conv') != -1`` / ``'Conv' in classname``
+        on ``classname = m.__class__.__name__`` (every table layer whose name contains it)."""
+        layers_table = self.ctx.tables.layers
+        if isinstance(test, cst.Call) and dotted(test.func) == "isinstance" and len(test.args) == 2 \
+                and dotted(test.args[0].value) == var:
+            kinds = test.args[1].value
+            names = [e.value for e in kinds.elements] if isinstance(kinds, (cst.Tuple, cst.List)) else [kinds]
+        elif isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+            op, right = test.comparisons[0].operator, test.comparisons[0].comparator
+            left = test.left
+            if isinstance(left, cst.Call) and dotted(left.func) == "type" and len(left.args) == 1 \
+                    and dotted(left.args[0].value) == var and isinstance(op, (cst.Equal, cst.Is, cst.In)):
+                names = [e.value for e in right.elements] if isinstance(right, (cst.Tuple, cst.List)) else [right]
+            else:
+                fragment = _class_name_test(left, op, right, class_name_var)
+                if fragment is None:
+                    return None
+                return {q for q in layers_table if fragment in q.rsplit(".", 1)[-1]} or None
+        else:
+            return None
+        layers = {qualify(n, self.ctx.aliases) for n in names}
+        if None in layers or not all(l in layers_table for l in layers):
+            return None
+        return layers
 
     def _collect(self, stmts, var: str, inits: dict) -> bool:
         for stmt in stmts:
@@ -267,6 +295,8 @@ class _Planner:
         self.plan.consumed.add(id(stmt))
         if name.startswith("self."):
             self.plan.removed_methods.add((cls.name.value, name[5:]))
+        else:
+            self.applied_functions[name] = self.applied_functions.get(name, 0) + 1
 
 
 def _record_constant(stmt, constants: dict, module_names: set[str]) -> None:
@@ -335,6 +365,34 @@ class _InlineNames(cst.CSTTransformer):
         return value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
 
+def _class_name_binding(stmt, var: str) -> str | None:
+    """``classname = m.__class__.__name__`` → "classname"."""
+    if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1 \
+            and isinstance(stmt.body[0], cst.Assign) and len(stmt.body[0].targets) == 1 \
+            and isinstance(stmt.body[0].targets[0].target, cst.Name) \
+            and dotted(stmt.body[0].value) in (f"{var}.__class__.__name__", f"type({var}).__name__"):
+        return stmt.body[0].targets[0].target.value
+    return None
+
+
+def _class_name_test(left, op, right, class_name_var: str | None) -> str | None:
+    """The fragment of ``classname.find('Conv') != -1`` or ``'Conv' in classname``."""
+    if class_name_var is None:
+        return None
+    if isinstance(op, cst.In) and isinstance(right, cst.Name) and right.value == class_name_var \
+            and isinstance(left, cst.SimpleString):
+        return left.evaluated_value
+    if isinstance(op, (cst.NotEqual, cst.GreaterThanEqual)) and isinstance(left, cst.Call) \
+            and dotted(left.func) == f"{class_name_var}.find" and len(left.args) == 1 \
+            and isinstance(left.args[0].value, cst.SimpleString):
+        minus_one = (isinstance(right, cst.UnaryOperation) and isinstance(right.operator, cst.Minus)
+                     and isinstance(right.expression, cst.Integer) and right.expression.value == "1")
+        zero = isinstance(right, cst.Integer) and right.value == "0"
+        if (isinstance(op, cst.NotEqual) and minus_one) or (isinstance(op, cst.GreaterThanEqual) and zero):
+            return left.args[0].value.evaluated_value
+    return None
+
+
 def _statements(functions, ctx):
     """Top-level statements of the given functions, looking inside ``with torch.no_grad():``."""
     for fn in functions:
@@ -386,12 +444,101 @@ def _called_names(node: cst.CSTNode) -> set[str]:
     return names
 
 
+_MODEL_MOVES = {"to", "cuda", "cpu", "float", "double", "half", "train", "eval"}
+
+
+def _constructed_class(value: cst.BaseExpression) -> str | None:
+    """``Generator(ngpu).to(device)`` → "Generator"."""
+    while isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) \
+            and value.func.attr.value in _MODEL_MOVES:
+        value = value.func.value
+    if isinstance(value, cst.Call) and isinstance(value.func, cst.Name):
+        return value.func.value
+    return None
+
+
+def _script_statements(body):
+    """Statements of a block in order, inside compound statements but not nested defs."""
+    for stmt in body:
+        yield stmt
+        if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
+            continue
+        for block in ("body", "orelse", "finalbody"):
+            inner = getattr(stmt, block, None)
+            while isinstance(inner, (cst.Else, cst.If, cst.IndentedBlock, cst.Finally)):
+                if isinstance(inner, cst.If):
+                    yield from _script_statements(inner.body.body)
+                    inner = inner.orelse
+                    continue
+                yield from _script_statements(inner.body.body if not isinstance(inner, cst.IndentedBlock)
+                                              else inner.body)
+                break
+        for handler in getattr(stmt, "handlers", ()):
+            yield from _script_statements(handler.body.body)
+
+
+def _references(module: cst.Module, name: str) -> int:
+    count = 0
+
+    class _V(cst.CSTVisitor):
+        def visit_Name(self, node: cst.Name) -> None:
+            nonlocal count
+            count += node.value == name
+
+    module.visit(_V())
+    return count
+
+
+def _plan_script_applies(planner: "_Planner", module: cst.Module) -> None:
+    """``netG = Generator(ngpu).to(device); netG.apply(weights_init)`` (the DCGAN idiom): the
+    init function's isinstance/class-name dispatch becomes the initializers of the layers the
+    class builds (every instance of the class, where torch initialises that one object); the
+    statement goes, and the function too once nothing else uses it."""
+    applied = planner.applied_functions
+    for body in (module.body, *(f.body.body for f in planner.functions.values())):
+        bound: dict[str, str] = {}
+        for stmt in _script_statements(body):
+            if not (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1):
+                continue
+            small = stmt.body[0]
+            if isinstance(small, cst.Assign) and len(small.targets) == 1 \
+                    and isinstance(small.targets[0].target, cst.Name):
+                cls = _constructed_class(small.value)
+                name = small.targets[0].target.value
+                if cls in planner.classes:
+                    bound[name] = cls
+                else:
+                    bound.pop(name, None)
+                continue
+            if not (isinstance(small, cst.Expr) and isinstance(small.value, cst.Call)):
+                continue
+            call = small.value
+            owner = dotted(call.func)
+            if not (owner and owner.endswith(".apply") and owner[:-6] in bound and len(call.args) == 1):
+                continue
+            fn_name = dotted(call.args[0].value)
+            fn = planner.functions.get(fn_name)
+            if fn is None or len(fn.params.params) != 1:
+                continue
+            rules = planner.rules([s for s in fn.body.body if not _is_docstring(s)],
+                                  fn.params.params[0].name.value)
+            if not rules:
+                continue
+            planner.apply_rules(bound[owner[:-6]], rules)
+            planner.plan.consumed.add(id(stmt))
+            applied[fn_name] = applied.get(fn_name, 0) + 1
+
+
 def plan_initialization(module: cst.Module, classes: dict, ctx) -> InitPlan:
     planner = _Planner(module, classes, ctx)
     for name in classes:
         cls = planner.classdefs.get(name)
         if cls is not None:
             planner.plan_class(cls)
+    _plan_script_applies(planner, module)
+    for fn_name, uses in planner.applied_functions.items():
+        if _references(module, fn_name) == uses + 1:     # the def's own name + the folded applies
+            planner.plan.consumed.add(id(planner.functions[fn_name]))
     return planner.plan
 
 

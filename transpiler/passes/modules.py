@@ -449,6 +449,8 @@ class ModulesRule(Rule):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         self.function_stack.append(node.name.value)
+        if id(node) in self.ctx.init_plan.consumed:   # an init function folded into layers
+            return False
         info = self._info()
         if len(self.function_stack) == 1 and info is not None and \
                 (info.name, node.name.value) in self.ctx.init_plan.removed_methods:
@@ -606,6 +608,9 @@ class ModulesRule(Rule):
     def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine,
                                   updated: cst.SimpleStatementLine):
         info = self._info()
+        if info is None and id(original) in self.ctx.init_plan.consumed:   # script: model.apply(init_fn)
+            self.ctx.report(original, "JP308", "initialisation folded into the layers' initializers")
+            return cst.RemoveFromParent()
         if info is None or not self.function_stack:
             return updated
         method = self._method()
@@ -741,6 +746,9 @@ class ModulesRule(Rule):
         info = self._info()
         if self.function_stack:
             return updated
+        if id(original) in self.ctx.init_plan.consumed:
+            self.ctx.report(original, "JP308", f"{name}() folded into the layers' initializers")
+            return cst.RemoveFromParent()
         self.ctx.current_function = None
         if self.loop_vars:
             self.loop_vars.pop()

@@ -79,7 +79,8 @@ class OpsRule(Rule):
         self.inner: set[int] = set()     # nodes that are the .value of an Attribute
         self.callee: set[int] = set()    # nodes that are a Call's func
         self.targets: set[int] = set()   # assignment targets
-        self.tensor_names: list[set[str]] = [set()]  # per function: names bound to tensors
+        # names bound to tensors, per function: (statement depth of the def, names)
+        self.tensor_scopes: list[tuple[int, set[str]]] = [(0, set())]
 
     # ---------------------------------------------------------------- bookkeeping
     def visit_Import(self, node) -> bool:
@@ -101,11 +102,15 @@ class OpsRule(Rule):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.skip.add(id(node.name))
-        self.tensor_names.append(set())
+        self.tensor_scopes.append((len(self.ctx.statement_stack), set()))
 
-    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
-        self.tensor_names.pop()
-        return updated
+    def _tensor_names(self) -> set[str]:
+        """The current function's tensor names. Scopes are closed lazily, by statement depth:
+        a rule that removes a function ends the traversal of its leave hooks."""
+        depth = len(self.ctx.statement_stack)
+        while len(self.tensor_scopes) > 1 and self.tensor_scopes[-1][0] >= depth:
+            self.tensor_scopes.pop()
+        return self.tensor_scopes[-1][1]
 
     def visit_Assign(self, node: cst.Assign) -> None:
         """Track names bound to tensors (``pe = torch.zeros(n, d)``) so that their methods
@@ -114,14 +119,14 @@ class OpsRule(Rule):
             return
         name = node.targets[0].target.value
         if self._produces_tensor(node.value):
-            self.tensor_names[-1].add(name)
+            self._tensor_names().add(name)
         else:
-            self.tensor_names[-1].discard(name)
+            self._tensor_names().discard(name)
 
     def _produces_tensor(self, expr: cst.BaseExpression) -> bool:
         """Whether ``expr`` (original code) certainly evaluates to a tensor."""
         if isinstance(expr, cst.Name):
-            return expr.value in self.tensor_names[-1]
+            return expr.value in self._tensor_names()
         if isinstance(expr, cst.Call):
             q = qualify(expr.func, self.ctx.aliases)
             if q is not None:

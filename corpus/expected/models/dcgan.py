@@ -1,5 +1,4 @@
 """DCGAN generator and discriminator for 16x16 images."""
-import torch
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -27,6 +26,13 @@ def torch_bias_uniform(fan_in):
     def init(key, shape, dtype=jnp.float32):
         bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
         return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_normal(mean=0.0, std=1.0):
+    """N(mean, std²), like torch.nn.init.normal_."""
+    def init(key, shape, dtype=jax.numpy.float32):
+        return mean + std * jax.random.normal(key, shape, dtype)
     return init
 
 
@@ -197,18 +203,6 @@ def torch_squeeze(x, dim=None):
 
 
 
-def weights_init(m):
-    classname = m.__class__.__name__
-    if classname.find("Conv") != -1:
-        # jaxport: JP101 torch.nn.init.normal_ has no mapping
-        torch.nn.init.normal_(m.weight.data, 0.0, 0.02)
-    elif classname.find("BatchNorm") != -1:
-        # jaxport: JP101 torch.nn.init.normal_ has no mapping
-        torch.nn.init.normal_(m.weight.data, 1.0, 0.02)
-        # jaxport: JP101 torch.nn.init.constant_ has no mapping
-        torch.nn.init.constant_(m.bias.data, 0)
-
-
 class Generator(nn.Module):
     nz: int = 8
     ngf: int = 8
@@ -216,10 +210,7 @@ class Generator(nn.Module):
 
     def setup(self):
         # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
-        self.main = Sequential([ConvTransposeNCHW(features=self.ngf * 4, kernel_size=4, strides=1, padding=0, use_bias=False), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False), nn.relu, ConvTransposeNCHW(features=self.ngf * 2, kernel_size=4, strides=2, padding=1, use_bias=False), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False), nn.relu, ConvTransposeNCHW(features=self.nc, kernel_size=4, strides=2, padding=1, use_bias=False), nn.tanh])
-        # self.apply(weights_init)
-        # jaxport: JP305 self.apply(...) initialisation not converted yet; layers keep torch's default init
-        pass
+        self.main = Sequential([ConvTransposeNCHW(features=self.ngf * 4, kernel_size=4, strides=1, padding=0, use_bias=False, kernel_init=torch_normal(0.0, 0.02)), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False, scale_init=torch_normal(1.0, 0.02), bias_init=nn.initializers.constant(0)), nn.relu, ConvTransposeNCHW(features=self.ngf * 2, kernel_size=4, strides=2, padding=1, use_bias=False, kernel_init=torch_normal(0.0, 0.02)), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False, scale_init=torch_normal(1.0, 0.02), bias_init=nn.initializers.constant(0)), nn.relu, ConvTransposeNCHW(features=self.nc, kernel_size=4, strides=2, padding=1, use_bias=False, kernel_init=torch_normal(0.0, 0.02)), nn.tanh])
 
     def __call__(self, input, train: bool = False):
         return self.main(input, train=train)
@@ -231,10 +222,7 @@ class Discriminator(nn.Module):
 
     def setup(self):
         # jaxport: JP201 torch.nn.BatchNorm2d: forward (train and eval) and running_mean match torch; the running_var update uses the biased batch variance (flax) where torch uses the unbiased one (factor n/(n-1), n = elements per channel)
-        self.main = Sequential([ConvNCHW(features=self.ndf, kernel_size=4, strides=2, padding=1, use_bias=False), partial(nn.leaky_relu, negative_slope=0.2), ConvNCHW(features=self.ndf * 2, kernel_size=4, strides=2, padding=1, use_bias=False), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False), partial(nn.leaky_relu, negative_slope=0.2), ConvNCHW(features=1, kernel_size=4, strides=1, padding=0, use_bias=False), nn.sigmoid])
-        # self.apply(weights_init)
-        # jaxport: JP305 self.apply(...) initialisation not converted yet; layers keep torch's default init
-        pass
+        self.main = Sequential([ConvNCHW(features=self.ndf, kernel_size=4, strides=2, padding=1, use_bias=False, kernel_init=torch_normal(0.0, 0.02)), partial(nn.leaky_relu, negative_slope=0.2), ConvNCHW(features=self.ndf * 2, kernel_size=4, strides=2, padding=1, use_bias=False, kernel_init=torch_normal(0.0, 0.02)), nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-05, use_fast_variance=False, scale_init=torch_normal(1.0, 0.02), bias_init=nn.initializers.constant(0)), partial(nn.leaky_relu, negative_slope=0.2), ConvNCHW(features=1, kernel_size=4, strides=1, padding=0, use_bias=False, kernel_init=torch_normal(0.0, 0.02)), nn.sigmoid])
 
     def __call__(self, input, train: bool = False):
         output = self.main(input, train=train)
