@@ -249,9 +249,21 @@ def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, ve
               metavar="SECONDS", help="Per-module time limit; a module over it is an error.")
 @click.option("--emit-tests", "emit_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also write a pytest file of hypothesis property tests for these modules into DIR.")
+@click.option("--record", "record_cmd", metavar="'python SCRIPT.py ARGS'",
+              help="Run the original script briefly under torch and record each module class's "
+                   "real calls (shapes, dtypes, value ranges) and constructor arguments; they "
+                   "become the spec of the classes the spec (if any) does not describe.")
+@click.option("--save-spec", type=click.Path(dir_okay=False), metavar="FILE.toml",
+              help="With --record: also write the recorded spec (TOML) to FILE.toml.")
+@click.option("--record-calls", type=click.IntRange(min=1), default=5, show_default=True, metavar="N",
+              help="With --record: stop once every module class called has been recorded N times.")
+@click.option("--record-time", type=click.FloatRange(min=0, min_open=True), default=60,
+              show_default=True, metavar="SECONDS",
+              help="With --record: stop the script after this long (what was recorded is used).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 def validate(original, converted, modules, spec, examples, train_steps, json_path, junit, seed,
-             rtol, atol, device, timeout, emit_dir, quiet) -> None:
+             rtol, atol, device, timeout, emit_dir, record_cmd, save_spec, record_calls,
+             record_time, quiet) -> None:
     """Check converted modules against the originals: same weights, hypothesis inputs.
 
     For each nn.Module class of ORIGINAL (or each table of the spec), the torch module and the
@@ -263,6 +275,12 @@ def validate(original, converted, modules, spec, examples, train_steps, json_pat
     layer (Linear, Conv, Embedding, RNN, LayerNorm); a class that needs constructor arguments
     is skipped with a note saying how to give them (`init = {...}` in the spec).
 
+    --record "python train.py ARGS" runs the original script first (briefly, under torch, in a
+    child process) and records every call of ORIGINAL's module classes: argument shapes (sizes
+    that vary become symbolic dims), dtypes, value ranges, and constructor arguments. The
+    recorded tables validate the classes the spec does not describe; --save-spec FILE.toml
+    keeps them as a spec file to edit and commit.
+
     User code runs in a child process. Exit status: 0 every module passed or was skipped,
     1 a module failed or errored, 2 usage error.
     """
@@ -272,7 +290,8 @@ def validate(original, converted, modules, spec, examples, train_steps, json_pat
         sys.exit(EXIT_USAGE)
     try:
         code = _validate(original, converted, modules, spec, examples, json_path, junit, seed,
-                         rtol, atol, device, timeout, emit_dir, quiet)
+                         rtol, atol, device, timeout, emit_dir, quiet,
+                         record=(record_cmd, save_spec, record_calls, record_time))
     except (click.ClickException, BrokenPipeError):
         raise
     except Exception as exc:
@@ -281,8 +300,9 @@ def validate(original, converted, modules, spec, examples, train_steps, json_pat
 
 
 def _validate(original, converted, modules, spec, examples, json_path, junit, seed, rtol, atol,
-              device, timeout, emit_dir, quiet) -> int:
+              device, timeout, emit_dir, quiet, record=(None, None, 5, 60.0)) -> int:
     import json
+    import tempfile
     from pathlib import Path
 
     from .validate.runner import Fatal, class_names, run_validation
@@ -290,6 +310,32 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
 
     if spec is None and Path(original).with_suffix(".toml").is_file():
         spec = str(Path(original).with_suffix(".toml"))
+    record_cmd, save_spec, record_calls, record_time = record
+    if save_spec and not record_cmd:
+        raise click.UsageError("--save-spec writes the spec recorded by --record: give --record too")
+    if record_cmd:
+        from .validate.record import RecordError, prepare_spec
+        if spec is not None:
+            try:
+                parse_spec_file(spec)
+            except SpecError as exc:
+                raise click.UsageError(f"bad spec: {exc}") from None
+        workdir = emit_dir or tempfile.mkdtemp(prefix="jaxport-record-")
+        if not emit_dir:
+            import atexit
+            import shutil
+            atexit.register(shutil.rmtree, workdir, True)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        try:
+            spec = str(prepare_spec(original, record_cmd, spec, save_spec, max_calls=record_calls,
+                                    budget=record_time, workdir=workdir,
+                                    echo=lambda s: click.echo(s, err=True)))
+        except RecordError as exc:
+            click.echo(f"jaxport validate: {exc}", err=True)
+            return EXIT_USAGE
+        except OSError as exc:
+            click.echo(f"jaxport validate: --save-spec: cannot write: {exc}", err=True)
+            return EXIT_USAGE
     cases = {}
     if spec is not None:
         try:
