@@ -31,6 +31,7 @@ SCRIPTS = {
     "mlp_regression.py": (["--epochs", "2"], 8),
     "resnet_bn.py": (["--epochs", "1"], 3),
     "dropout_classifier.py": (["--epochs", "2", "--dropout", "0"], 6),
+    "gpt_accum.py": (["--iters", "6"], 6),
 }
 
 

@@ -184,6 +184,9 @@ class LoopPlan:
     outputs: list[str] = field(default_factory=list)
     boundary: list[str] = field(default_factory=list)  # loop target names turned into arrays
     init_args: list[cst.Arg] = field(default_factory=list)
+    accumulate: cst.BaseExpression | None = None       # micro-batches per step (gradient accumulation)
+    loop_bound: set[str] = field(default_factory=set)  # names the training loop(s) bind
+    flat: dict[str, str] = field(default_factory=dict)  # static parameter → the attribute read it replaces
 
 
 @dataclass
@@ -214,9 +217,21 @@ class TrainingRule(Rule):
         self.class_depth = 0
         self.mode: dict[str, str] = {}            # function → "train" | "eval" (by model.train()/eval())
         self.segment_depth = 0
+        self.selectors: dict[str, str] = {}       # name bound to [p for n, p in M.named_parameters() if ...] → M
+        self.lists: dict[str, cst.List] = {}      # name bound to a list literal (parameter groups)
+        self.groups: dict[str, list] = {}         # optimizer var → [(label, params expr, dict)] of its groups
+        self.lr_written: set[str] = set()         # optimizers whose param_groups' "lr" the script writes
+        self.outer_removed: set[int] = set()      # statements of an accumulation loop's outer loop to drop
 
     # ------------------------------------------------------------------ pre-scan
+    def _scope_node(self):
+        fn = self._function()
+        if fn is not None and fn in self.functions:
+            return self.functions[fn].node
+        return self.module_node
+
     def visit_Module(self, node: cst.Module) -> None:
+        self.module_node = node
         for stmt in node.body:
             self._scan(stmt, None)
         if not self.optimizers:
@@ -259,7 +274,17 @@ class TrainingRule(Rule):
                     return False
                 return True
 
+            def visit_For(self, n: cst.For) -> None:
+                opt = _param_groups_owner(n.iter)
+                if opt is not None and _lr_write(n) is not None:
+                    rule.lr_written.add(opt)
+
             def visit_Assign(self, n: cst.Assign) -> None:
+                if len(n.targets) == 1 and isinstance(n.targets[0].target, cst.Name):
+                    if _selector(n.value) is not None:
+                        rule.selectors[n.targets[0].target.value] = _selector(n.value)[0]
+                    elif isinstance(n.value, cst.List):
+                        rule.lists[n.targets[0].target.value] = n.value
                 if len(n.targets) != 1 or not isinstance(n.targets[0].target, cst.Name) or not isinstance(n.value, cst.Call):
                     return
                 name = n.targets[0].target.value
@@ -274,6 +299,11 @@ class TrainingRule(Rule):
                         if isinstance(first, cst.Call) and isinstance(first.func, cst.Attribute) \
                                 and first.func.attr.value == "parameters" and not first.args:
                             model = dotted(first.func.value)
+                    if model is None and n.value.args and not n.value.args[0].keyword:
+                        groups = rule._parameter_groups(n.value.args[0].value)
+                        if groups is not None:
+                            model = groups[0]
+                            rule.groups[name] = groups[1]
                     if model is not None:
                         rule.optimizers[name] = model
                         rule.models.add(model)
@@ -297,6 +327,41 @@ class TrainingRule(Rule):
                     rule.batchnorm = True
 
         stmt.visit(_V())
+
+    def _parameter_groups(self, value: cst.BaseExpression):
+        """``[{"params": decay, "weight_decay": 0.1}, {"params": no_decay, ...}]`` (or a name
+        bound to such a list) → (model, [(label, params expression, the group's dict)]) when
+        every group's parameters are a selector over one model (a comprehension over
+        ``M.named_parameters()`` / ``M.parameters()``, or ``M.sub.parameters()``)."""
+        if isinstance(value, cst.Name) and value.value in self.lists:
+            value = self.lists[value.value]
+        if not isinstance(value, cst.List) or not value.elements:
+            return None
+        models, groups = set(), []
+        for i, el in enumerate(value.elements):
+            d = el.value
+            if not isinstance(d, cst.Dict):
+                return None
+            params = None
+            for item in d.elements:
+                if not isinstance(item, cst.DictElement) or not isinstance(item.key, cst.SimpleString):
+                    return None
+                if item.key.evaluated_value == "params":
+                    params = item.value
+            if params is None:
+                return None
+            if isinstance(params, cst.Name) and params.value in self.selectors:
+                models.add(self.selectors[params.value])
+                label = params.value
+            elif _submodule_parameters(params) is not None:
+                models.add(_submodule_parameters(params)[0])
+                label = f"group_{i}"
+            else:
+                return None
+            groups.append((label, params, d))
+        if len(models) != 1 or len({g[0] for g in groups}) != len(groups):
+            return None
+        return models.pop(), groups
 
     def _called_functions(self, fn: cst.FunctionDef) -> set[str]:
         out: set[str] = set()
@@ -335,10 +400,25 @@ class TrainingRule(Rule):
         return self.function_stack[0] if self.function_stack and self.class_depth == 0 else None
 
     def visit_For(self, node: cst.For) -> None:
-        if not self.optimizers or self.class_depth:
+        if not self.optimizers or self.class_depth or id(node) in self.plans:
             return
         backward = [s for s in node.body.body if _method_stmt(s, "backward")]
         steps = [s for s in node.body.body if (m := _method_stmt(s, "step")) and dotted(m[0]) in self.optimizers]
+        if not backward and steps:
+            inner = [s for s in node.body.body if isinstance(s, cst.For)
+                     and any(_method_stmt(t, "backward") for t in s.body.body)]
+            if len(inner) == 1:
+                # gradient accumulation: backward() on every micro-batch of an inner loop, one step() after it
+                try:
+                    plan = self._plan(inner[0], [t for t in inner[0].body.body if _method_stmt(t, "backward")],
+                                      steps, outer=node)
+                except _Unsupported as exc:
+                    self.failed[id(node)] = str(exc)
+                    return
+                self.plans[id(inner[0])] = plan
+                for s in plan.segment + plan.deferred + plan.removed:
+                    self.segment_ids[id(s)] = plan
+                return
         if not backward and not steps:
             if _calls_name(node.body, self.models):
                 self.eval_loops.add(id(node))
@@ -353,33 +433,55 @@ class TrainingRule(Rule):
             self.segment_ids[id(s)] = plan
 
     # ------------------------------------------------------------------ loop analysis
-    def _plan(self, loop: cst.For, backward, steps) -> LoopPlan:
+    def _plan(self, loop: cst.For, backward, steps, outer: cst.For | None = None) -> LoopPlan:
         body = list(loop.body.body)
         if len(backward) != 1:
             raise _Unsupported(f"{len(backward)} backward() calls in one loop")
         if len(steps) != 1:
             raise _Unsupported(f"{len(steps)} optimizer step() calls in one loop")
         b_stmt, s_stmt = backward[0], steps[0]
-        b_index, s_index = body.index(b_stmt), body.index(s_stmt)
         loss_expr, b_call = _method_stmt(b_stmt, "backward")
         if b_call.args:
             raise _Unsupported("backward() with arguments (retain_graph, gradient)")
         optimizer = dotted(_method_stmt(s_stmt, "step")[0])
         model = self.optimizers[optimizer]
-        if s_index < b_index:
-            raise _Unsupported("step() before backward()")
+        b_index = body.index(b_stmt)
+        accumulate = None
+        if outer is None:
+            s_index = body.index(s_stmt)
+            if s_index < b_index:
+                raise _Unsupported("step() before backward()")
+            between = body[b_index + 1:s_index]
+        else:
+            obody = list(outer.body.body)
+            l_index, s_index = obody.index(loop), obody.index(s_stmt)
+            if s_index < l_index:
+                raise _Unsupported("step() before the gradient-accumulation loop")
+            if not (isinstance(loop.iter, cst.Call) and dotted(loop.iter.func) == "range"
+                    and len(loop.iter.args) == 1 and loop.iter.args[0].keyword is None) or loop.orelse is not None:
+                raise _Unsupported("gradient accumulation over a loop that is not `for _ in range(k)`")
+            if any(s is not b_stmt and (_method_stmt(s, "step") or isinstance(s, cst.For)) for s in body):
+                raise _Unsupported("the gradient-accumulation loop holds other loops or step() calls")
+            accumulate = loop.iter.args[0].value
+            between = obody[l_index + 1:s_index]
+            if any(body.index(s) > b_index for s in body if _calls_name(s, {model})):
+                raise _Unsupported("the model is called after backward() in the accumulation loop")
         removed = [b_stmt, s_stmt]
         clips = []
-        for stmt in body[b_index + 1:s_index]:
+        for stmt in between:
             kind = self._clip_kind(stmt)
-            if kind is None:
+            if kind is None and not (_method_stmt(stmt, "zero_grad") and dotted(_method_stmt(stmt, "zero_grad")[0])
+                                     in (optimizer, model)):
                 raise _Unsupported("statements between backward() and step() other than gradient clipping")
-            clips.append((stmt, kind))
-            removed.append(stmt)
-        for stmt in body:
+            if kind is not None:
+                clips.append((stmt, kind))
+                removed.append(stmt)
+        for stmt in body + (list(outer.body.body) if outer is not None else []):
             z = _method_stmt(stmt, "zero_grad")
             if z is not None and dotted(z[0]) in (optimizer, model):
                 removed.append(stmt)
+        if outer is not None:
+            self.outer_removed |= {id(s) for s in removed if s not in body}
         # the step segment
         tainted: set[str] = set()
         segment, deferred = [], []
@@ -425,8 +527,8 @@ class TrainingRule(Rule):
         reads = reads_of(segment)
         # outputs: segment names read after the segment
         later = set()
-        for stmt in body:
-            if stmt in segment or stmt in removed:
+        for stmt in body + (list(outer.body.body) if outer is not None else []):
+            if stmt in segment or stmt in removed or stmt is loop:
                 continue
             later |= _names_read(stmt)
         fn = self._function()
@@ -436,7 +538,9 @@ class TrainingRule(Rule):
         outputs = [n for n in _ordered_assigned(segment) if n in later and n != loss_name]
         plan.outputs = [loss_name or "loss_value", *outputs]
         plan.boundary = _loop_batch_names(loop)
-        plan.local = self._local_names(loop)
+        plan.local = self._local_names(outer or loop)
+        plan.accumulate = accumulate
+        plan.loop_bound = set(_assigned(outer or loop))
         return plan
 
     def _clip_kind(self, stmt) -> str | None:
@@ -460,14 +564,22 @@ class TrainingRule(Rule):
         if id(original) in self.segment_ids:
             self.segment_depth -= 1
             self.converted[id(original)] = updated
+            if id(original) in self.outer_removed:
+                return cst.RemoveFromParent()
             return updated
         if self.class_depth or len(original.body) != 1:
             return updated
         stmt = original.body[0]
         if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call):
             q = qualify(stmt.value.func, self.ctx.aliases) or ""
-            if q.startswith(OPTIMIZER_PREFIX) and not q.startswith(SCHEDULER_PREFIX):
+            if q.startswith(OPTIMIZER_PREFIX) and not q.startswith(SCHEDULER_PREFIX) \
+                    and not (len(stmt.targets) == 1 and dotted(stmt.targets[0].target) in self.groups):
                 self._check_groups(original)
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0].target, cst.Name) \
+                and stmt.targets[0].target.value in self.selectors and self._selector_used(stmt.targets[0].target.value):
+            lam = _selector_lambda(updated.body[0].value) if isinstance(updated.body[0], cst.Assign) else None
+            if lam is not None:
+                return updated.with_changes(body=[updated.body[0].with_changes(value=cst.parse_expression(lam))])
         found = _method_stmt(original, "step")
         if found is not None and dotted(found[0]) in self.schedulers and found[1].args:
             self.ctx.report(original, "JP606", f"{dotted(found[0])}.step(...) with a metric is not converted")
@@ -497,7 +609,9 @@ class TrainingRule(Rule):
             name = stmt.targets[0].target.value
             if name in self.optimizers and isinstance(updated.body[0], cst.Assign):
                 value = updated.body[0].value
-                if name in self.schedulers.values():
+                if name in self.groups:
+                    value = self._multi_transform(original, name, stmt.value) or value
+                elif name in self.schedulers.values() or name in self.lr_written:
                     wrapped = inject_learning_rate(value)
                     if wrapped is not None:
                         value = wrapped
@@ -510,6 +624,58 @@ class TrainingRule(Rule):
                 opt = self.schedulers[name]
                 return cst.FlattenSentinel([updated, cst.parse_statement(f"{opt} = {name}.optimizer\n")])
         return self._thread_calls(original, updated)
+
+    def _selector_used(self, name: str) -> bool:
+        return any(label == name for groups in self.groups.values() for label, _, _ in groups)
+
+    def _multi_transform(self, original, name: str, call: cst.Call) -> cst.BaseExpression | None:
+        """An optimizer over parameter groups → ``optax.multi_transform`` with one optax
+        optimizer per group (the call's hyperparameters with the group's own on top) and
+        labels chosen by the groups' selectors."""
+        from ..render import render_call
+        entry = self.ctx.tables.functions.get(qualify(call.func, self.ctx.aliases) or "")
+        if entry is None:
+            return None
+        inject = name in self.schedulers.values() or name in self.lr_written
+        transforms, selectors = [], []
+        base = [a for a in call.args[1:]]
+        for label, params, group in self.groups[name]:
+            overrides = {}
+            for item in group.elements:
+                key = item.key.evaluated_value
+                if key != "params":
+                    overrides[key] = item.value
+            args = [cst.Arg(cst.Name("params"), comma=_COMMA)]
+            for a in base:
+                if a.keyword is not None and a.keyword.value in overrides:
+                    continue
+                args.append(a.with_changes(comma=_COMMA))
+            for key, value in overrides.items():
+                args.append(cst.Arg(value, keyword=cst.Name(key), comma=_COMMA,
+                                    equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                                          whitespace_after=cst.SimpleWhitespace(""))))
+            args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+            result = render_call(entry, args)
+            if result.expr is None:
+                self.ctx.report(original, "JP604", f"parameter group {label!r} not converted: {result.message}")
+                return None
+            if result.code:
+                self.ctx.report(original, result.code, result.message)
+            self.ctx.emits |= result.emits
+            expr = result.expr
+            if inject:
+                expr = inject_learning_rate(expr) or expr
+            transforms.append(f'"{label}": {_code(expr)}')
+            if isinstance(params, cst.Name):
+                selectors.append(f'"{label}": {label}')
+            else:
+                selectors.append(f'"{label}": {_selector_lambda(params)}')
+        self.ctx.emits |= {"param_group_labels", "optax"}
+        self.ctx.report(original, "JP608", f"{len(transforms)} parameter groups → optax.multi_transform, each "
+                        "parameter labelled by its group's selector (parameters in no group are frozen, as in torch)")
+        text = (f"optax.multi_transform({{{', '.join(transforms)}, \"frozen\": optax.set_to_zero()}}, "
+                f"param_group_labels({{{', '.join(selectors)}}}))")
+        return cst.parse_expression(text)
 
     def _check_groups(self, original) -> None:
         stmt = original.body[0]
@@ -577,6 +743,19 @@ class TrainingRule(Rule):
 
     # ------------------------------------------------------------------ loops
     def leave_For(self, original: cst.For, updated: cst.For):
+        owner = _param_groups_owner(original.iter)
+        if owner is not None and owner in self.optimizers:
+            value = _lr_write(original)
+            if value is None:
+                self.ctx.report(original, "JP611", f"loop over {owner}.param_groups not converted: only "
+                                'writing one value to every group\'s "lr" is (set_optimizer_lr)')
+                return updated
+            new_value = updated.body.body[0].body[0].value
+            self.ctx.emits.add("set_optimizer_lr")
+            self.ctx.report(original, "JP610", f'{owner}.param_groups "lr" writes → the learning rate in the '
+                            "optimizer state (optax.inject_hyperparams), set on the host between steps")
+            return cst.parse_statement(f"{STATE}, {owner} = set_optimizer_lr({STATE}, {owner}, {_code(new_value)})\n"
+                                       ).with_changes(leading_lines=updated.leading_lines)
         if id(original) in self.eval_loops:
             names = _loop_batch_names(original)
             if names:
@@ -605,10 +784,13 @@ class TrainingRule(Rule):
             body.append(cst.parse_statement(f"{names} = {values}\n"))
             self.ctx.emits.add("to_jax")
         init_args = ", ".join(_code(a.value) for a in _converted_args(plan, self.converted))
-        call_args = ", ".join([STATE, *plan.inputs])
+        tx = plan.optimizer
+        if plan.accumulate is not None:
+            tx = self._accumulating(original, plan)
+        call_args = ", ".join([STATE, *(plan.flat.get(n, n) for n in plan.inputs)])
         outputs = ", ".join([STATE, *plan.outputs])
         call_block = [
-            cst.parse_statement(f"if {STATE} is None:\n    {STATE} = create_train_state({plan.model}, {plan.optimizer}, "
+            cst.parse_statement(f"if {STATE} is None:\n    {STATE} = create_train_state({plan.model}, {tx}, "
                                 f"jax.random.PRNGKey({self.seed}), {init_args})\n"),
             cst.parse_statement(f"{outputs} = {name}({call_args})\n"),
         ]
@@ -630,6 +812,25 @@ class TrainingRule(Rule):
                         "jax.value_and_grad and optax")
         return updated.with_changes(body=updated.body.with_changes(body=body))
 
+    def _accumulating(self, original, plan: LoopPlan) -> str:
+        """``optax.MultiSteps`` summing the gradients of ``k`` micro-batches (torch's
+        ``backward()`` adds into ``.grad``; the script already divides the loss by k) and
+        applying the optimizer, after the clipping the script does on the sum, every k calls."""
+        tx = plan.optimizer
+        clips = []
+        for stmt, kind in plan.clips:
+            call = stmt.body[0].value
+            rest = ", ".join(_code(a) for a in call.args[1:]).rstrip(", ")
+            clips.append(f"torch_clip_by_norm({rest})" if kind == "norm" else f"torch_clip_by_value({rest})")
+            self.ctx.emits.add("torch_clip_by_norm" if kind == "norm" else "torch_clip_by_value")
+        if clips:
+            tx = f"optax.chain({', '.join(clips)}, {tx})"
+        k = _code(plan.accumulate)
+        self.ctx.report(original, "JP609", f"gradient accumulation over {k} micro-batches → optax.MultiSteps "
+                        "(gradients summed as torch's backward() does, the optimizer"
+                        + (" and clipping" if clips else "") + " applied every k-th train_step call)")
+        return f"optax.MultiSteps({tx}, every_k_schedule={k}, use_grad_mean=False).gradient_transformation()"
+
     def _inputs(self, plan: LoopPlan) -> None:
         """train_step's arguments: names the converted segment reads that the enclosing
         function (or, at module level, the loop) binds; loss modules are static."""
@@ -642,8 +843,28 @@ class TrainingRule(Rule):
                     reads.append(n)
             assigned |= set(_assigned(stmt))
         inputs = [n for n in reads if n in plan.local and n not in _BUILTINS and n != STATE]
-        plan.static = [n for n in inputs if n in self.losses]
-        plan.inputs = [n for n in inputs if n not in plan.static] + plan.static
+        static = [n for n in inputs if n in self.losses]
+        traced = []
+        segment = [self.converted.get(id(s), s) for s in plan.segment]
+        scope = self._scope_node()
+        for n in inputs:
+            if n in static:
+                continue
+            if n in plan.loop_bound or n in plan.boundary:
+                traced.append(n)
+                continue
+            attrs = _attribute_reads(segment, n)
+            if attrs:
+                # a configuration object (args.accum): its attributes are passed as static values
+                for a in attrs:
+                    plan.flat[f"{n}_{a}"] = f"{n}.{a}"
+                    static.append(f"{n}_{a}")
+            elif scope is not None and _scalar_bound(scope, n):
+                static.append(n)    # a Python number fixed before the loop (shapes need it static)
+            else:
+                traced.append(n)
+        plan.static = static
+        plan.inputs = traced + static
 
     def _step_name(self) -> str:
         used = getattr(self, "_used", [])
@@ -660,6 +881,8 @@ class TrainingRule(Rule):
         replacer = _ModelCall(plan.model, variables, extra, self.batchnorm)
         for stmt in segment:
             new = stmt.visit(replacer)
+            if plan.flat:
+                new = new.visit(_Flatten({v: k for k, v in plan.flat.items()}))
             text = _code(new.with_changes(leading_lines=[])).rstrip("\n")
             lines += ["        " + line for line in text.splitlines()]
         loss_value = _code(self._converted_loss(plan))
@@ -680,7 +903,7 @@ class TrainingRule(Rule):
         else:
             out.append(f"        return {loss_value}")
             out.append(f"    {plan.outputs[0]}, grads = jax.value_and_grad(loss_fn)({STATE}.params)")
-        for stmt, kind in plan.clips:
+        for stmt, kind in ([] if plan.accumulate is not None else plan.clips):
             call = self.converted[id(stmt)].body[0]
             value = call.value if isinstance(call, (cst.Expr, cst.Assign)) else None
             if isinstance(value, cst.Call) and value.args:
@@ -882,3 +1105,188 @@ def _ends_with_return(stmt) -> bool:
     return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[-1], cst.Return)
 
 
+
+
+def _param_groups_owner(expr) -> str | None:
+    """``opt.param_groups`` → "opt"."""
+    if isinstance(expr, cst.Attribute) and expr.attr.value == "param_groups":
+        return dotted(expr.value)
+    return None
+
+
+def _lr_write(loop: cst.For) -> cst.BaseExpression | None:
+    """``for g in opt.param_groups: g["lr"] = value`` (value not reading g) → value."""
+    if not isinstance(loop.target, cst.Name) or loop.orelse is not None or len(loop.body.body) != 1:
+        return None
+    stmt = loop.body.body[0]
+    if not (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1 and isinstance(stmt.body[0], cst.Assign)):
+        return None
+    assign = stmt.body[0]
+    if len(assign.targets) != 1:
+        return None
+    target = assign.targets[0].target
+    if not (isinstance(target, cst.Subscript) and isinstance(target.value, cst.Name)
+            and target.value.value == loop.target.value and len(target.slice) == 1
+            and isinstance(target.slice[0].slice, cst.Index)
+            and isinstance(target.slice[0].slice.value, cst.SimpleString)
+            and target.slice[0].slice.value.evaluated_value == "lr"):
+        return None
+    if loop.target.value in _names_read(assign.value):
+        return None
+    return assign.value
+
+
+def _selector(expr):
+    """``[p for n, p in M.named_parameters() if cond]`` / ``[p for p in M.parameters() if cond]``
+    → (M, name variable or None, param variable, conditions)."""
+    if not isinstance(expr, cst.ListComp) or not isinstance(expr.elt, cst.Name):
+        return None
+    comp = expr.for_in
+    if comp.inner_for_in is not None or comp.asynchronous is not None:
+        return None
+    it = comp.iter
+    if not (isinstance(it, cst.Call) and isinstance(it.func, cst.Attribute) and not it.args):
+        return None
+    model = dotted(it.func.value)
+    if model is None:
+        return None
+    if it.func.attr.value == "named_parameters" and isinstance(comp.target, cst.Tuple) \
+            and len(comp.target.elements) == 2 and all(isinstance(e.value, cst.Name) for e in comp.target.elements):
+        name_var, param_var = (e.value.value for e in comp.target.elements)
+    elif it.func.attr.value == "parameters" and isinstance(comp.target, cst.Name):
+        name_var, param_var = None, comp.target.value
+    else:
+        return None
+    if expr.elt.value != param_var:
+        return None
+    return model, name_var, param_var, [c.test for c in comp.ifs]
+
+
+def _submodule_parameters(expr):
+    """``M.sub.parameters()`` → (M, "sub."): a group holding one submodule's parameters."""
+    if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "parameters" \
+            and not expr.args:
+        path = dotted(expr.func.value)
+        if path and "." in path:
+            head, _, rest = path.partition(".")
+            return head, rest + "."
+    return None
+
+
+def _selector_lambda(expr) -> str | None:
+    """The predicate ``lambda name, param: ...`` of a (converted) parameter selector."""
+    sel = _selector(expr)
+    if sel is not None:
+        _, name_var, param_var, conds = sel
+        test = " and ".join(f"({_code(c)})" if len(conds) > 1 else _code(c) for c in conds) or "True"
+        return f"lambda {name_var or '_name'}, {param_var}: {test}"
+    sub = _submodule_parameters(expr)
+    if sub is not None:
+        return f"lambda name, param: name.startswith({sub[1]!r})"
+    if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "parameters":
+        return "lambda name, param: True"
+    return None
+
+
+class _Flatten(cst.CSTTransformer):
+    """``args.accum`` → ``args_accum`` (a static parameter of train_step)."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+        key = dotted(original) if isinstance(original.value, cst.Name) else None
+        if key in self.names:
+            return cst.Name(self.names[key])
+        return updated
+
+
+def _attribute_reads(stmts, name: str) -> list[str]:
+    """The attributes read on ``name`` when every read of it in ``stmts`` is ``name.attr``
+    (not a call of a method); otherwise []."""
+    attrs: list[str] = []
+    bad = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, n: cst.Call) -> None:
+            if isinstance(n.func, cst.Attribute) and isinstance(n.func.value, cst.Name) and n.func.value.value == name:
+                bad.append(n)
+
+        def visit_Attribute(self, n: cst.Attribute) -> bool:
+            if isinstance(n.value, cst.Name) and n.value.value == name:
+                if n.attr.value not in attrs:
+                    attrs.append(n.attr.value)
+                return False
+            return True
+
+        def visit_Arg(self, n: cst.Arg) -> bool:
+            n.value.visit(self)
+            return False
+
+        def visit_Name(self, n: cst.Name) -> None:
+            if n.value == name:
+                bad.append(n)
+
+    for s in stmts:
+        s.visit(_V())
+    return [] if bad else attrs
+
+
+_SCALAR_CALLS = {"int", "float", "len", "round", "bool", "str", "min", "max", "abs"}
+
+
+def _scalar_expr(expr) -> bool:
+    if isinstance(expr, (cst.Integer, cst.Float, cst.SimpleString, cst.Name)) and not (
+            isinstance(expr, cst.Name) and expr.value not in ("True", "False", "None")):
+        return True
+    if isinstance(expr, cst.UnaryOperation):
+        return _scalar_expr(expr.expression)
+    if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.func.value in _SCALAR_CALLS:
+        return True
+    return False
+
+
+def _scalar_bound(scope, name: str) -> bool:
+    """Every binding of ``name`` in ``scope`` is a Python scalar (a literal, ``int(...)``,
+    ``len(...)``, a literal tuple unpacked), so it can be a static argument of train_step."""
+    found = []
+    ok = []
+
+    class _V(cst.CSTVisitor):
+        def visit_ClassDef(self, n) -> bool:
+            return False
+
+        def visit_FunctionDef(self, n) -> bool:
+            return n is scope
+
+        def visit_Param(self, n: cst.Param) -> None:
+            if n.name.value == name:
+                found.append(n)
+                ok.append(False)
+
+        def visit_For(self, n: cst.For) -> None:
+            if name in _bound(n.target):
+                found.append(n)
+                ok.append(False)
+
+        def visit_AugAssign(self, n: cst.AugAssign) -> None:
+            if name in _bound(n.target):
+                found.append(n)
+                ok.append(False)
+
+        def visit_Assign(self, n: cst.Assign) -> None:
+            for t in n.targets:
+                if isinstance(t.target, cst.Name) and t.target.value == name:
+                    found.append(n)
+                    ok.append(_scalar_expr(n.value))
+                elif isinstance(t.target, cst.Tuple) and name in _bound(t.target):
+                    found.append(n)
+                    names = [e.value for e in t.target.elements]
+                    if isinstance(n.value, cst.Tuple) and len(n.value.elements) == len(names):
+                        ok.append(all(_scalar_expr(v.value) for tn, v in zip(names, n.value.elements)
+                                      if isinstance(tn, cst.Name) and tn.value == name))
+                    else:
+                        ok.append(False)
+
+    scope.visit(_V())
+    return bool(found) and all(ok)

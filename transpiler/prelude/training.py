@@ -221,3 +221,77 @@ def load_checkpoint(path):
     """``torch.load`` of a file written by ``save_checkpoint``: the nested dict of arrays."""
     with open(path, "rb") as fh:
         return serialization.msgpack_restore(fh.read())
+
+
+def torch_param_name(path):
+    """The torch-style name of a flax parameter path, for the name tests of parameter groups
+    (``named_parameters()``): keys joined with '.', Sequential children ``layers_3`` → ``3``,
+    list/dict children ``blocks_0`` → ``blocks.0``, and flax's ``kernel``/``scale``/
+    ``embedding`` leaves → ``weight``."""
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    out = []
+    for i, key in enumerate(keys):
+        head, _, tail = key.rpartition("_")
+        if i == len(keys) - 1 and key in ("kernel", "scale", "embedding"):
+            out.append("weight")
+        elif head == "layers" and tail.isdigit():
+            out.append(tail)
+        elif head and tail.isdigit():
+            out += [head, tail]
+        else:
+            out.append(key)
+    return ".".join(out)
+
+
+def param_group_labels(groups):
+    """``optax.multi_transform`` labels for torch parameter groups: ``groups`` maps a label
+    to a predicate ``select(name, param)`` (name as ``torch_param_name`` gives it); a
+    parameter gets the first label whose predicate holds, or "frozen" (torch does not
+    update parameters that are in no group)."""
+    def labels(params):
+        def label(path, param):
+            name = torch_param_name(path)
+            for key, select in groups.items():
+                if select(name, param):
+                    return key
+            return "frozen"
+        return jax.tree_util.tree_map_with_path(label, params)
+    return labels
+
+
+def set_optimizer_lr(state, tx, lr):
+    """``for g in optimizer.param_groups: g["lr"] = lr``: the learning rate of every
+    ``optax.inject_hyperparams`` state set to ``lr``. Returns ``(state, tx)``: before the
+    training state exists (``state is None``) the optimizer is rebuilt so that its state
+    starts at ``lr``, as the first torch step would use it."""
+    if state is not None:
+        return state.replace(opt_state=set_learning_rate(state.opt_state, lr)), tx
+    update = tx.update
+
+    def init(params):
+        return set_learning_rate(tx.init(params), lr)
+
+    return None, optax.GradientTransformationExtraArgs(init, update)
+
+
+def torch_clip_by_norm(max_norm, norm_type=2.0):
+    """``clip_grad_norm_`` as an optax transformation (torch's max_norm / (norm + 1e-6) scale),
+    for gradients that an accumulating optimizer clips once per step."""
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        return torch_clip_grad_norm(updates, max_norm, norm_type)[0], state
+
+    return optax.GradientTransformation(init, update)
+
+
+def torch_clip_by_value(clip_value):
+    """``clip_grad_value_`` as an optax transformation."""
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        return torch_clip_grad_value(updates, clip_value), state
+
+    return optax.GradientTransformation(init, update)
