@@ -7,6 +7,8 @@ nothing is lost. Tree-level conversion (directories, copying, reports) builds on
 from __future__ import annotations
 
 import io
+import sys
+import threading
 import tokenize
 import traceback
 import warnings
@@ -85,6 +87,58 @@ def _compile_error(text: str, path: str) -> tuple[int, int, str] | None:
     return None
 
 
+def _internal_error(path: str, data: bytes, exc: BaseException) -> FileResult:
+    return FileResult(path, "failed", data,
+                      [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
+                      traceback="".join(traceback.format_exception(exc)))
+
+
+DEEP_STACK_BYTES = 512 * 1024 * 1024   # address space only: pages are touched as used
+DEEP_RECURSION_LIMIT = 200_000
+_deep_lock = threading.Lock()
+
+
+def run_deep(fn, *args):
+    """``fn(*args)`` on a thread with a large C stack and a raised recursion limit (restored
+    afterwards), for inputs nested deeper than the defaults allow. One at a time."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    with _deep_lock:
+        previous_size = threading.stack_size()
+        threading.stack_size(DEEP_STACK_BYTES)
+        try:
+            worker = threading.Thread(target=target, name="jaxport-deep", daemon=True)
+        finally:
+            threading.stack_size(previous_size)
+        previous_limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(previous_limit, DEEP_RECURSION_LIMIT))
+        try:
+            worker.start()
+            worker.join()
+        finally:
+            sys.setrecursionlimit(previous_limit)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _deep_if_needed(fn, *args):
+    """``fn(*args)``; on RecursionError once more on a deep-stack thread (:func:`run_deep`).
+    Deep but legal code (a 1000-term sum, 150 nested calls) exceeds the default limits of
+    libcst's recursive tree walks; ordinary files never pay for the thread."""
+    try:
+        return fn(*args)
+    except RecursionError:
+        pass
+    return run_deep(fn, *args)
+
+
 def convert_source(source: str, path: str = "<string>", options: Options | None = None) -> FileResult:
     """Convert Python source text. The result's ``output`` is UTF-8 bytes."""
     data = source.encode("utf-8")
@@ -100,7 +154,7 @@ def convert_bytes(data: bytes, path: str, options: Options | None = None) -> Fil
 
 
 def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Options) -> FileResult:
-    from .pipeline import run_pipeline, mentions_torch
+    from .pipeline import mentions_torch, run_pipeline
 
     if not mentions_torch(text):
         return FileResult(path, "copied", data)
@@ -112,18 +166,20 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
         line, col, message = problem
         return FileResult(path, "failed", data, [diag.make("JP001", f"syntax error: {message}", line, col)])
     try:
-        module = cst.parse_module(text)
+        module = _deep_if_needed(cst.parse_module, text)
     except cst.ParserSyntaxError as exc:
         return FileResult(path, "failed", data,
                           [diag.make("JP001", f"syntax error: {exc.message}", exc.raw_line, exc.raw_column)])
     except RecursionError:
         return FileResult(path, "failed", data, [diag.make("JP001", "nesting too deep to parse")])
     try:
-        outcome = run_pipeline(module, path, options)
+        outcome = _deep_if_needed(run_pipeline, module, path, options)
+    except RecursionError:
+        return FileResult(path, "failed", data, [diag.make(
+            "JP001", "code nested too deeply to convert (Python compiles it, but jaxport's "
+            "syntax-tree walk cannot follow it)")])
     except Exception as exc:  # a bug in a pass: report it per file, never crash the run
-        return FileResult(path, "failed", data,
-                          [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
-                          traceback=traceback.format_exc())
+        return _internal_error(path, data, exc)
     if not getattr(outcome, "touched", True):
         return FileResult(path, "copied", data)
     new_text = outcome.code

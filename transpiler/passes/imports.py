@@ -41,13 +41,28 @@ def _strip_torch_imports(stmt: cst.SimpleStatementLine, keep_plain_torch: bool) 
     return stmt.with_changes(body=small)
 
 
+def _comment_lines(stmt: cst.SimpleStatementLine) -> list[cst.EmptyLine]:
+    """The comments a removed import line carries: those on the lines above it (blank lines
+    between them kept) and the one at the end of its own line, each as a line of its own."""
+    lines = list(stmt.leading_lines)
+    while lines and lines[0].comment is None:
+        lines.pop(0)           # blank lines before the first comment go with the import
+    trailing = stmt.trailing_whitespace.comment
+    if trailing is not None:
+        lines.append(cst.EmptyLine(indent=True, comment=trailing))
+    return lines
+
+
 class _TorchImportRemover(cst.CSTTransformer):
     """Removes torch imports at any depth (also inside functions and try blocks); walks
-    statements only. A plain ``import torch`` stays where it is while code still uses torch."""
+    statements only. A plain ``import torch`` stays where it is while code still uses torch.
+    Comments on or above a removed import line are kept, as lines of their own, above the
+    next statement of its block (or at the end of the block)."""
 
     def __init__(self, keep_plain_torch: bool) -> None:
         super().__init__()
         self.keep_plain_torch = keep_plain_torch
+        self.comments: dict[int, list[cst.EmptyLine]] = {}   # id(block) -> removed comments
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.BaseExpression):
@@ -59,13 +74,48 @@ class _TorchImportRemover(cst.CSTTransformer):
             return updated
         stripped = _strip_torch_imports(updated, self.keep_plain_torch)
         if stripped is None:
-            return cst.RemoveFromParent()
+            comments = _comment_lines(updated)
+            if not comments:
+                return cst.RemoveFromParent()
+            # keep the comments: a marker statement the enclosing block resolves
+            return cst.SimpleStatementLine(body=[cst.Expr(cst.Name(_COMMENT_MARK))],
+                                           leading_lines=comments)
         return stripped
 
+    def _resolve(self, body) -> tuple[list, list[cst.EmptyLine]]:
+        out, carried = [], []
+        for stmt in body:
+            if _is_comment_mark(stmt):
+                carried += list(stmt.leading_lines)
+                continue
+            if carried:
+                stmt = stmt.with_changes(leading_lines=[*carried, *stmt.leading_lines])
+                carried = []
+            out.append(stmt)
+        return out, carried
+
     def leave_IndentedBlock(self, original, updated):
-        if not updated.body:
-            return updated.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])])
+        body, carried = self._resolve(updated.body)
+        if not body:
+            return updated.with_changes(body=[cst.SimpleStatementLine([cst.Pass()], leading_lines=carried)])
+        if carried or len(body) != len(updated.body):
+            return updated.with_changes(body=body, footer=[*carried, *updated.footer])
         return updated
+
+    def leave_Module(self, original, updated):
+        body, carried = self._resolve(updated.body)
+        if carried or len(body) != len(updated.body):
+            return updated.with_changes(body=body, footer=[*carried, *updated.footer])
+        return updated
+
+
+_COMMENT_MARK = "__jaxport_removed_import__"
+
+
+def _is_comment_mark(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+            and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, cst.Name)
+            and stmt.body[0].value.value == _COMMENT_MARK)
 
 
 class _References(cst.CSTVisitor):
