@@ -41,6 +41,16 @@ def test_varargs_splice_both_call_forms():
     assert render("self, *shape", "self.reshape(*shape)", "x.view(s)", method=True) == "x.reshape(s)"
 
 
+def test_variadic_sizes_may_be_given_as_one_keyword_sequence():
+    """torch.zeros(size=(2, 3)) and x.permute(dims=(1, 0)) are legal torch."""
+    assert render("*size, dtype=None", "jnp.zeros(*size, dtype=dtype)", "torch.zeros(size=(2, 3))") == \
+        "jnp.zeros((2, 3))"
+    assert render("self, *dims", "jnp.transpose(self, *dims)", "x.permute(dims=(1, 0))", method=True) == \
+        "jnp.transpose(x, (1, 0))"
+    with pytest.raises(BindError):
+        bind(Signature.parse("*size, dtype=None"), cst.parse_expression("f(2, size=(2,))").args)
+
+
 def test_variants_need_every_parameter_they_use():
     variants = ["self.shape[dim]", "self.shape"]
     assert render("self, dim=None", variants, "x.size()", method=True) == "x.shape"

@@ -141,6 +141,9 @@ def bind(sig: Signature, args: Sequence[cst.Arg], receiver: cst.BaseExpression |
             if name in bound.values:
                 raise BindError(f"argument {name!r} given twice")
             bound.values[name] = arg.value
+        elif var_pos is not None and name == var_pos.name and not bound.varargs.get(name):
+            # torch.zeros(size=(2, 3)): the variadic sizes given as one keyword sequence
+            bound.varargs[name] = [cst.Arg(arg.value)]
         elif var_kw is not None:
             bound.varkw.setdefault(var_kw.name, []).append(arg)
         else:
