@@ -40,7 +40,9 @@ def rules(ctx: FileContext) -> list:
     from .passes.mutation import MutationRule
     from .passes.runtime import RuntimeRule
     from .passes.training import TrainingRule
-    return [ModulesRule(ctx), OpsRule(ctx), MutationRule(ctx), RuntimeRule(ctx), TrainingRule(ctx)]
+    from .passes.distributed import DistributedRule
+    return [ModulesRule(ctx), OpsRule(ctx), MutationRule(ctx), DistributedRule(ctx), RuntimeRule(ctx),
+            TrainingRule(ctx)]
 
 
 def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
@@ -57,7 +59,10 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     positions = wrapper.resolve(PositionProvider)
     ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, positions=positions,
                       other_imports=imports.other_imports)
-    converted = wrapper.module.visit(Composite(ctx, rules(ctx)))
+    from .passes import distributed
+    source = distributed.prepare(wrapper.module, ctx)          # DDP scripts: unwrap, open no_sync()
+    converted = source.visit(Composite(ctx, rules(ctx)))
+    converted = distributed.finish(converted, ctx)             # data-parallel train steps
     if getattr(options, "layout", "nchw") == "nhwc" and any("nchw" in n.lower() for n in ctx.emits):
         ctx.report(None, "JP202", "--layout nhwc is not implemented yet: the converted model keeps "
                    "PyTorch's NCHW interface", marker=False)
