@@ -232,7 +232,9 @@ def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, ve
 @click.option("--examples", type=click.IntRange(min=1), default=25, show_default=True, metavar="N",
               help="Hypothesis examples per module.")
 @click.option("--train-steps", type=click.IntRange(min=0), default=0, metavar="K",
-              help="Optimizer steps to compare (not implemented yet: only 0).")
+              help="Instead of modules, replay K optimizer steps of each training loop in torch "
+                   "and JAX (same weights, same generated batches, dropout off) and compare the "
+                   "loss and every parameter after each step.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the validation report as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
@@ -284,14 +286,14 @@ def validate(original, converted, modules, spec, examples, train_steps, json_pat
     User code runs in a child process. Exit status: 0 every module passed or was skipped,
     1 a module failed or errored, 2 usage error.
     """
-    if train_steps:
-        click.echo("jaxport validate: --train-steps: comparing optimizer steps is not implemented "
-                   "yet (only --train-steps 0 is supported)", err=True)
-        sys.exit(EXIT_USAGE)
+    if train_steps and (emit_dir or record_cmd):
+        raise click.UsageError("--train-steps replays training loops: it does not go with "
+                               "--emit-tests or --record")
     try:
         code = _validate(original, converted, modules, spec, examples, json_path, junit, seed,
                          rtol, atol, device, timeout, emit_dir, quiet,
-                         record=(record_cmd, save_spec, record_calls, record_time))
+                         record=(record_cmd, save_spec, record_calls, record_time),
+                         train_steps=train_steps)
     except (click.ClickException, BrokenPipeError):
         raise
     except Exception as exc:
@@ -300,7 +302,7 @@ def validate(original, converted, modules, spec, examples, train_steps, json_pat
 
 
 def _validate(original, converted, modules, spec, examples, json_path, junit, seed, rtol, atol,
-              device, timeout, emit_dir, quiet, record=(None, None, 5, 60.0)) -> int:
+              device, timeout, emit_dir, quiet, record=(None, None, 5, 60.0), train_steps=0) -> int:
     import json
     import tempfile
     from pathlib import Path
@@ -343,7 +345,7 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
         except SpecError as exc:
             raise click.UsageError(f"bad spec: {exc}") from None
     known = set(class_names(original)) | set(cases) | {c.cls for c in cases.values()}
-    unknown = [m for m in modules if m not in known]
+    unknown = [m for m in modules if m not in known and not (train_steps and m.startswith("train:"))]
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: no such class in {original} "
                                  f"(nor table in the spec); known: {', '.join(sorted(known)) or 'none'}",
@@ -364,9 +366,15 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
                 click.echo(f"      {text}")
 
     try:
-        results = run_validation(original, converted, spec=spec, modules=list(modules),
-                                 examples=examples, seed=seed, rtol=rtol, atol=atol, device=device,
-                                 timeout=timeout, on_result=show)
+        if train_steps:   # training loops instead of modules (transpiler/validate/train_steps.py)
+            from .validate.train_steps import run_train_validation
+            results = run_train_validation(original, converted, spec=spec, modules=list(modules),
+                                           steps=train_steps, seed=seed, rtol=rtol, atol=atol,
+                                           device=device, timeout=timeout, on_result=show)
+        else:
+            results = run_validation(original, converted, spec=spec, modules=list(modules),
+                                     examples=examples, seed=seed, rtol=rtol, atol=atol,
+                                     device=device, timeout=timeout, on_result=show)
     except Fatal as exc:
         if exc.usage:
             click.echo(f"jaxport validate: {exc}", err=True)
@@ -393,7 +401,8 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
         click.echo(f"jaxport validate: cannot write: {exc}", err=True)
         return EXIT_USAGE
     if not results:
-        click.echo("jaxport validate: no nn.Module class to validate", err=True)
+        click.echo("jaxport validate: no training loop to replay" if train_steps else
+                   "jaxport validate: no nn.Module class to validate", err=True)
         return EXIT_FINDINGS
     return EXIT_FINDINGS if counts["fail"] or counts["error"] else EXIT_OK
 

@@ -438,8 +438,31 @@ def _process(job: Job) -> FileRecord:
         except OSError as exc:
             record.result.status = "failed"
             record.result.diagnostics.append(io_error(f"cannot write output: {_oserr(exc)}"))
+        else:
+            _write_manifest(job, data, record)
     record.result.output = b""      # written: do not ship the bytes back to the parent
     return record
+
+
+def _write_manifest(job: Job, data: bytes, record: FileRecord) -> None:
+    """The training manifest (``<stem>.jaxport.json``, :mod:`transpiler.manifest`) beside a
+    converted script that has a training loop; nothing for other files, notebooks and
+    ``--in-place`` runs. A manifest that cannot be built or written is left out (validation
+    rebuilds it from the two files)."""
+    if job.kind != "python" or job.in_place or record.result.status == "failed":
+        return
+    from .manifest import build_manifest, dumps, might_train, sidecar_name
+    original, _, err = decode(data)
+    if err is not None or not might_train(original):
+        return
+    converted, _, err = decode(record.result.output)
+    try:
+        manifest = build_manifest(original, converted if err is None else None, job.path)
+        if manifest is not None:
+            target = os.path.join(os.path.dirname(job.target), sidecar_name(os.path.basename(job.target)))
+            _atomic_write(target, dumps(manifest), None, job.roots)
+    except (OSError, RecursionError, ValueError):
+        pass
 
 
 def convert_record(data: bytes, path: str, display: str, options: Options, keep_text: bool,
