@@ -166,3 +166,52 @@ def test_parse_init_and_extract_state_dict():
         assert extract_state_dict({key: sd, "epoch": 1})[1] == f"key {key!r}"
     with pytest.raises(CheckpointError):
         extract_state_dict([1, 2])
+
+
+def test_orbax_format_round_trip(trained, tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    import jax
+    import jax.numpy as jnp
+
+    from transpiler.api import convert_source
+    src, _, model = trained
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "orbax_ckpt"
+    proc = jaxport("weights", ckpt, "--module", f"{src}:Tagger", "--init", "vocab=20", "-o", out,
+                   "--format", "orbax")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert out.is_dir() and b"batch_stats" in proc.stdout
+    conv = tmp_path / "tagger_jax.py"
+    conv.write_bytes(convert_source(src.read_text(), str(src)).output)
+    flax_model = load_module(conv).Tagger(vocab=20)
+    tokens = np.random.default_rng(2).integers(0, 20, (3, 5))
+    x = jnp.asarray(tokens.astype(np.int32))
+    template = flax_model.init(jax.random.PRNGKey(0), x)
+    variables = ocp.StandardCheckpointer().restore(out.resolve(), template)
+    got = np.asarray(flax_model.apply(variables, x))
+    np.testing.assert_allclose(got, model(torch.from_numpy(tokens)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    # an existing output directory is never overwritten
+    proc = jaxport("weights", ckpt, "--module", f"{src}:Tagger", "--init", "vocab=20", "-o", out,
+                   "--format", "orbax")
+    assert proc.returncode == 1 and b"exists" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_orbax_not_installed_is_a_clean_error(trained, tmp_path):
+    src, _, model = trained
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), ckpt)
+    shadow = tmp_path / "no_orbax"          # an `orbax` package that cannot be imported
+    (shadow / "orbax").mkdir(parents=True)
+    (shadow / "orbax" / "__init__.py").write_text("raise ImportError('No module named orbax')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), str(ROOT)])
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "weights", str(ckpt), "--module",
+                           f"{src}:Tagger", "--init", "vocab=20", "-o", str(out), "--format", "orbax"],
+                          capture_output=True, timeout=300, env=env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and not out.exists(), err
+    assert "pip install orbax-checkpoint" in err and "jaxport[orbax]" in err and "Traceback" not in err
+    help_text = jaxport("weights", "--help").stdout
+    assert b"--format" in help_text and b"orbax" in help_text

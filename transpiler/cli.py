@@ -412,7 +412,11 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
 @click.option("--module", "module", required=True, metavar="FILE.py:CLASS",
               help="The ORIGINAL PyTorch file and the nn.Module class the checkpoint belongs to.")
 @click.option("-o", "--output", "out", required=True, metavar="PARAMS.msgpack",
-              type=click.Path(dir_okay=False), help="Where to write the flax variables.")
+              type=click.Path(), help="Where to write the flax variables (a file; with "
+                                      "--format orbax, a new directory).")
+@click.option("--format", "fmt", type=click.Choice(["msgpack", "orbax"]), default="msgpack",
+              show_default=True, help="flax msgpack serialization, or an orbax checkpoint "
+                                      "(needs orbax-checkpoint: pip install 'jaxport[orbax]').")
 @click.option("--converted", type=click.Path(exists=True, dir_okay=False), metavar="CONVERTED.py",
               help="The converted file holding CLASS (default: convert FILE.py in memory).")
 @click.option("--init", "init", metavar="NAME=VALUE", multiple=True,
@@ -421,8 +425,8 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
               help="Validation spec giving CLASS's init and inputs (default: FILE.toml if present).")
 @click.option("--unsafe-load", is_flag=True,
               help="Unpickle arbitrary objects (torch.load(weights_only=False)). Only for trusted files.")
-def weights(checkpoint, module, out, converted, init, spec, unsafe_load) -> None:
-    """Convert a torch checkpoint into flax variables (flax msgpack serialization).
+def weights(checkpoint, module, out, fmt, converted, init, spec, unsafe_load) -> None:
+    """Convert a torch checkpoint into flax variables (flax msgpack, or orbax).
 
     FILE.py is the ORIGINAL PyTorch source (the checkpoint's structure comes from its CLASS);
     the flax module is CLASS of the converted file (--converted) or of FILE.py converted in
@@ -430,7 +434,8 @@ def weights(checkpoint, module, out, converted, init, spec, unsafe_load) -> None
     'model_state_dict', 'model', 'net', 'module' or 'network' (a 'module.' prefix from
     DataParallel is dropped). It is read with torch.load(weights_only=True) unless
     --unsafe-load. Load the result with
-    flax.serialization.from_bytes(model.init(...), open(PARAMS.msgpack, 'rb').read()).
+    flax.serialization.from_bytes(model.init(...), open(PARAMS.msgpack, 'rb').read()),
+    or with --format orbax: orbax.checkpoint.StandardCheckpointer().restore(OUT_DIR).
     Exit status: 0 written, 1 the checkpoint could not be converted, 2 usage error.
     """
     from pathlib import Path
@@ -450,7 +455,8 @@ def weights(checkpoint, module, out, converted, init, spec, unsafe_load) -> None
                    "it for checkpoints you trust", err=True)
     try:
         info = convert_checkpoint(checkpoint, path, cls_name, out, init=init_kwargs,
-                                  converted=converted, spec=spec, unsafe_load=unsafe_load)
+                                  converted=converted, spec=spec, unsafe_load=unsafe_load,
+                                  fmt=fmt)
     except CheckpointError as exc:
         click.echo(f"jaxport weights: {exc}", err=True)
         sys.exit(EXIT_FINDINGS)

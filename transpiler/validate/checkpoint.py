@@ -1,4 +1,5 @@
-"""``jaxport weights``: a trained torch checkpoint → flax variables (msgpack).
+"""``jaxport weights``: a trained torch checkpoint → flax variables (flax msgpack by default;
+an orbax checkpoint directory with ``--format orbax`` when orbax-checkpoint is installed).
 
 ``FILE.py:CLASS`` names the ORIGINAL PyTorch file and class: torch needs it to give the
 state_dict its structure. The flax side is the converted class of the same name: by default
@@ -116,15 +117,61 @@ def _converted_module(original: Path, converted: Path | None):
         return load_module_from_path(path)
 
 
+FORMATS = ("msgpack", "orbax")
+ORBAX_HINT = ("--format orbax needs the orbax-checkpoint package: pip install orbax-checkpoint "
+              "(or pip install 'jaxport[orbax]'), or use the default --format msgpack")
+
+
+def orbax_checkpoint():
+    """The ``orbax.checkpoint`` module, or ``CheckpointError`` saying how to install it."""
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as exc:
+        raise CheckpointError(f"{ORBAX_HINT} ({exc})") from None
+    return ocp
+
+
+def check_output(out: str | Path, fmt: str) -> None:
+    """Fail before any work when ``out`` cannot be written in ``fmt``."""
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if fmt == "msgpack" and out.is_dir():
+        raise CheckpointError(f"{out} is a directory: --format msgpack writes one file")
+    if fmt == "orbax":
+        orbax_checkpoint()
+        if out.exists():
+            raise CheckpointError(f"{out} exists: --format orbax writes a new checkpoint directory "
+                                  "(remove it or choose another path)")
+
+
+def write_variables(variables, out: str | Path, fmt: str) -> None:
+    """flax msgpack (``flax.serialization.to_bytes``) or an orbax checkpoint directory
+    (``orbax.checkpoint.StandardCheckpointer``)."""
+    if fmt == "orbax":
+        import jax
+        import jax.numpy as jnp
+        ocp = orbax_checkpoint()
+        tree = jax.tree_util.tree_map(jnp.asarray, variables)
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(Path(out).resolve(), tree)
+        ckptr.wait_until_finished()
+        return
+    from flax import serialization
+    Path(out).write_bytes(serialization.to_bytes(variables))
+
+
 def convert_checkpoint(checkpoint: str | Path, original: str | Path, cls_name: str,
                        out: str | Path, *, init: dict | None = None, converted: str | Path | None = None,
-                       spec: str | Path | None = None, unsafe_load: bool = False) -> dict:
-    """Write the flax variables of ``cls_name`` filled from ``checkpoint`` to ``out``;
-    returns a summary (tensor count, collections, where the state_dict was found)."""
+                       spec: str | Path | None = None, unsafe_load: bool = False,
+                       fmt: str = "msgpack") -> dict:
+    """Write the flax variables of ``cls_name`` filled from ``checkpoint`` to ``out`` (a flax
+    msgpack file, or with ``fmt="orbax"`` an orbax checkpoint directory); returns a summary
+    (tensor count, collections, where the state_dict was found)."""
+    check_output(out, fmt)
     import jax
     import numpy as np
     import torch
-    from flax import serialization
 
     from .harness import _fill, _split_arrays, _to_jax, _tuplify, _unfreeze, load_module_from_path
     from .infer import NotInferable, infer_spec, init_hint, required_init_args
@@ -190,7 +237,7 @@ def convert_checkpoint(checkpoint: str | Path, original: str | Path, cls_name: s
         variables = state_dict_to_variables(state_dict, torch_module, shapes)
     except WeightTransferError as exc:
         raise CheckpointError(str(exc)) from None
-    Path(out).write_bytes(serialization.to_bytes(variables))
+    write_variables(variables, out, fmt)
     leaves = jax.tree_util.tree_leaves(variables)
     return {"tensors": len(state_dict), "found": where, "collections": sorted(variables),
             "leaves": len(leaves), "elements": int(sum(np.size(x) for x in leaves))}
