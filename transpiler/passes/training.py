@@ -34,6 +34,7 @@ OPTIMIZER_PREFIX = "torch.optim."
 SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
 CLIP_CALLS = {"torch.nn.utils.clip_grad_norm_": "norm", "torch.nn.utils.clip_grad_value_": "value"}
 BATCHNORM_PREFIXES = ("torch.nn.BatchNorm", "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm")
+RNG_KEY = "rng_key"      # the key random ops in script code use (ops rule, JP403)
 STATE = "train_state"   # the threaded TrainState; "state" is too common in RL scripts
 _BUILTINS = set(dir(builtins))
 
@@ -222,6 +223,9 @@ class TrainingRule(Rule):
         self.groups: dict[str, list] = {}         # optimizer var → [(label, params expr, dict)] of its groups
         self.lr_written: set[str] = set()         # optimizers whose param_groups' "lr" the script writes
         self.outer_removed: set[int] = set()      # statements of an accumulation loop's outer loop to drop
+        self.seed_scopes: set[str | None] = set()  # functions (None: module) that call torch.manual_seed
+        self.sample_stream = False                # a module samples (torch.randn_like in forward)
+        self.global_key: set[str] = set()         # functions that split the module-level rng_key
 
     # ------------------------------------------------------------------ pre-scan
     def _scope_node(self):
@@ -316,15 +320,19 @@ class TrainingRule(Rule):
                 q = qualify(n.func, rule.ctx.aliases) or ""
                 if q.startswith(BATCHNORM_PREFIXES):
                     rule.batchnorm = True
-                if q in ("torch.manual_seed", "torch.random.manual_seed") and n.args \
-                        and isinstance(n.args[0].value, cst.Integer):
-                    rule.seed = n.args[0].value.value
+                if q in ("torch.manual_seed", "torch.random.manual_seed") and n.args:
+                    rule.seed_scopes.add(self.fn)
+                    if isinstance(n.args[0].value, cst.Integer):
+                        rule.seed = n.args[0].value.value
 
         class _BN(cst.CSTVisitor):
             def visit_Call(self, n: cst.Call) -> None:
                 q = qualify(n.func, rule.ctx.aliases) or ""
                 if q.startswith(BATCHNORM_PREFIXES):
                     rule.batchnorm = True
+                entry = rule.ctx.tables.functions.get(q)
+                if entry is not None and "dropout" not in q and any("rng_key" in t for t in entry.templates or ()):
+                    rule.sample_stream = True    # the module draws from flax's "sample" rng stream
 
         stmt.visit(_V())
 
@@ -567,6 +575,10 @@ class TrainingRule(Rule):
             if id(original) in self.outer_removed:
                 return cst.RemoveFromParent()
             return updated
+        if not self.class_depth:
+            updated = self._thread_key(original, updated)
+            if isinstance(updated, cst.FlattenSentinel):
+                return updated
         if self.class_depth or len(original.body) != 1:
             return updated
         stmt = original.body[0]
@@ -624,6 +636,36 @@ class TrainingRule(Rule):
                 opt = self.schedulers[name]
                 return cst.FlattenSentinel([updated, cst.parse_statement(f"{opt} = {name}.optimizer\n")])
         return self._thread_calls(original, updated)
+
+    def _thread_key(self, original, updated):
+        """A random op in script code uses the free name ``rng_key`` (JP403). Where
+        ``torch.manual_seed`` made ``rng_key`` a key in scope, split it before the statement:
+        ``rng_key, sample_key = jax.random.split(rng_key)``, and sample with the new key."""
+        count = _count_name(updated, RNG_KEY) - _count_name(original, RNG_KEY)
+        if count <= 0 or any(isinstance(s, cst.Assign) and any(RNG_KEY in _bound(t.target) for t in s.targets)
+                             for s in updated.body):
+            return updated
+        fn = self._function()
+        if fn not in self.seed_scopes:
+            if None not in self.seed_scopes or fn is None:
+                return updated      # no seed in scope: JP403 stays
+            self.global_key.add(fn)
+        keys = ["sample_key"] if count == 1 else [f"sample_key_{i + 1}" for i in range(count)]
+        new = updated.visit(_RenameKeys(list(keys)))
+        split = cst.parse_statement(f"{RNG_KEY}, {', '.join(keys)} = jax.random.split({RNG_KEY}"
+                                    + (f", {count + 1})\n" if count > 1 else ")\n"))
+        pending = self.ctx.statement_stack[-1] if self.ctx.statement_stack else []
+        from .. import diagnostics as diag
+        for d in [d for d in pending if d.code == "JP403"]:
+            pending.remove(d)
+            for i, other in enumerate(self.ctx.diagnostics):
+                if other is d:
+                    self.ctx.diagnostics[i] = diag.make(
+                        "JP612", "random op: its key is split from rng_key (torch.manual_seed) just before",
+                        d.line, d.col)
+        self.ctx.emits.add("jax")
+        return cst.FlattenSentinel([split.with_changes(leading_lines=updated.leading_lines),
+                                    new.with_changes(leading_lines=[])])
 
     def _selector_used(self, name: str) -> bool:
         return any(label == name for groups in self.groups.values() for label, _, _ in groups)
@@ -878,7 +920,7 @@ class TrainingRule(Rule):
         variables = '{"params": params, "batch_stats": ' + STATE + '.batch_stats}' if self.batchnorm else '{"params": params}'
         extra = ', mutable=["batch_stats"]' if self.batchnorm else ""
         lines = []
-        replacer = _ModelCall(plan.model, variables, extra, self.batchnorm)
+        replacer = _ModelCall(plan.model, variables, extra, self.batchnorm, self.sample_stream)
         for stmt in segment:
             new = stmt.visit(replacer)
             if plan.flat:
@@ -896,7 +938,8 @@ class TrainingRule(Rule):
             self.ctx.emits.add("partial")
         params = ", ".join([STATE, *plan.inputs])
         out = [decorator, f"def {plan.step_name}({params}):",
-               f'    dropout_rng, rng = jax.random.split({STATE}.rng)', "", "    def loss_fn(params):", *lines]
+               (f'    dropout_rng, sample_rng, rng = jax.random.split({STATE}.rng, 3)' if self.sample_stream
+                else f'    dropout_rng, rng = jax.random.split({STATE}.rng)'), "", "    def loss_fn(params):", *lines]
         if aux:
             out.append(f"        return {loss_value}, {aux_tuple}")
             out.append(f"    ({plan.outputs[0]}, {aux_tuple}), grads = jax.value_and_grad(loss_fn, has_aux=True)({STATE}.params)")
@@ -930,6 +973,11 @@ class TrainingRule(Rule):
         name = self.function_stack.pop() if self.function_stack else None
         if self.function_stack or self.class_depth or name is None:
             return updated
+        if name in self.global_key:
+            decl = cst.parse_statement(f"global {RNG_KEY}\n")
+            body = list(updated.body.body)
+            at = 1 if body and _is_docstring(body[0]) else 0
+            updated = updated.with_changes(body=updated.body.with_changes(body=[*body[:at], decl, *body[at:]]))
         info = self.functions.get(name)
         if info is None or info.creates or not info.needs:
             return updated
@@ -1063,15 +1111,16 @@ def _add_kwarg(call: cst.Call, name: str, value: cst.BaseExpression) -> cst.Call
 class _ModelCall(cst.CSTTransformer):
     """``model(x)`` → ``state.apply_fn(variables, x, train=True, rngs=...)`` inside loss_fn."""
 
-    def __init__(self, model: str, variables: str, extra: str, batchnorm: bool) -> None:
+    def __init__(self, model: str, variables: str, extra: str, batchnorm: bool, sample: bool = False) -> None:
         self.model, self.variables, self.extra, self.batchnorm = model, variables, extra, batchnorm
+        self.rngs = '{"dropout": dropout_rng, "sample": sample_rng}' if sample else '{"dropout": dropout_rng}'
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         if not (isinstance(original.func, cst.Name) and original.func.value == self.model):
             return updated
         args = ", ".join(_code(a.value) for a in updated.args)
         return cst.parse_expression(f'{STATE}.apply_fn({self.variables}, {args}, train=True, '
-                                    f'rngs={{"dropout": dropout_rng}}{self.extra})')
+                                    f'rngs={self.rngs}{self.extra})')
 
     def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
         if self.batchnorm and isinstance(original.value, cst.Call) and isinstance(original.value.func, cst.Name) \
@@ -1290,3 +1339,40 @@ def _scalar_bound(scope, name: str) -> bool:
 
     scope.visit(_V())
     return bool(found) and all(ok)
+
+
+def _count_name(node: cst.CSTNode, name: str) -> int:
+    count = [0]
+
+    class _V(cst.CSTVisitor):
+        def visit_Lambda(self, n) -> bool:
+            return False
+
+        def visit_Name(self, n: cst.Name) -> None:
+            if n.value == name:
+                count[0] += 1
+
+        def visit_Attribute(self, n: cst.Attribute) -> bool:
+            n.value.visit(self)
+            return False
+
+    node.visit(_V())
+    return count[0]
+
+
+class _RenameKeys(cst.CSTTransformer):
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def visit_Lambda(self, node) -> bool:
+        return False
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
+        if updated.value == RNG_KEY and self.keys:
+            return updated.with_changes(value=self.keys.pop(0))
+        return updated
+
+
+def _is_docstring(stmt) -> bool:
+    return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Expr) \
+        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))

@@ -155,7 +155,8 @@ class TrainState(FlaxTrainState):
 def create_train_state(model, tx, rng, *inputs):
     """Initialise ``model`` on a first batch (``model.init``) and wrap it in a TrainState."""
     params_rng, dropout_rng, rng = jax.random.split(rng, 3)
-    variables = model.init({"params": params_rng, "dropout": dropout_rng}, *inputs)
+    sample_rng = jax.random.fold_in(dropout_rng, 1)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng, "sample": sample_rng}, *inputs)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}), rng=rng)
 

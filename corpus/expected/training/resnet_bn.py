@@ -228,7 +228,8 @@ class TrainState(FlaxTrainState):
 def create_train_state(model, tx, rng, *inputs):
     """Initialise ``model`` on a first batch (``model.init``) and wrap it in a TrainState."""
     params_rng, dropout_rng, rng = jax.random.split(rng, 3)
-    variables = model.init({"params": params_rng, "dropout": dropout_rng}, *inputs)
+    sample_rng = jax.random.fold_in(dropout_rng, 1)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng, "sample": sample_rng}, *inputs)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}), rng=rng)
 
@@ -242,8 +243,9 @@ def model_variables(state):
 
 @jax.jit
 def eval_step(state, *inputs):
-    """The model's forward pass in eval mode (``model.eval()``: dropout off, BatchNorm running stats)."""
-    return state.apply_fn(model_variables(state), *inputs, train=False)
+    """The model's forward pass in eval mode (``model.eval()``: dropout off, BatchNorm running
+    stats); a model that samples (``torch.randn_like`` in forward) draws from the state's key."""
+    return state.apply_fn(model_variables(state), *inputs, train=False, rngs={"sample": state.rng})
 
 
 def to_jax(batch):
