@@ -787,6 +787,14 @@ def _analyse_converted(conv: _Side, entry: dict, replay: dict, setup_name: str, 
     if cloop is None:
         problems.append(f"no train_step call in a loop of the converted {loop_name}")
         return
+    # functional losses are converted inside train_step: record its loss assignment
+    step_fn = _dotted(_value(step_stmt).func)
+    fdef = next((n for n in conv.tree.body if isinstance(n, ast.FunctionDef) and n.name == step_fn), None)
+    if fdef is not None:
+        found = [st for st in ast.walk(fdef) if isinstance(st, (ast.Assign, ast.AugAssign)) and loss in _assigned(st)]
+        for lo in entry["losses"]:
+            if "function" in lo and found:
+                lo["converted"] = conv.src(found[0].value)
     state_targets = _assigned(step_stmt)
     state = state_targets[0] if state_targets else "train_state"
     jloss = loss if loss in state_targets else (state_targets[1] if len(state_targets) > 1 else None)

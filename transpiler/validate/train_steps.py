@@ -551,6 +551,13 @@ def run_train_validation(original, converted, *, spec=None, modules=(), steps: i
     """Replay in a child process (user code is imported there); a loop running longer than
     ``timeout`` seconds is killed and reported as an error. Raises ``runner.Fatal``."""
     from .runner import STARTUP_ALLOWANCE, Fatal, _error, _tail
+    try:   # syntactic: nothing of the user's code is imported in this process
+        manifest, _ = manifest_for(original, converted)
+    except (OSError, ValueError) as exc:
+        raise Fatal(f"reading the training manifest failed: {exc}", True) from None
+    if not manifest or not manifest.get("training"):
+        raise Fatal(f"{original}: no training loop found (a for loop with <loss>.backward() and "
+                    "<optimizer>.step() in its body)", True)
     cmd = [sys.executable, "-m", "transpiler.validate.train_steps", "--original", str(original),
            "--converted", str(converted), "--steps", str(steps), "--seed", str(seed), "--device", device]
     if spec:
