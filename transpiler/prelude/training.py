@@ -86,6 +86,15 @@ def _is_injected(node):
     return isinstance(node, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
 
 
+def initial_learning_rate(optimizer):
+    """The learning rate an optimizer built with inject_hyperparams starts at, as the Python
+    float the script wrote (the float32 state value read back through its shortest repr)."""
+    lr = getattr(optimizer, "initial_lr", None)
+    if lr is None:
+        lr = float(str(np.float32(get_learning_rate(optimizer.init({})))))
+    return lr
+
+
 def get_learning_rate(opt_state):
     """The learning rate held by the first ``optax.inject_hyperparams`` state in ``opt_state``."""
     for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_injected):
@@ -115,22 +124,109 @@ class TorchLRScheduler:
     for count 0, as torch sets it when the scheduler is built."""
 
     def __init__(self, optimizer, schedule):
-        self.base_lr = float(get_learning_rate(optimizer.init({})))
+        # torch's base_lrs are the groups' "initial_lr": the optimizer's own learning rate,
+        # not the first value of a scheduler built on it before this one
+        self.base_lr = initial_learning_rate(optimizer)
         self.schedule = schedule(self.base_lr)
         self.last_epoch = 0
         self._last_lr = [float(self.schedule(0))]
-        first = self._last_lr[0]
-
-        def init(params):
-            return set_learning_rate(optimizer.init(params), first)
-
-        self.optimizer = optax.GradientTransformationExtraArgs(init, optimizer.update)
+        self.optimizer = scheduled_optimizer(optimizer, self._last_lr[0], self.base_lr)
 
     def step(self, state):
         self.last_epoch += 1
         lr = float(self.schedule(self.last_epoch))
         self._last_lr = [lr]
         return state.replace(opt_state=set_learning_rate(state.opt_state, lr))
+
+    def get_last_lr(self):
+        return list(self._last_lr)
+
+
+class ScheduledOptimizer(optax.GradientTransformationExtraArgs):
+    """An optimizer whose state starts at a scheduler's first learning rate; ``initial_lr``
+    keeps the optimizer's own value for schedulers built after it (torch's "initial_lr")."""
+
+
+def scheduled_optimizer(optimizer, lr, initial_lr):
+    """``optimizer`` with its injected learning rate starting at ``lr``."""
+    def init(params):
+        return set_learning_rate(optimizer.init(params), lr)
+
+    tx = ScheduledOptimizer(init, optimizer.update)
+    tx.initial_lr = initial_lr
+    return tx
+
+
+class TorchSequentialLR(TorchLRScheduler):
+    """``SequentialLR``: ``schedulers[i]`` runs from its own count 0 once the step count
+    reaches ``milestones[i - 1]`` (each on the optimizer's initial learning rate)."""
+
+    def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
+        milestones = list(milestones)
+
+        def schedule(base):
+            def lr(count):
+                idx = sum(1 for m in milestones if m <= count)
+                start = milestones[idx - 1] if idx > 0 else 0
+                return schedulers[idx].schedule(count - start)
+            return lr
+
+        super().__init__(optimizer, schedule)
+
+
+class TorchReduceLROnPlateau:
+    """``ReduceLROnPlateau``, on the host: ``step(state, metric)`` compares the metric with
+    the best one so far (torch's mode / threshold / threshold_mode), counts bad epochs, and
+    after more than ``patience`` of them multiplies the learning rate by ``factor`` (not
+    below ``min_lr``, skipped when the change is below ``eps``), then waits ``cooldown``
+    epochs. The learning rate is written into the optax.inject_hyperparams state."""
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
+                 cooldown=0, min_lr=0, eps=1e-8):
+        if factor >= 1.0:
+            raise ValueError("Factor should be < 1.0.")
+        self.lr = initial_learning_rate(optimizer)
+        self.mode, self.factor, self.patience = mode, factor, patience
+        self.threshold, self.threshold_mode, self.cooldown = threshold, threshold_mode, cooldown
+        self.min_lr = min_lr[0] if isinstance(min_lr, (list, tuple)) else min_lr
+        self.eps = eps
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+        self._last_lr = [self.lr]
+        self.optimizer = scheduled_optimizer(optimizer, self.lr, self.lr)
+
+    def is_better(self, a, best):
+        if self.mode == "min" and self.threshold_mode == "rel":
+            return a < best * (1.0 - self.threshold)
+        if self.mode == "min":
+            return a < best - self.threshold
+        if self.threshold_mode == "rel":
+            return a > best * (self.threshold + 1.0)
+        return a > best + self.threshold
+
+    def step(self, state, metrics):
+        current = float(metrics)
+        self.last_epoch += 1
+        if self.is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            new_lr = max(self.lr * self.factor, self.min_lr)
+            if self.lr - new_lr > self.eps:
+                self.lr = new_lr
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        self._last_lr = [self.lr]
+        if state is None:
+            return state
+        return state.replace(opt_state=set_learning_rate(state.opt_state, self.lr))
 
     def get_last_lr(self):
         return list(self._last_lr)
