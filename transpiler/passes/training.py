@@ -32,6 +32,10 @@ from .base import Rule
 
 OPTIMIZER_PREFIX = "torch.optim."
 SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
+# schedulers the training rule converts itself (they are not op-table entries: their step()
+# takes a metric, or their arguments are other schedulers)
+HOST_SCHEDULERS = {"torch.optim.lr_scheduler.ReduceLROnPlateau": "TorchReduceLROnPlateau",
+                   "torch.optim.lr_scheduler.SequentialLR": "TorchSequentialLR"}
 CLIP_CALLS = {"torch.nn.utils.clip_grad_norm_": "norm", "torch.nn.utils.clip_grad_value_": "value"}
 BATCHNORM_PREFIXES = ("torch.nn.BatchNorm", "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm")
 RNG_KEY = "rng_key"      # the key random ops in script code use (ops rule, JP403)
@@ -224,6 +228,7 @@ class TrainingRule(Rule):
         self.lr_written: set[str] = set()         # optimizers whose param_groups' "lr" the script writes
         self.outer_removed: set[int] = set()      # statements of an accumulation loop's outer loop to drop
         self.seed_scopes: set[str | None] = set()  # functions (None: module) that call torch.manual_seed
+        self.plateau: set[str] = set()            # ReduceLROnPlateau schedulers (step(metric))
         self.sample_stream = False                # a module samples (torch.randn_like in forward)
         self.global_key: set[str] = set()         # functions that split the module-level rng_key
 
@@ -296,6 +301,8 @@ class TrainingRule(Rule):
                 if q.startswith(SCHEDULER_PREFIX):
                     if n.value.args and isinstance(n.value.args[0].value, cst.Name):
                         rule.schedulers[name] = n.value.args[0].value.value
+                        if q == "torch.optim.lr_scheduler.ReduceLROnPlateau":
+                            rule.plateau.add(name)
                 elif q.startswith(OPTIMIZER_PREFIX) and q in rule.ctx.tables.functions:
                     model = None
                     if n.value.args:
@@ -593,6 +600,13 @@ class TrainingRule(Rule):
             if lam is not None:
                 return updated.with_changes(body=[updated.body[0].with_changes(value=cst.parse_expression(lam))])
         found = _method_stmt(original, "step")
+        if found is not None and dotted(found[0]) in self.plateau and len(found[1].args) == 1 \
+                and found[1].args[0].keyword is None:
+            call = _method_stmt(updated, "step")
+            if call is not None:
+                metric = _code(call[1].args[0].value)
+                return cst.parse_statement(f"{STATE} = {dotted(found[0])}.step({STATE}, {metric})\n").with_changes(
+                    leading_lines=updated.leading_lines)
         if found is not None and dotted(found[0]) in self.schedulers and found[1].args:
             self.ctx.report(original, "JP606", f"{dotted(found[0])}.step(...) with a metric is not converted")
             return updated
@@ -629,13 +643,32 @@ class TrainingRule(Rule):
                         value = wrapped
                 new = updated.with_changes(body=[updated.body[0].with_changes(value=value)])
                 return cst.FlattenSentinel([new, cst.parse_statement(f"{STATE} = None\n")])
+            q = qualify(stmt.value.func, self.ctx.aliases) if isinstance(stmt.value, cst.Call) else None
+            if name in self.schedulers and q in HOST_SCHEDULERS and isinstance(updated.body[0], cst.Assign) \
+                    and isinstance(updated.body[0].value, cst.Call):
+                helper = HOST_SCHEDULERS[q]
+                self._swap_pending("JP101", "JP607", f"{q.rsplit('.', 1)[1]} → {helper} (prelude, host-side)")
+                self.ctx.emits.add(helper)
+                updated = updated.with_changes(body=[updated.body[0].with_changes(
+                    value=updated.body[0].value.with_changes(func=cst.Name(helper)))])
             if name in self.schedulers and isinstance(updated.body[0], cst.Assign) \
-                    and _code(updated.body[0].value).startswith("TorchLRScheduler("):
+                    and _code(updated.body[0].value).split("(")[0] in ("TorchLRScheduler", *HOST_SCHEDULERS.values()):
                 self.ctx.report(original, "JP607", f"{name} drives {self.schedulers[name]} through "
                                 "optax.inject_hyperparams; step() → state = scheduler.step(state)")
                 opt = self.schedulers[name]
                 return cst.FlattenSentinel([updated, cst.parse_statement(f"{opt} = {name}.optimizer\n")])
         return self._thread_calls(original, updated)
+
+    def _swap_pending(self, code: str, new_code: str, message: str) -> None:
+        """Replace the ``code`` diagnostics reported on the statement being left (another
+        rule's warning that this rule has resolved) by ``new_code``."""
+        from .. import diagnostics as diag
+        pending = self.ctx.statement_stack[-1] if self.ctx.statement_stack else []
+        for d in [d for d in pending if d.code == code]:
+            pending.remove(d)
+            for i, other in enumerate(self.ctx.diagnostics):
+                if other is d:
+                    self.ctx.diagnostics[i] = diag.make(new_code, message, d.line, d.col)
 
     def _thread_key(self, original, updated):
         """A random op in script code uses the free name ``rng_key`` (JP403). Where
@@ -654,15 +687,7 @@ class TrainingRule(Rule):
         new = updated.visit(_RenameKeys(list(keys)))
         split = cst.parse_statement(f"{RNG_KEY}, {', '.join(keys)} = jax.random.split({RNG_KEY}"
                                     + (f", {count + 1})\n" if count > 1 else ")\n"))
-        pending = self.ctx.statement_stack[-1] if self.ctx.statement_stack else []
-        from .. import diagnostics as diag
-        for d in [d for d in pending if d.code == "JP403"]:
-            pending.remove(d)
-            for i, other in enumerate(self.ctx.diagnostics):
-                if other is d:
-                    self.ctx.diagnostics[i] = diag.make(
-                        "JP612", "random op: its key is split from rng_key (torch.manual_seed) just before",
-                        d.line, d.col)
+        self._swap_pending("JP403", "JP612", "random op: its key is split from rng_key (torch.manual_seed) just before")
         self.ctx.emits.add("jax")
         return cst.FlattenSentinel([split.with_changes(leading_lines=updated.leading_lines),
                                     new.with_changes(leading_lines=[])])
