@@ -33,7 +33,14 @@ SCRIPTS = {
     "dropout_classifier.py": (["--epochs", "2", "--dropout", "0"], 6),
     "gpt_accum.py": (["--iters", "6"], 6),
     "vae.py": (["--epochs", "2"], 8),
+    "plateau_regression.py": (["--epochs", "4"], 16),
+    "plateau_regression.py[sequential]": (["--epochs", "4", "--scheduler", "sequential"], 16),
 }
+
+
+def _file(case: str) -> str:
+    """A case is a corpus file name, optionally with a [variant] of its arguments."""
+    return case.split("[")[0]
 
 # Scripts that sample: torch's and JAX's generators differ, so the comparison run makes the
 # noise equal on both sides (normal noise → 0, permutations → identity) and compares the
@@ -93,7 +100,7 @@ RUN_FAST = {"mlp_regression.py"}   # the others run the same code paths; subproc
 @pytest.mark.parametrize("name", [n if n in RUN_FAST else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(SCRIPTS)])
 def test_converted_script_runs(name, tmp_path):
-    converted = _convert(name, tmp_path)
+    converted = _convert(_file(name), tmp_path)
     argv = [a for a in SCRIPTS[name][0]] + (["--epochs", "2"] if name == "resnet_bn.py" else [])
     proc = subprocess.run([sys.executable, "-W", "ignore", converted, *argv], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
@@ -115,8 +122,8 @@ def test_converted_script_trains_like_torch(name, tmp_path):
     from transpiler.validate.weights import load_torch_state
 
     argv, count = SCRIPTS[name]
-    original = os.path.join(CORPUS, name)
-    converted = _convert(name, tmp_path)
+    original = os.path.join(CORPUS, _file(name))
+    converted = _convert(_file(name), tmp_path)
     captured = []
     parameters = torch.nn.Module.parameters
 
@@ -145,7 +152,7 @@ def test_converted_script_trains_like_torch(name, tmp_path):
     with open(converted, encoding="utf-8") as fh:
         source = fh.read()
     assert "def create_train_state(" in source
-    patched = tmp_path / ("patched_" + name)
+    patched = tmp_path / ("patched_" + _file(name))
     patched.write_text(source.replace("def create_train_state(", "def _unused_create_train_state("),
                        encoding="utf-8")
     with _noise_free(name in NOISE_FREE):

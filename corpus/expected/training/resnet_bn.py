@@ -257,6 +257,15 @@ def _is_injected(node):
     return isinstance(node, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
 
 
+def initial_learning_rate(optimizer):
+    """The learning rate an optimizer built with inject_hyperparams starts at, as the Python
+    float the script wrote (the float32 state value read back through its shortest repr)."""
+    lr = getattr(optimizer, "initial_lr", None)
+    if lr is None:
+        lr = float(str(np.float32(get_learning_rate(optimizer.init({})))))
+    return lr
+
+
 def get_learning_rate(opt_state):
     """The learning rate held by the first ``optax.inject_hyperparams`` state in ``opt_state``."""
     for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_injected):
@@ -286,16 +295,13 @@ class TorchLRScheduler:
     for count 0, as torch sets it when the scheduler is built."""
 
     def __init__(self, optimizer, schedule):
-        self.base_lr = float(get_learning_rate(optimizer.init({})))
+        # torch's base_lrs are the groups' "initial_lr": the optimizer's own learning rate,
+        # not the first value of a scheduler built on it before this one
+        self.base_lr = initial_learning_rate(optimizer)
         self.schedule = schedule(self.base_lr)
         self.last_epoch = 0
         self._last_lr = [float(self.schedule(0))]
-        first = self._last_lr[0]
-
-        def init(params):
-            return set_learning_rate(optimizer.init(params), first)
-
-        self.optimizer = optax.GradientTransformationExtraArgs(init, optimizer.update)
+        self.optimizer = scheduled_optimizer(optimizer, self._last_lr[0], self.base_lr)
 
     def step(self, state):
         self.last_epoch += 1
@@ -305,6 +311,21 @@ class TorchLRScheduler:
 
     def get_last_lr(self):
         return list(self._last_lr)
+
+
+class ScheduledOptimizer(optax.GradientTransformationExtraArgs):
+    """An optimizer whose state starts at a scheduler's first learning rate; ``initial_lr``
+    keeps the optimizer's own value for schedulers built after it (torch's "initial_lr")."""
+
+
+def scheduled_optimizer(optimizer, lr, initial_lr):
+    """``optimizer`` with its injected learning rate starting at ``lr``."""
+    def init(params):
+        return set_learning_rate(optimizer.init(params), lr)
+
+    tx = ScheduledOptimizer(init, optimizer.update)
+    tx.initial_lr = initial_lr
+    return tx
 
 
 def torch_cosine_annealing_lr(T_max, eta_min=0.0):
