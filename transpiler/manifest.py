@@ -99,7 +99,16 @@ def _qualify(node: ast.AST, aliases: dict[str, str]) -> str | None:
 
 
 def _names_read(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    """Free names a node reads (names bound by its lambdas and comprehensions excluded)."""
+    bound = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Lambda):
+            a = n.args
+            bound |= {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
+            bound |= {x.arg for x in (a.vararg, a.kwarg) if x is not None}
+        elif isinstance(n, ast.comprehension):
+            bound |= set(_target_names(n.target))
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
 
 
 def _target_names(target: ast.AST) -> list[str]:
