@@ -835,7 +835,14 @@ def _analyse_converted(conv: _Side, entry: dict, replay: dict, setup_name: str, 
               *( [sched[0]] if sched is not None else [])]:
         if n:
             setup_targets += [s for s in conv.assignments(csetup, n) if not isinstance(s, ast.For)]
-    setup_targets = sorted({id(s): s for s in setup_targets}.values(), key=lambda s: s.lineno)
+    # an if/else building them in both branches: the first branch only (like the torch side)
+    other_branch = set()
+    for st in _statements(csetup.body):
+        if isinstance(st, ast.If) and st.orelse:
+            first = {n for x in _statements(st.body) for n in _assigned(x)}
+            other_branch |= {id(x) for x in _statements(st.orelse) if set(_assigned(x)) & first}
+    setup_targets = sorted({id(s): s for s in setup_targets if id(s) not in other_branch}.values(),
+                           key=lambda s: s.lineno)
     known = set(names) | ({index} if index else set()) | {state}
     jsetup, jmissing, jstubs = _setup_closure(conv, csetup, setup_targets, known)
     _, cbinding = _caller_binding(conv, cloop_scope) if csetup is not cloop_scope else (None, {})

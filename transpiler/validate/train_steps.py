@@ -379,6 +379,9 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
     state = state.replace(params=loaded["params"], opt_state=state.tx.init(loaded["params"]),
                           **({"batch_stats": loaded["batch_stats"]} if "batch_stats" in loaded else {}))
     sched_t, sched_j = tside.get("scheduler_step"), jside.get("scheduler_step")
+    if sched_t and not sched_t.rstrip().endswith(".step()"):
+        notes.append(f"the scheduler is not stepped: `{sched_t}` takes a value computed outside the step")
+        sched_t = sched_j = None
     if bool(sched_t) != bool(sched_j):
         raise ReplayError(f"the scheduler steps per epoch on one side only (torch {sched_t!r}, jax {sched_j!r})")
 
