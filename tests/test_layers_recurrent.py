@@ -48,7 +48,8 @@ def render_layer(src):
                 entry = tables.layers["torch." + name]
                 rendered = render_call(entry, updated.args)
                 assert rendered.expr is not None, rendered.message
-                assert rendered.code is None, rendered.message
+                # documented approximations (JP201) are allowed: the callers compare numerics
+                assert rendered.code in (None, "JP201"), rendered.message
                 emits.update(rendered.emits)
                 entries.append(entry)
                 return rendered.expr

@@ -142,3 +142,21 @@ def transformer_encoder(torch_module, flax_subtrees):
 def transformer_decoder(torch_module, flax_subtrees):
     """torch.nn.TransformerDecoder (its layers and optional final LayerNorm) → TorchTransformerDecoder."""
     return _transformer(torch_module, flax_subtrees, "TransformerDecoder", stack_source)
+
+
+def transformer_source(torch_model, prefix: str = "") -> Source:
+    """torch.nn.Transformer: ``encoder`` and ``decoder`` stacks, each with its final norm."""
+    stacks = {name: stack_source(getattr(torch_model, name), f"{prefix}{name}.")
+              for name in ("encoder", "decoder")}
+
+    def source(collection: str, path: tuple[str, ...]):
+        if collection != "params" or not path or path[0] not in stacks:
+            raise KeyError(path)
+        return stacks[path[0]](collection, path[1:])
+
+    return source
+
+
+def transformer(torch_module, flax_subtrees):
+    """torch.nn.Transformer → TorchTransformer."""
+    return _transformer(torch_module, flax_subtrees, "Transformer", transformer_source)
