@@ -35,6 +35,7 @@ SCRIPTS = {
     "vae.py": (["--epochs", "2"], 8),
     "plateau_regression.py": (["--epochs", "4"], 16),
     "plateau_regression.py[sequential]": (["--epochs", "4", "--scheduler", "sequential"], 16),
+    "gan.py": (["--steps", "6"], 12),
 }
 
 
@@ -43,9 +44,21 @@ def _file(case: str) -> str:
     return case.split("[")[0]
 
 # Scripts that sample: torch's and JAX's generators differ, so the comparison run makes the
-# noise equal on both sides (normal noise → 0, permutations → identity) and compares the
-# deterministic rest; the subprocess run keeps the real sampling.
-NOISE_FREE = {"vae.py"}
+# noise equal on both sides (normal noise → the same fixed pattern, permutations → identity)
+# and compares the deterministic rest; the subprocess run keeps the real sampling.
+NOISE_FREE = {"vae.py", "gan.py"}
+
+
+def _pattern(lib, shape, dtype):
+    """Deterministic stand-in for normal noise, the same numbers in torch and JAX."""
+    n = int(np.prod(shape))
+    if lib is torch:
+        return torch.sin(torch.arange(n, dtype=torch.float32) * 0.7).reshape(tuple(shape)).to(dtype)
+    return lib.sin(lib.arange(n, dtype=lib.float32) * 0.7).reshape(tuple(shape)).astype(dtype)
+
+
+def _torch_size(size):
+    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else tuple(size)
 
 
 @contextlib.contextmanager
@@ -55,15 +68,16 @@ def _noise_free(enabled: bool):
         return
     import jax
     import jax.numpy as jnp
-    saved = (torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation)
-    torch.randn_like = lambda x, **kw: torch.zeros_like(x)
+    saved = (torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation)
+    torch.randn = lambda *size, **kw: _pattern(torch, _torch_size(size), kw.get("dtype") or torch.float32)
+    torch.randn_like = lambda x, **kw: _pattern(torch, x.shape, x.dtype)
     torch.randperm = lambda n, **kw: torch.arange(n)
-    jax.random.normal = lambda key, shape=(), dtype=jnp.float32: jnp.zeros(shape, dtype)
+    jax.random.normal = lambda key, shape=(), dtype=jnp.float32: _pattern(jnp, shape, dtype)
     jax.random.permutation = lambda key, x, **kw: jnp.arange(x) if isinstance(x, int) else x
     try:
         yield
     finally:
-        torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation = saved
+        torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation = saved
 
 
 def _convert(name: str, tmp_path) -> str:
@@ -124,13 +138,12 @@ def test_converted_script_trains_like_torch(name, tmp_path):
     argv, count = SCRIPTS[name]
     original = os.path.join(CORPUS, _file(name))
     converted = _convert(_file(name), tmp_path)
-    captured = []
+    captured = {}   # model class → the model as its optimizer first saw it
     parameters = torch.nn.Module.parameters
 
     def recording(self, recurse=True):
-        if not captured:
-            captured.append(None)
-            captured[0] = copy.deepcopy(self)
+        if type(self).__name__ not in captured:
+            captured[type(self).__name__] = copy.deepcopy(self)
         return parameters(self, recurse)
 
     torch.nn.Module.parameters = recording
@@ -139,14 +152,14 @@ def test_converted_script_trains_like_torch(name, tmp_path):
             expected = _losses(_run_in_process(original, argv))
     finally:
         torch.nn.Module.parameters = parameters
-    assert len(expected) == count and captured and captured[0] is not None
+    assert len(expected) == count and captured
 
     def create_train_state(model, tx, rng, *inputs):
         state = prelude.create_train_state(model, tx, rng, *inputs)
         variables = {"params": state.params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        loaded = load_torch_state(captured[0], variables)
+        loaded = load_torch_state(captured[type(model).__name__], variables)
         return state.replace(params=loaded["params"], batch_stats=loaded.get("batch_stats", {}))
 
     with open(converted, encoding="utf-8") as fh:

@@ -228,11 +228,25 @@ class TrainingRule(Rule):
         self.lr_written: set[str] = set()         # optimizers whose param_groups' "lr" the script writes
         self.outer_removed: set[int] = set()      # statements of an accumulation loop's outer loop to drop
         self.seed_scopes: set[str | None] = set()  # functions (None: module) that call torch.manual_seed
+        self.multi_plans: dict[int, list] = {}   # id(loop) → plans of its backward/step pairs (GAN)
         self.plateau: set[str] = set()            # ReduceLROnPlateau schedulers (step(metric))
         self.sample_stream = False                # a module samples (torch.randn_like in forward)
         self.global_key: set[str] = set()         # functions that split the module-level rng_key
 
     # ------------------------------------------------------------------ pre-scan
+    @property
+    def multi(self) -> bool:
+        """Several models, each with its own optimizer (a GAN): one TrainState per model."""
+        return len(set(self.optimizers.values())) > 1
+
+    def _state(self, model: str | None) -> str:
+        if not self.multi or model is None:
+            return STATE
+        return model.replace(".", "_") + "_state"
+
+    def _opt_state(self, optimizer: str | None) -> str:
+        return self._state(self.optimizers.get(optimizer)) if optimizer else STATE
+
     def _scope_node(self):
         fn = self._function()
         if fn is not None and fn in self.functions:
@@ -438,6 +452,17 @@ class TrainingRule(Rule):
             if _calls_name(node.body, self.models):
                 self.eval_loops.add(id(node))
             return
+        if self.multi and (len(backward) > 1 or len(steps) > 1):
+            try:
+                plans = self._plan_pairs(node, backward, steps)
+            except _Unsupported as exc:
+                self.failed[id(node)] = str(exc)
+                return
+            self.multi_plans[id(node)] = plans
+            for plan in plans:
+                for s in plan.segment + plan.removed:
+                    self.segment_ids[id(s)] = plan
+            return
         try:
             plan = self._plan(node, backward, steps)
         except _Unsupported as exc:
@@ -605,7 +630,8 @@ class TrainingRule(Rule):
             call = _method_stmt(updated, "step")
             if call is not None:
                 metric = _code(call[1].args[0].value)
-                return cst.parse_statement(f"{STATE} = {dotted(found[0])}.step({STATE}, {metric})\n").with_changes(
+                st = self._opt_state(self.schedulers.get(dotted(found[0])))
+                return cst.parse_statement(f"{st} = {dotted(found[0])}.step({st}, {metric})\n").with_changes(
                     leading_lines=updated.leading_lines)
         if found is not None and dotted(found[0]) in self.schedulers and found[1].args:
             self.ctx.report(original, "JP606", f"{dotted(found[0])}.step(...) with a metric is not converted")
@@ -624,7 +650,8 @@ class TrainingRule(Rule):
                 return cst.RemoveFromParent()
         found = _method_stmt(original, "step")
         if found is not None and dotted(found[0]) in self.schedulers:
-            return cst.parse_statement(f"{STATE} = {dotted(found[0])}.step({STATE})\n").with_changes(
+            st = self._opt_state(self.schedulers.get(dotted(found[0])))
+            return cst.parse_statement(f"{st} = {dotted(found[0])}.step({st})\n").with_changes(
                 leading_lines=updated.leading_lines)
         found = _method_stmt(original, "load_state_dict")
         if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)):
@@ -642,7 +669,7 @@ class TrainingRule(Rule):
                     if wrapped is not None:
                         value = wrapped
                 new = updated.with_changes(body=[updated.body[0].with_changes(value=value)])
-                return cst.FlattenSentinel([new, cst.parse_statement(f"{STATE} = None\n")])
+                return cst.FlattenSentinel([new, cst.parse_statement(f"{self._opt_state(name)} = None\n")])
             q = qualify(stmt.value.func, self.ctx.aliases) if isinstance(stmt.value, cst.Call) else None
             if name in self.schedulers and q in HOST_SCHEDULERS and isinstance(updated.body[0], cst.Assign) \
                     and isinstance(updated.body[0].value, cst.Call):
@@ -756,7 +783,7 @@ class TrainingRule(Rule):
 
     def _thread_calls(self, original, updated):
         """``train(...)`` of a state-changing function → ``state = train(..., state=state)``."""
-        if not self.optimizers:
+        if not self.optimizers or self.multi:
             return updated
         stmt = original.body[0]
         call = None
@@ -788,11 +815,11 @@ class TrainingRule(Rule):
             owner = dotted(func.value)
             if owner in self.models:
                 self.ctx.emits.add("model_variables")
-                return cst.parse_expression(f"model_variables({STATE})")
+                return cst.parse_expression(f"model_variables({self._state(owner)})")
             if owner in self.optimizers:
-                return cst.parse_expression(f"{STATE}.opt_state")
+                return cst.parse_expression(f"{self._opt_state(owner)}.opt_state")
         if isinstance(func, cst.Name) and func.value in self.functions and self.functions[func.value].needs \
-                and not self.functions[func.value].creates:
+                and not self.functions[func.value].creates and not self.multi:
             if not any(a.keyword is not None and a.keyword.value == STATE for a in updated.args):
                 return _add_kwarg(updated, STATE, cst.Name(STATE))
         if isinstance(func, cst.Name) and func.value in self.models and not self.segment_depth:
@@ -805,7 +832,7 @@ class TrainingRule(Rule):
                 return updated
             self.ctx.emits.add("eval_step")
             return cst.Call(func=cst.Name("eval_step"),
-                            args=[cst.Arg(cst.Name(STATE), comma=_COMMA), *updated.args])
+                            args=[cst.Arg(cst.Name(self._state(func.value)), comma=_COMMA), *updated.args])
         return updated
 
     # ------------------------------------------------------------------ loops
@@ -821,7 +848,8 @@ class TrainingRule(Rule):
             self.ctx.emits.add("set_optimizer_lr")
             self.ctx.report(original, "JP610", f'{owner}.param_groups "lr" writes → the learning rate in the '
                             "optimizer state (optax.inject_hyperparams), set on the host between steps")
-            return cst.parse_statement(f"{STATE}, {owner} = set_optimizer_lr({STATE}, {owner}, {_code(new_value)})\n"
+            st = self._opt_state(owner)
+            return cst.parse_statement(f"{st}, {owner} = set_optimizer_lr({st}, {owner}, {_code(new_value)})\n"
                                        ).with_changes(leading_lines=updated.leading_lines)
         if id(original) in self.eval_loops:
             names = _loop_batch_names(original)
@@ -833,6 +861,8 @@ class TrainingRule(Rule):
         if id(original) in self.failed:
             self.ctx.report(original, "JP602", f"training loop not converted: {self.failed[id(original)]}")
             return updated
+        if id(original) in self.multi_plans:
+            return self._leave_multi(original, updated, self.multi_plans[id(original)])
         plan = self.plans.get(id(original))
         if plan is None:
             return updated
@@ -879,6 +909,161 @@ class TrainingRule(Rule):
                         "jax.value_and_grad and optax")
         return updated.with_changes(body=updated.body.with_changes(body=body))
 
+    def _plan_pairs(self, loop: cst.For, backward, steps) -> list[LoopPlan]:
+        """A loop with one backward()/step() pair per model (a GAN: the discriminator's step,
+        then the generator's): one train step per pair. Each step's segment is the slice of
+        the statements before its backward() that its loss depends on and that call a model;
+        models other than the stepped one are applied with their own state (constant there).
+        Exact when no model called in a segment is stepped between that call and the
+        backward() (the torch forward pass saw the same parameters)."""
+        if len(backward) != len(steps):
+            raise _Unsupported(f"{len(backward)} backward() calls and {len(steps)} step() calls")
+        body = list(loop.body.body)
+        removed_all = set()
+        pairs = []
+        for b_stmt, s_stmt in zip(backward, steps):
+            loss_expr, b_call = _method_stmt(b_stmt, "backward")
+            if b_call.args:
+                raise _Unsupported("backward() with arguments (retain_graph, gradient)")
+            optimizer = dotted(_method_stmt(s_stmt, "step")[0])
+            b_index, s_index = body.index(b_stmt), body.index(s_stmt)
+            if s_index < b_index:
+                raise _Unsupported("step() before backward()")
+            if any(not (_method_stmt(x, "zero_grad") and dotted(_method_stmt(x, "zero_grad")[0]) in self.optimizers)
+                   for x in body[b_index + 1:s_index]):
+                raise _Unsupported("statements between backward() and step() other than zero_grad()")
+            pairs.append((b_stmt, s_stmt, loss_expr, optimizer))
+            removed_all |= {id(b_stmt), id(s_stmt)}
+        if len({p[3] for p in pairs}) != len(pairs):
+            raise _Unsupported("one optimizer stepped twice in a loop")
+        if self.batchnorm:
+            raise _Unsupported("several models with BatchNorm in one loop")
+        zero = [x for x in body if _method_stmt(x, "zero_grad") and dotted(_method_stmt(x, "zero_grad")[0])
+                in (set(self.optimizers) | self.models)]
+        removed_all |= {id(x) for x in zero}
+        step_at = {self.optimizers[p[3]]: body.index(p[1]) for p in pairs}
+        plans, claimed = [], set()
+        fn = self._function()
+        if fn is not None and fn in self.functions and not self.functions[fn].creates:
+            raise _Unsupported("several models trained in a function that does not build their optimizers")
+        for b_stmt, s_stmt, loss_expr, optimizer in pairs:
+            model = self.optimizers[optimizer]
+            b_index = body.index(b_stmt)
+            candidates = [x for x in body[:b_index] if id(x) not in removed_all]
+            tainted: set[str] = set()
+            marked = []
+            for x in candidates:
+                if _calls_name(x, self.models) or _names_read(x) & tainted:
+                    marked.append(x)
+                    tainted |= set(_assigned(x))
+            needed = set(_names_read(loss_expr))
+            segment = []
+            for x in reversed(candidates):
+                if x in marked and set(_assigned(x)) & needed:
+                    segment.insert(0, x)
+                    needed |= _names_read(x)
+            if not segment or not _model_calls(segment, model):
+                raise _Unsupported(f"no forward pass of {model} before its backward()")
+            for x in segment:
+                small = x.body[0] if isinstance(x, cst.SimpleStatementLine) and len(x.body) == 1 else None
+                if not (isinstance(small, cst.Assign) and all(_bound(t.target) for t in small.targets)) \
+                        or ".item()" in _code(small.value):
+                    raise _Unsupported("the forward pass of a step is not made of plain assignments")
+                for m in self.models:
+                    if _calls_name(x, {m}) and m in step_at and body.index(x) < step_at[m] < b_index:
+                        raise _Unsupported(f"{m} is stepped between its forward pass and the backward() that uses it")
+                for call in _model_calls([x], model) + [c for m in self.models for c in _model_calls([x], m)]:
+                    if any(a.keyword is not None or a.star for a in call.args):
+                        raise _Unsupported("model called with keyword or starred arguments")
+            removed = [b_stmt, s_stmt] + [z for z in zero if z not in claimed]
+            claimed |= set(removed)
+            plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=[],
+                            removed=removed, clips=[], loss=loss_expr)
+            plan.local = self._local_names(loop)
+            plan.loop_bound = set(_assigned(loop))
+            plan.boundary = _loop_batch_names(loop)
+            plans.append(plan)
+        in_segments = {id(x) for p in plans for x in p.segment}
+        host = [x for x in body if id(x) not in in_segments and id(x) not in removed_all]
+        for plan in plans:
+            assigned = set(_ordered_assigned(plan.segment))
+            b_index = body.index(plan.removed[0])
+            later = set()
+            for x in host:
+                reads = _names_read(x) & assigned
+                if reads and body.index(x) < b_index:
+                    raise _Unsupported(f"{', '.join(sorted(reads))} computed in a training step is read before it")
+                later |= reads
+            loss_name = dotted(plan.loss) if isinstance(plan.loss, cst.Name) else None
+            plan.outputs = [loss_name or "loss_value",
+                            *[n for n in _ordered_assigned(plan.segment) if n in later and n != loss_name]]
+        # where each model's state is created: its first call whose arguments the host computes
+        self.multi_init = getattr(self, "multi_init", {})
+        for m in sorted({p.model for p in plans}):
+            found = None
+            for x in body:
+                if id(x) in in_segments:
+                    for call in _model_calls([x], m):
+                        seg_assigned = {n for p in plans for y in p.segment for n in _assigned(y)}
+                        if not any(_names_read(a.value) & seg_assigned for a in call.args):
+                            found = (x, call)
+                            break
+                if found:
+                    break
+            if found is None:
+                raise _Unsupported(f"no call of {m} on host values to initialise it from")
+            self.multi_init[m] = found
+        return plans
+
+    def _leave_multi(self, original: cst.For, updated: cst.For, plans: list[LoopPlan]):
+        names = []
+        for plan in plans:
+            plan.step_name = self._step_name()
+            names.append(plan.step_name)
+            self._inputs(plan)
+            others = [self._state(m) for m in sorted(self.models)
+                      if m != plan.model and _model_calls(plan.segment, m)]
+            plan.inputs = others + plan.inputs
+            self.step_sources.append(self._train_step_source(plan))
+        drop = {id(self.converted[id(s)].body[0]) for p in plans for s in p.removed + p.segment
+                if id(s) in self.converted}
+        creates = {}   # id(converted first statement) → [create blocks]
+        order = sorted(self.multi_init, key=lambda m: sorted(self.models).index(m))
+        for i, m in enumerate(order):
+            stmt, call = self.multi_init[m]
+            conv = self.converted.get(id(stmt))
+            conv_calls = _model_calls([conv], m) if conv is not None else []
+            args = ", ".join(_code(a.value) for a in (conv_calls[0].args if conv_calls else call.args))
+            opt = [o for o, mm in self.optimizers.items() if mm == m][0]
+            key = f"jax.random.PRNGKey({self.seed})" if i == 0 else f"jax.random.fold_in(jax.random.PRNGKey({self.seed}), {i})"
+            st = self._state(m)
+            creates.setdefault(id(conv.body[0]) if conv is not None else None, []).append(cst.parse_statement(
+                f"if {st} is None:\n    {st} = create_train_state({m}, {opt}, {key}, {args})\n"))
+        calls = {}
+        for plan in plans:
+            st = self._state(plan.model)
+            call_args = ", ".join([st, *(plan.flat.get(n, n) for n in plan.inputs)])
+            b_conv = self.converted.get(id(plan.removed[0]))
+            calls[id(b_conv.body[0]) if b_conv is not None else None] = cst.parse_statement(
+                f"{', '.join([st, *plan.outputs])} = {plan.step_name}({call_args})\n")
+        self.ctx.emits |= {"create_train_state", "jax"}
+        body: list[cst.BaseStatement] = []
+        if plans[0].boundary:
+            body.append(cst.parse_statement(f"{', '.join(plans[0].boundary)} = "
+                                            f"{', '.join(f'to_jax({n})' for n in plans[0].boundary)}\n"))
+            self.ctx.emits.add("to_jax")
+        for stmt in updated.body.body:
+            inner = stmt.body[0] if isinstance(stmt, cst.SimpleStatementLine) and stmt.body else None
+            if inner is not None and id(inner) in drop:
+                body += creates.get(id(inner), [])
+                if id(inner) in calls:
+                    body.append(calls[id(inner)])
+                continue
+            body.append(stmt)
+        self.ctx.report(original, "JP601", f"training loop → jitted {', '.join(names)}: one train step per "
+                        "model and optimizer, each model with its own TrainState")
+        return updated.with_changes(body=updated.body.with_changes(body=body))
+
     def _accumulating(self, original, plan: LoopPlan) -> str:
         """``optax.MultiSteps`` summing the gradients of ``k`` micro-batches (torch's
         ``backward()`` adds into ``.grad``; the script already divides the loss by k) and
@@ -906,10 +1091,11 @@ class TrainingRule(Rule):
         for s in plan.segment:
             stmt = self.converted.get(id(s), s)
             for n in sorted(_names_read(stmt)):
-                if n not in assigned and n not in reads and n != plan.model:
+                if n not in assigned and n not in reads and n != plan.model and n not in self.models:
                     reads.append(n)
             assigned |= set(_assigned(stmt))
-        inputs = [n for n in reads if n in plan.local and n not in _BUILTINS and n != STATE]
+        states = {self._state(m) for m in self.models}
+        inputs = [n for n in reads if n in plan.local and n not in _BUILTINS and n != STATE and n not in states]
         static = [n for n in inputs if n in self.losses]
         traced = []
         segment = [self.converted.get(id(s), s) for s in plan.segment]
@@ -941,11 +1127,13 @@ class TrainingRule(Rule):
         return name
 
     def _train_step_source(self, plan: LoopPlan) -> str:
+        STATE = self._state(plan.model)   # noqa: N806 (the plan's state; train_state with one model)
         segment = [self.converted[id(s)] for s in plan.segment]
         variables = '{"params": params, "batch_stats": ' + STATE + '.batch_stats}' if self.batchnorm else '{"params": params}'
         extra = ', mutable=["batch_stats"]' if self.batchnorm else ""
         lines = []
-        replacer = _ModelCall(plan.model, variables, extra, self.batchnorm, self.sample_stream)
+        others = {m: self._state(m) for m in self.models if m != plan.model} if self.multi else {}
+        replacer = _ModelCall(plan.model, variables, extra, self.batchnorm, self.sample_stream, others, STATE)
         for stmt in segment:
             new = stmt.visit(replacer)
             if plan.flat:
@@ -1004,7 +1192,7 @@ class TrainingRule(Rule):
             at = 1 if body and _is_docstring(body[0]) else 0
             updated = updated.with_changes(body=updated.body.with_changes(body=[*body[:at], decl, *body[at:]]))
         info = self.functions.get(name)
-        if info is None or info.creates or not info.needs:
+        if info is None or info.creates or not info.needs or self.multi:
             return updated
         params = updated.params
         state_param = cst.Param(cst.Name(STATE), default=cst.Name("None"),
@@ -1136,15 +1324,23 @@ def _add_kwarg(call: cst.Call, name: str, value: cst.BaseExpression) -> cst.Call
 class _ModelCall(cst.CSTTransformer):
     """``model(x)`` → ``state.apply_fn(variables, x, train=True, rngs=...)`` inside loss_fn."""
 
-    def __init__(self, model: str, variables: str, extra: str, batchnorm: bool, sample: bool = False) -> None:
+    def __init__(self, model: str, variables: str, extra: str, batchnorm: bool, sample: bool = False,
+                 others: dict[str, str] | None = None, state: str = STATE) -> None:
         self.model, self.variables, self.extra, self.batchnorm = model, variables, extra, batchnorm
         self.rngs = '{"dropout": dropout_rng, "sample": sample_rng}' if sample else '{"dropout": dropout_rng}'
+        self.others, self.state = others or {}, state
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
-        if not (isinstance(original.func, cst.Name) and original.func.value == self.model):
+        if not isinstance(original.func, cst.Name):
             return updated
         args = ", ".join(_code(a.value) for a in updated.args)
-        return cst.parse_expression(f'{STATE}.apply_fn({self.variables}, {args}, train=True, '
+        other = self.others.get(original.func.value)
+        if other is not None:   # another model: applied with its own (here constant) parameters
+            return cst.parse_expression(f'{other}.apply_fn({{"params": {other}.params}}, {args}, train=True, '
+                                        f'rngs={self.rngs})')
+        if original.func.value != self.model:
+            return updated
+        return cst.parse_expression(f'{self.state}.apply_fn({self.variables}, {args}, train=True, '
                                     f'rngs={self.rngs}{self.extra})')
 
     def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
