@@ -801,6 +801,7 @@ def _analyse_converted(conv: _Side, entry: dict, replay: dict, setup_name: str, 
     fdef = next((n for n in conv.tree.body if isinstance(n, ast.FunctionDef) and n.name == step_fn), None)
     if fdef is not None:
         found = [st for st in ast.walk(fdef) if isinstance(st, (ast.Assign, ast.AugAssign)) and loss in _assigned(st)]
+        found = [st for st in found if "value_and_grad" not in conv.src(st.value)] or found
         for lo in entry["losses"]:
             if "function" in lo and found:
                 lo["converted"] = conv.src(found[0].value)
