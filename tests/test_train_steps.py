@@ -32,6 +32,8 @@ SKIP: dict[str, str] = {
     "gpt_accum.py": "gradient accumulation: backward() runs in an inner micro-batch loop and step() after "
                     "it, and the learning rate is written into param_groups every iteration; the replay "
                     "handles loops with backward() and step() in one body",
+    "gan.py": "two optimizers stepped in one loop body (discriminator then generator) on sampled noise; "
+              "the replay handles one backward()/step() pair per loop",
     "vae.py": "batches are sliced from a tensor inside the loop (no DataLoader batch to generate) and the "
               "step draws torch.randn_like noise, which the JAX side draws from its own key",
 }
