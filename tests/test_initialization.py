@@ -192,3 +192,41 @@ def test_script_level_apply_of_an_init_function_folds_into_the_class():
     scale = np.asarray(params["layers_1"]["scale"])
     assert abs(scale.mean() - 1.0) < 0.03 and scale.std() < 0.04
     assert np.all(np.asarray(params["layers_1"]["bias"]) == 0)
+
+
+GUARDED_SOURCE = '''
+import torch.nn as nn
+
+def exists(v):
+    return v is not None
+
+class Guarded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.apply(self.init_weight)
+    @staticmethod
+    def init_weight(m):
+        if isinstance(m, nn.Linear):
+            nn.init.constant_(m.weight, 0.5)
+            if isinstance(m, nn.Linear) and exists(m.bias):
+                nn.init.constant_(m.bias, 0.25)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 1.5)
+            nn.init.constant_(m.weight, 2.0)
+    def forward(self, x):
+        return self.norm(self.fc(x))
+'''
+
+
+def test_bias_guards_in_init_functions_take_every_usual_form():
+    result = convert_source(textwrap.dedent(GUARDED_SOURCE), "guarded.py")
+    assert "JP305" not in [d.code for d in result.diagnostics]
+    namespace: dict = {}
+    exec(compile(result.output.decode(), "guarded_jax.py", "exec"), namespace)
+    params = namespace["Guarded"]().init(jax.random.PRNGKey(0), jnp.ones((1, 4)))["params"]
+    np.testing.assert_array_equal(params["fc"]["kernel"], np.full((4, 4), 0.5))
+    np.testing.assert_array_equal(params["fc"]["bias"], np.full((4,), 0.25))
+    np.testing.assert_array_equal(params["norm"]["scale"], np.full((4,), 2.0))
+    np.testing.assert_array_equal(params["norm"]["bias"], np.full((4,), 1.5))

@@ -140,9 +140,9 @@ class _Planner:
     def _collect(self, stmts, var: str, inits: dict) -> bool:
         for stmt in stmts:
             if isinstance(stmt, cst.If) and stmt.orelse is None:
-                # `if m.bias is not None:` guards the bias init
-                test = stmt.test
-                if isinstance(test, cst.Comparison) and dotted(test.left) == f"{var}.bias":
+                # `if m.bias is not None:` (or `exists(m.bias)`, `m.bias is not None and ...`)
+                # guards the bias init: flax layers without a bias ignore bias_init
+                if _is_bias_guard(stmt.test, var):
                     if not self._collect(stmt.body.body, var, inits):
                         return False
                     continue
@@ -363,6 +363,27 @@ class _InlineNames(cst.CSTTransformer):
                               cst.SimpleString)):
             return value
         return value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+
+def _is_bias_guard(test, var: str) -> bool:
+    """``m.bias is not None``, ``exists(m.bias)``, ``m.bias``, and ``and`` of those with
+    ``isinstance(m, ...)`` checks (the branch already selected the layer type)."""
+    if isinstance(test, cst.BooleanOperation) and isinstance(test.operator, cst.And):
+        parts = [test.left, test.right]
+        return all(_is_bias_guard(p, var) or _is_isinstance_of(p, var) for p in parts) \
+            and any(_is_bias_guard(p, var) for p in parts)
+    if isinstance(test, cst.Comparison):
+        return dotted(test.left) == f"{var}.bias" and len(test.comparisons) == 1 \
+            and isinstance(test.comparisons[0].operator, cst.IsNot) \
+            and dotted(test.comparisons[0].comparator) == "None"
+    if isinstance(test, cst.Call) and len(test.args) == 1 and dotted(test.func) in ("exists", "bool"):
+        return dotted(test.args[0].value) == f"{var}.bias"
+    return dotted(test) == f"{var}.bias"
+
+
+def _is_isinstance_of(test, var: str) -> bool:
+    return isinstance(test, cst.Call) and dotted(test.func) == "isinstance" and len(test.args) == 2 \
+        and dotted(test.args[0].value) == var
 
 
 def _class_name_binding(stmt, var: str) -> str | None:
