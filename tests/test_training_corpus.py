@@ -36,6 +36,7 @@ SCRIPTS = {
     "plateau_regression.py": (["--epochs", "4"], 16),
     "plateau_regression.py[sequential]": (["--epochs", "4", "--scheduler", "sequential"], 16),
     "gan.py": (["--steps", "6"], 12),
+    "amp_checkpoint.py": (["--epochs", "2"], 6),
 }
 
 

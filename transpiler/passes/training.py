@@ -36,6 +36,8 @@ SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
 # takes a metric, or their arguments are other schedulers)
 HOST_SCHEDULERS = {"torch.optim.lr_scheduler.ReduceLROnPlateau": "TorchReduceLROnPlateau",
                    "torch.optim.lr_scheduler.SequentialLR": "TorchSequentialLR"}
+AUTOCAST = {"torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast", "torch.cpu.amp.autocast"}
+SCALERS = {"torch.amp.GradScaler", "torch.cuda.amp.GradScaler", "torch.GradScaler", "torch.cpu.amp.GradScaler"}
 CLIP_CALLS = {"torch.nn.utils.clip_grad_norm_": "norm", "torch.nn.utils.clip_grad_value_": "value"}
 BATCHNORM_PREFIXES = ("torch.nn.BatchNorm", "torch.nn.SyncBatchNorm", "torch.nn.LazyBatchNorm")
 RNG_KEY = "rng_key"      # the key random ops in script code use (ops rule, JP403)
@@ -229,6 +231,7 @@ class TrainingRule(Rule):
         self.outer_removed: set[int] = set()      # statements of an accumulation loop's outer loop to drop
         self.seed_scopes: set[str | None] = set()  # functions (None: module) that call torch.manual_seed
         self.multi_plans: dict[int, list] = {}   # id(loop) → plans of its backward/step pairs (GAN)
+        self.scalers: set[str] = set()            # GradScaler variables (mixed precision, JP613)
         self.plateau: set[str] = set()            # ReduceLROnPlateau schedulers (step(metric))
         self.sample_stream = False                # a module samples (torch.randn_like in forward)
         self.global_key: set[str] = set()         # functions that split the module-level rng_key
@@ -312,6 +315,8 @@ class TrainingRule(Rule):
                     return
                 name = n.targets[0].target.value
                 q = qualify(n.value.func, rule.ctx.aliases) or ""
+                if q in SCALERS:
+                    rule.scalers.add(name)
                 if q.startswith(SCHEDULER_PREFIX):
                     if n.value.args and isinstance(n.value.args[0].value, cst.Name):
                         rule.schedulers[name] = n.value.args[0].value.value
@@ -431,15 +436,15 @@ class TrainingRule(Rule):
     def visit_For(self, node: cst.For) -> None:
         if not self.optimizers or self.class_depth or id(node) in self.plans:
             return
-        backward = [s for s in node.body.body if _method_stmt(s, "backward")]
-        steps = [s for s in node.body.body if (m := _method_stmt(s, "step")) and dotted(m[0]) in self.optimizers]
+        backward = [s for s in self._stmts(node) if _method_stmt(s, "backward")]
+        steps = [s for s in self._stmts(node) if self._stepped(s)]
         if not backward and steps:
-            inner = [s for s in node.body.body if isinstance(s, cst.For)
-                     and any(_method_stmt(t, "backward") for t in s.body.body)]
+            inner = [s for s in self._stmts(node) if isinstance(s, cst.For)
+                     and any(_method_stmt(t, "backward") for t in self._stmts(s))]
             if len(inner) == 1:
                 # gradient accumulation: backward() on every micro-batch of an inner loop, one step() after it
                 try:
-                    plan = self._plan(inner[0], [t for t in inner[0].body.body if _method_stmt(t, "backward")],
+                    plan = self._plan(inner[0], [t for t in self._stmts(inner[0]) if _method_stmt(t, "backward")],
                                       steps, outer=node)
                 except _Unsupported as exc:
                     self.failed[id(node)] = str(exc)
@@ -474,16 +479,17 @@ class TrainingRule(Rule):
 
     # ------------------------------------------------------------------ loop analysis
     def _plan(self, loop: cst.For, backward, steps, outer: cst.For | None = None) -> LoopPlan:
-        body = list(loop.body.body)
+        body = list(self._stmts(loop))
         if len(backward) != 1:
             raise _Unsupported(f"{len(backward)} backward() calls in one loop")
         if len(steps) != 1:
             raise _Unsupported(f"{len(steps)} optimizer step() calls in one loop")
         b_stmt, s_stmt = backward[0], steps[0]
         loss_expr, b_call = _method_stmt(b_stmt, "backward")
+        loss_expr = self._unscaled(loss_expr)
         if b_call.args:
             raise _Unsupported("backward() with arguments (retain_graph, gradient)")
-        optimizer = dotted(_method_stmt(s_stmt, "step")[0])
+        optimizer = self._stepped(s_stmt)
         model = self.optimizers[optimizer]
         b_index = body.index(b_stmt)
         accumulate = None
@@ -493,7 +499,7 @@ class TrainingRule(Rule):
                 raise _Unsupported("step() before backward()")
             between = body[b_index + 1:s_index]
         else:
-            obody = list(outer.body.body)
+            obody = list(self._stmts(outer))
             l_index, s_index = obody.index(loop), obody.index(s_stmt)
             if s_index < l_index:
                 raise _Unsupported("step() before the gradient-accumulation loop")
@@ -509,6 +515,9 @@ class TrainingRule(Rule):
         removed = [b_stmt, s_stmt]
         clips = []
         for stmt in between:
+            if _method_stmt(stmt, "unscale_") and dotted(_method_stmt(stmt, "unscale_")[0]) in self.scalers:
+                removed.append(stmt)
+                continue
             kind = self._clip_kind(stmt)
             if kind is None and not (_method_stmt(stmt, "zero_grad") and dotted(_method_stmt(stmt, "zero_grad")[0])
                                      in (optimizer, model)):
@@ -516,7 +525,7 @@ class TrainingRule(Rule):
             if kind is not None:
                 clips.append((stmt, kind))
                 removed.append(stmt)
-        for stmt in body + (list(outer.body.body) if outer is not None else []):
+        for stmt in body + (list(self._stmts(outer)) if outer is not None else []):
             z = _method_stmt(stmt, "zero_grad")
             if z is not None and dotted(z[0]) in (optimizer, model):
                 removed.append(stmt)
@@ -567,7 +576,7 @@ class TrainingRule(Rule):
         reads = reads_of(segment)
         # outputs: segment names read after the segment
         later = set()
-        for stmt in body + (list(outer.body.body) if outer is not None else []):
+        for stmt in body + (list(self._stmts(outer)) if outer is not None else []):
             if stmt in segment or stmt in removed or stmt is loop:
                 continue
             later |= _names_read(stmt)
@@ -582,6 +591,39 @@ class TrainingRule(Rule):
         plan.accumulate = accumulate
         plan.loop_bound = set(_assigned(outer or loop))
         return plan
+
+    def _stmts(self, loop) -> list:
+        """A loop's statements, with the bodies of ``autocast`` blocks inlined (they run in
+        float32 after conversion, JP613)."""
+        out = []
+        for stmt in loop.body.body:
+            if isinstance(stmt, cst.With) and self._autocast(stmt) and isinstance(stmt.body, cst.IndentedBlock):
+                out += list(stmt.body.body)
+            else:
+                out.append(stmt)
+        return out
+
+    def _autocast(self, node: cst.With) -> bool:
+        return all(qualify(i.item.func if isinstance(i.item, cst.Call) else i.item, self.ctx.aliases) in AUTOCAST
+                   for i in node.items)
+
+    def _stepped(self, stmt) -> str | None:
+        """The optimizer a statement steps: ``opt.step()`` or ``scaler.step(opt)``."""
+        m = _method_stmt(stmt, "step")
+        if m is None:
+            return None
+        if dotted(m[0]) in self.optimizers and not m[1].args:
+            return dotted(m[0])
+        if dotted(m[0]) in self.scalers and len(m[1].args) == 1 and dotted(m[1].args[0].value) in self.optimizers:
+            return dotted(m[1].args[0].value)
+        return None
+
+    def _unscaled(self, expr):
+        """``scaler.scale(loss)`` → ``loss``."""
+        if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "scale" \
+                and dotted(expr.func.value) in self.scalers and len(expr.args) == 1:
+            return expr.args[0].value
+        return expr
 
     def _clip_kind(self, stmt) -> str | None:
         if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
@@ -653,6 +695,29 @@ class TrainingRule(Rule):
             st = self._opt_state(self.schedulers.get(dotted(found[0])))
             return cst.parse_statement(f"{st} = {dotted(found[0])}.step({st})\n").with_changes(
                 leading_lines=updated.leading_lines)
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.value, cst.Call) \
+                and qualify(stmt.value.func, self.ctx.aliases) in SCALERS:
+            self._swap_pending("JP101", "JP613", "GradScaler removed: the converted step computes in float32, "
+                               "where loss scaling is not needed; scaler.scale(loss).backward() / scaler.step(opt) "
+                               "are the plain backward() / step()")
+            return updated.with_changes(body=[updated.body[0].with_changes(value=cst.Name("None"))])
+        for method in ("update", "unscale_"):
+            found = _method_stmt(original, method)
+            if found is not None and dotted(found[0]) in self.scalers:
+                return cst.RemoveFromParent()
+        found = _method_stmt(original, "load_state_dict")
+        if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)) \
+                and len(found[1].args) == 1 and found[1].args[0].keyword is None \
+                and isinstance(updated.body[0], cst.Expr) and isinstance(updated.body[0].value, cst.Call):
+            owner = dotted(found[0])
+            value = _code(updated.body[0].value.args[0].value)
+            helper = "load_model_state" if owner in self.models else "load_optimizer_state"
+            st = self._state(owner) if owner in self.models else self._opt_state(owner)
+            self.ctx.emits.add(helper)
+            self.ctx.report(original, "JP614", f"{owner}.load_state_dict(...) → {st} = {helper}({st}, ...): the "
+                            "saved arrays restored into the training state (which must exist by then)")
+            return cst.parse_statement(f"{st} = {helper}({st}, {value})\n").with_changes(
+                leading_lines=updated.leading_lines)
         found = _method_stmt(original, "load_state_dict")
         if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)):
             self.ctx.report(original, "JP606", f"{dotted(found[0])}.load_state_dict(...) not converted: "
@@ -696,6 +761,8 @@ class TrainingRule(Rule):
             for i, other in enumerate(self.ctx.diagnostics):
                 if other is d:
                     self.ctx.diagnostics[i] = diag.make(new_code, message, d.line, d.col)
+                    if self.ctx.diagnostics[i].severity in ("warning", "error"):
+                        pending.append(self.ctx.diagnostics[i])   # keeps its marker comment
 
     def _thread_key(self, original, updated):
         """A random op in script code uses the free name ``rng_key`` (JP403). Where
@@ -836,6 +903,19 @@ class TrainingRule(Rule):
         return updated
 
     # ------------------------------------------------------------------ loops
+    def leave_With(self, original: cst.With, updated: cst.With):
+        if not self._autocast(original):
+            return updated
+        self._swap_pending("JP101", "JP613", "autocast removed: this block computes in float32 (mixed precision "
+                           "is a dtype policy in flax: dtype=jnp.bfloat16 on the layers, float32 params)")
+        body = updated.body
+        if not isinstance(body, cst.IndentedBlock):
+            return cst.FlattenSentinel([cst.SimpleStatementLine(body=list(body.body))])
+        stmts = list(body.body)
+        if stmts:
+            stmts[0] = stmts[0].with_changes(leading_lines=[*updated.leading_lines, *stmts[0].leading_lines])
+        return cst.FlattenSentinel(stmts)
+
     def leave_For(self, original: cst.For, updated: cst.For):
         owner = _param_groups_owner(original.iter)
         if owner is not None and owner in self.optimizers:
@@ -918,14 +998,15 @@ class TrainingRule(Rule):
         backward() (the torch forward pass saw the same parameters)."""
         if len(backward) != len(steps):
             raise _Unsupported(f"{len(backward)} backward() calls and {len(steps)} step() calls")
-        body = list(loop.body.body)
+        body = list(self._stmts(loop))
         removed_all = set()
         pairs = []
         for b_stmt, s_stmt in zip(backward, steps):
             loss_expr, b_call = _method_stmt(b_stmt, "backward")
+            loss_expr = self._unscaled(loss_expr)
             if b_call.args:
                 raise _Unsupported("backward() with arguments (retain_graph, gradient)")
-            optimizer = dotted(_method_stmt(s_stmt, "step")[0])
+            optimizer = self._stepped(s_stmt)
             b_index, s_index = body.index(b_stmt), body.index(s_stmt)
             if s_index < b_index:
                 raise _Unsupported("step() before backward()")
@@ -1178,7 +1259,7 @@ class TrainingRule(Rule):
         if conv is not None:
             found = _method_stmt(conv, "backward")
             if found is not None:
-                return found[0]
+                return self._unscaled(found[0])
         return plan.loss
 
     # ------------------------------------------------------------------ functions and module

@@ -393,3 +393,25 @@ def torch_clip_by_value(clip_value):
         return torch_clip_grad_value(updates, clip_value), state
 
     return optax.GradientTransformation(init, update)
+
+
+def load_model_state(state, variables):
+    """``model.load_state_dict(sd)`` with ``sd`` read by ``load_checkpoint`` from a file that
+    ``save_checkpoint(model_variables(state), path)`` wrote: parameters (and BatchNorm
+    statistics) restored into the training state, their structure checked against it."""
+    if state is None:
+        raise ValueError("load_state_dict before the training state exists: run a training step "
+                         "(or call create_train_state) first, then restore into it")
+    params = serialization.from_state_dict(state.params, variables["params"])
+    stats = state.batch_stats
+    if state.batch_stats and "batch_stats" in variables:
+        stats = serialization.from_state_dict(state.batch_stats, variables["batch_stats"])
+    return state.replace(params=params, batch_stats=stats)
+
+
+def load_optimizer_state(state, opt_state):
+    """``optimizer.load_state_dict(sd)`` with ``sd`` saved from ``state.opt_state``."""
+    if state is None:
+        raise ValueError("load_state_dict before the training state exists: run a training step "
+                         "(or call create_train_state) first, then restore into it")
+    return state.replace(opt_state=serialization.from_state_dict(state.opt_state, opt_state))
