@@ -116,3 +116,145 @@ def test_function_threading_and_scheduler():
     assert "grads, _ = torch_clip_grad_norm(grads, 0.5)" in out
     assert 'save_checkpoint(model_variables(train_state), "m.pt")' in out
     compile(out, "s.py", "exec")
+
+
+def test_parameter_groups_lr_writes_and_accumulation():
+    out, codes, _ = _convert("""\
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+        rest = [p for n, p in model.named_parameters() if p.dim() < 2 and not n.startswith("skip")]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                lr=1e-3)
+        for it in range(10):
+            for g in opt.param_groups:
+                g["lr"] = 1e-3 * (it + 1) / 10
+            for micro in range(4):
+                x, y = batch()
+                loss = F.mse_loss(model(x), y) / 4
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+            opt.zero_grad()
+        """)
+    assert {"JP601", "JP608", "JP609", "JP610"} <= codes and "JP602" not in codes and "JP604" not in codes
+    assert "decay = lambda n, p: p.ndim >= 2" in out
+    assert "rest = lambda n, p: p.ndim < 2 and not n.startswith(\"skip\")" in out
+    assert ('opt = optax.multi_transform({"decay": optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, '
+            'weight_decay=0.1), "rest": optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, '
+            'weight_decay=0.0), "frozen": optax.set_to_zero()}, param_group_labels({"decay": decay, "rest": rest}))'
+            ) in out
+    assert "train_state, opt = set_optimizer_lr(train_state, opt, 1e-3 * (it + 1) / 10)" in out
+    assert ("create_train_state(model, optax.MultiSteps(optax.chain(torch_clip_by_norm(0.5), opt), "
+            "every_k_schedule=4, use_grad_mean=False).gradient_transformation()") in out
+    assert "grads, _ = torch_clip_grad_norm(grads" not in out and ".step()" not in out
+    compile(out, "s.py", "exec")
+
+
+def test_param_groups_other_uses_are_marked():
+    out, codes, _ = _convert("""\
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for g in opt.param_groups:
+            g["lr"] *= 0.5
+        """)
+    assert "JP611" in codes and "# jaxport: JP611" in out
+
+
+def test_plateau_and_sequential_schedulers():
+    out, codes, _ = _convert("""\
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5)
+        for x, y in loader:
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        plateau.step(loss.item())
+        """)
+    assert "JP101" not in codes and "JP606" not in codes
+    assert "plateau = TorchReduceLROnPlateau(opt, factor=0.5)\nopt = plateau.optimizer" in out
+    assert "train_state = plateau.step(train_state, loss.item())" in out
+    assert "opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)" in out
+
+
+def test_two_models_two_optimizers():
+    out, codes, _ = _convert("""\
+        critic = nn.Linear(2, 1)
+        opt_g = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt_c = torch.optim.Adam(critic.parameters(), lr=1e-3)
+        for x in loader:
+            fake = model(x)
+            c_loss = critic(fake.detach()).mean() - critic(x[:, :2]).mean()
+            opt_c.zero_grad()
+            c_loss.backward()
+            opt_c.step()
+            g_loss = -critic(fake).mean()
+            opt_g.zero_grad()
+            g_loss.backward()
+            opt_g.step()
+        """)
+    assert "JP601" in codes and "JP602" not in codes
+    assert "def train_step(critic_state, model_state, x):" in out
+    assert "def train_step_2(model_state, critic_state, x):" in out
+    assert 'critic_state.apply_fn({"params": critic_state.params}, fake, train=True' in out
+    assert "critic_state, c_loss = train_step(critic_state, model_state, x)" in out
+    assert "model_state, g_loss = train_step_2(model_state, critic_state, x)" in out
+    compile(out, "s.py", "exec")
+
+
+def test_model_stepped_between_its_forward_and_use_is_refused():
+    out, codes, _ = _convert("""\
+        critic = nn.Linear(2, 1)
+        opt_g = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt_c = torch.optim.Adam(critic.parameters(), lr=1e-3)
+        for x in loader:
+            fake = model(x)
+            score = critic(fake)
+            c_loss = score.mean()
+            c_loss.backward()
+            opt_c.step()
+            g_loss = -score.mean()
+            g_loss.backward()
+            opt_g.step()
+        """)
+    assert "JP602" in codes and "train_step" not in out
+    assert "critic is stepped between its forward pass and the backward() that uses it" in out
+
+
+def test_random_ops_take_keys_split_from_the_seed():
+    out, codes, _ = _convert("""\
+        def noise(n):
+            return torch.randn(n, 4) + torch.rand(n, 4)
+        torch.manual_seed(3)
+        perm = torch.randperm(10)
+        """)
+    assert "JP612" in codes and "JP403" not in codes
+    assert "def noise(n):\n    global rng_key\n    rng_key, sample_key_1, sample_key_2 = jax.random.split(rng_key, 3)" in out
+    assert "rng_key, sample_key = jax.random.split(rng_key)\nperm = jax.random.permutation(sample_key, 10)" in out
+    unseeded, codes, _ = _convert("perm = torch.randperm(10)\n")
+    assert "JP403" in codes and "JP612" not in codes
+
+
+def test_amp_is_removed_with_a_warning_and_checkpoints_restore():
+    out, codes, _ = _convert("""\
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.cuda.amp.GradScaler()
+        for x, y in loader:
+            opt.zero_grad()
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                loss = F.mse_loss(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+        ckpt = torch.load("m.pt")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        """)
+    assert {"JP601", "JP613", "JP614"} <= codes and "JP602" not in codes and "JP101" not in codes
+    assert "# jaxport: JP613 autocast removed" in out and "scaler = None" in out
+    assert "autocast" not in out.split("# jaxport: JP613 autocast removed")[1].split("\n", 1)[1]
+    assert not [line for line in out.splitlines() if "scaler." in line and "# jaxport" not in line]
+    assert "grads, _ = torch_clip_grad_norm(grads, 1.0)" in out
+    assert 'train_state = load_model_state(train_state, ckpt["model"])' in out
+    assert 'train_state = load_optimizer_state(train_state, ckpt["opt"])' in out
+    compile(out, "s.py", "exec")
