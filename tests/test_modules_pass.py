@@ -42,6 +42,22 @@ def test_constructor_arguments_become_fields_and_init_becomes_setup():
     assert "import flax.linen as nn" in out and "import torch" not in out
 
 
+def test_field_defaults_are_converted_like_any_other_expression():
+    out, result = convert("""
+        import torch
+        import torch.nn as nn
+        class Block(nn.Module):
+            def __init__(self, dim, dtype=torch.float32, *, index_dtype=torch.long):
+                super().__init__()
+                self.dim = dim
+            def forward(self, x):
+                return x.astype(self.dtype)
+    """)
+    assert "    dtype: Any = jnp.float32\n" in out and "    index_dtype: Any = jnp.int32\n" in out
+    assert "torch" not in out.split("class Block")[1]
+    assert "JP101" not in [c for c, _ in codes(result)]
+
+
 def test_parameters_rebound_in_init_are_read_once_from_the_field():
     out, _ = convert("""
         import torch.nn as nn

@@ -422,6 +422,7 @@ class ModulesRule(Rule):
         self.function_stack: list[str] = []
         self.loop_vars: list[dict[str, SubmoduleKind]] = []
         self.skip: set[int] = set()
+        self.converted_defaults: dict[tuple[str, str], cst.BaseExpression] = {}
 
     # -------------------------------------------------------------- scopes
     def visit_Module(self, node: cst.Module) -> None:
@@ -771,6 +772,10 @@ class ModulesRule(Rule):
         if params.star_arg not in (cst.MaybeSentinel.DEFAULT, None) and isinstance(params.star_arg, cst.Param) \
                 or params.star_kwarg is not None:
             self.ctx.report(original, "JP301", "*args/**kwargs in __init__ cannot become dataclass fields")
+        # the rules converted the defaults (dtype=torch.float32 → jnp.float32): fields take them
+        for param in (*updated.params.params, *updated.params.kwonly_params):
+            if param.default is not None:
+                self.converted_defaults[(info.name, param.name.value)] = param.default
         prologue = [cst.parse_statement(f"{n} = self.{n}") for n in sorted(info.reassigned)]
         epilogue = [cst.parse_statement(f"self.{a}{'_' if a in info.renamed else ''} = _{a}")
                     for a in sorted(info.accumulated)]
@@ -806,7 +811,7 @@ class ModulesRule(Rule):
             annotation = _annotation_for(p)
             if isinstance(annotation.annotation, cst.Name) and annotation.annotation.value == "Any":
                 self.ctx.emits.add("Any")
-            default = _field_default(p.default)
+            default = _field_default(self.converted_defaults.get((info.name, p.name.value), p.default))
             if default is not None:
                 stmt = cst.AnnAssign(target=cst.Name(p.name.value), annotation=annotation, value=default)
             else:
