@@ -90,9 +90,8 @@ class _Uses(cst.CSTVisitor):
         target = dotted(node.targets[0].target)
         q = _q(node.value.func, self.ctx)
         if target and q in WRAPPERS and node.value.args:
-            inner = dotted(node.value.args[0].value)
-            if inner:
-                self.wrappers[target] = inner
+            # model = DDP(Net()): the name is the model itself once converted
+            self.wrappers[target] = dotted(node.value.args[0].value) or target
         if target and q == SAMPLER:
             self.samplers.add(target)
 
@@ -314,7 +313,7 @@ class DistributedRule(Rule):
             self.ctx.report(original, "JP710", f"{name}(...) on an expression: assign the result of the converted "
                             "call where the torch code expected the tensor to change in place")
             return updated
-        conv_dest = updated.body[0].value.args[0].value if updated.body[0].value.args else dest
+        conv_dest = dest.deep_clone()   # a name, attribute or subscript: nothing the tables convert
         if q in ("torch.distributed.all_gather", "torch.distributed.all_gather_object"):
             target = cst.Subscript(value=conv_dest, slice=[cst.SubscriptElement(cst.Slice(lower=None, upper=None))])
         else:
@@ -490,6 +489,35 @@ class _CallSites(cst.CSTTransformer):
         self.wrapped = 0
         self.class_depth = 0
         self.emits: set[str] = set()
+        self.arrays: set[str] = set()     # names assigned from to_jax(...)
+        self.loops: list[set[str]] = []   # names bound by the enclosing for loops (batches)
+
+    def visit_For(self, node: cst.For) -> None:
+        bound = set(_target_names(node.target))
+        if isinstance(node.target, cst.Tuple):
+            for el in node.target.elements:        # for i, (x, y) in enumerate(loader)
+                bound |= set(_target_names(el.value))
+
+        class _A(cst.CSTVisitor):
+            def visit_AssignTarget(self, n: cst.AssignTarget) -> None:
+                bound.update(_target_names(n.target))
+
+        node.body.visit(_A())
+        self.loops.append(bound)
+
+    def leave_For(self, original, updated):
+        self.loops.pop()
+        return updated
+
+    def _is_batch(self, expr: cst.BaseExpression) -> bool:
+        """A name the enclosing loops bind (a batch); other arguments are broadcast."""
+        return isinstance(expr, cst.Name) and any(expr.value in bound for bound in self.loops)
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        values = node.value.elements if isinstance(node.value, cst.Tuple) else [cst.Element(node.value)]
+        targets = [n for t in node.targets for n in _target_names(t.target)]
+        if values and all(isinstance(v.value, cst.Call) and dotted(v.value.func) == "to_jax" for v in values):
+            self.arrays |= set(targets)
 
     # scopes that are not host code
     def visit_ClassDef(self, node) -> bool:
@@ -547,7 +575,12 @@ class _CallSites(cst.CSTTransformer):
         if name == "create_train_state":
             helper = "replicate" if self.mode == "pmap" else "replicate_on_mesh"
             self.emits.add(helper)
-            return cst.Call(func=cst.Name(helper), args=[cst.Arg(updated)])
+            args = list(updated.args)
+            for i in range(3, len(args)):      # a first batch that never went through to_jax
+                if isinstance(args[i].value, cst.Name) and args[i].value.value not in self.arrays:
+                    args[i] = args[i].with_changes(value=cst.Call(func=cst.Name("to_jax"), args=[cst.Arg(args[i].value)]))
+                    self.emits.add("to_jax")
+            return cst.Call(func=cst.Name(helper), args=[cst.Arg(updated.with_changes(args=args))])
         info = self.steps.get(name or "")
         if info is None:
             return updated
@@ -558,8 +591,13 @@ class _CallSites(cst.CSTTransformer):
             param = a.keyword.value if a.keyword is not None else (info.params[i] if i < len(info.params) else None)
             if i == 0 or param in info.static or param == STATE or a.star:
                 args.append(a)
-            else:
+            elif self._is_batch(original.args[i].value if i < len(original.args) else a.value):
                 args.append(a.with_changes(value=cst.Call(func=cst.Name(shard), args=[cst.Arg(a.value)])))
+            elif self.mode == "pmap":      # a value every device gets (pmap maps a leading axis)
+                self.emits.add("replicate")
+                args.append(a.with_changes(value=cst.Call(func=cst.Name("replicate"), args=[cst.Arg(a.value)])))
+            else:
+                args.append(a)
         self.emits |= {shard, gather}
         return cst.Call(func=cst.Name(gather), args=[cst.Arg(updated.with_changes(args=args))])
 

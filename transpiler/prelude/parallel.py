@@ -58,7 +58,7 @@ def shard_batch(batch):
     n = jax.local_device_count()
 
     def split(x):
-        x = jnp.asarray(x)
+        x = x if isinstance(x, jax.Array) else np.asarray(x)   # host data goes straight to its device
         if x.ndim == 0 or x.shape[0] % n:
             raise ValueError(f"a batch of shape {x.shape} cannot be split over {n} devices: make the "
                              f"batch size a multiple of the local device count (drop_last=True)")
