@@ -29,7 +29,7 @@ SCRIPTS = {            # script → extra arguments (small runs: compile time do
 }
 PER_DEVICE = 2
 DEVICES = 8
-TOLERANCE = 2e-5
+TOLERANCE = 1e-5
 
 RUNNER = r'''
 import io, json, runpy, sys, contextlib
