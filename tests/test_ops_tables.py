@@ -343,8 +343,9 @@ def compare(t_out, j_out, tol, values=True):
         if tk == "device":
             continue
         if values and tk not in ("dtype",):
-            np.testing.assert_allclose(np.asarray(jv, dtype=np.float64) if tk != "b" else jv,
-                                       np.asarray(tv, dtype=np.float64) if tk != "b" else tv,
+            wide = np.complex128 if tk == "c" else np.float64   # complex results: both parts
+            np.testing.assert_allclose(np.asarray(jv, dtype=wide) if tk != "b" else jv,
+                                       np.asarray(tv, dtype=wide) if tk != "b" else tv,
                                        rtol=tol, atol=tol, err_msg=f"leaf {i}")
         elif tk == "dtype":
             assert tv == jv, f"dtype kind torch {tv} vs jax {jv}"
