@@ -37,6 +37,7 @@ SCRIPTS = {
     "plateau_regression.py[sequential]": (["--epochs", "4", "--scheduler", "sequential"], 16),
     "gan.py": (["--steps", "6"], 12),
     "amp_checkpoint.py": (["--epochs", "2"], 6),
+    "char_rnn.py": (["--epochs", "2"], 16),
 }
 
 

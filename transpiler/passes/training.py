@@ -568,7 +568,12 @@ class TrainingRule(Rule):
         call = model_calls[0]
         if any(a.keyword is not None or a.star for a in call.args):
             raise _Unsupported("model called with keyword or starred arguments")
-        if any(_names_read(a.value) & tainted for a in call.args):
+        before: set[str] = set()     # names the forward pass computes before the model call
+        for stmt in segment:
+            if _model_calls([stmt], model):
+                break
+            before |= set(_assigned(stmt))
+        if any(_names_read(a.value) & before for a in call.args):
             raise _Unsupported("the model's inputs are computed inside the forward pass")
         plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=deferred,
                         removed=removed, clips=clips, loss=loss_expr)
@@ -1231,9 +1236,13 @@ class TrainingRule(Rule):
         if static:
             self.ctx.emits.add("partial")
         params = ", ".join([STATE, *plan.inputs])
+        # inputs the forward pass rebinds (out, hidden = model(x, hidden)) are loss_fn's own
+        # locals from the start: bound by default arguments
+        rebound = [n for n in plan.inputs if n in set(_ordered_assigned(segment))]
+        loss_params = ", ".join(["params", *(f"{n}={n}" for n in rebound)])
         out = [decorator, f"def {plan.step_name}({params}):",
                (f'    dropout_rng, sample_rng, rng = jax.random.split({STATE}.rng, 3)' if self.sample_stream
-                else f'    dropout_rng, rng = jax.random.split({STATE}.rng)'), "", "    def loss_fn(params):", *lines]
+                else f'    dropout_rng, rng = jax.random.split({STATE}.rng)'), "", f"    def loss_fn({loss_params}):", *lines]
         if aux:
             out.append(f"        return {loss_value}, {aux_tuple}")
             out.append(f"    ({plan.outputs[0]}, {aux_tuple}), grads = jax.value_and_grad(loss_fn, has_aux=True)({STATE}.params)")
