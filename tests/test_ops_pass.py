@@ -174,3 +174,21 @@ def test_methods_of_names_bound_to_tensors_convert_outside_forward():
     assert "pe = jnp.swapaxes(jnp.expand_dims(pe, 0), 0, 1)" in out
     assert "t = jnp.swapaxes(jnp.ones((2, 3)), 0, 1)" in out
     assert "n = shape.transpose(0, 1)" in out    # a shape is not a tensor
+
+
+def test_legacy_constructors_with_one_run_time_argument_decide_at_run_time():
+    """torch.FloatTensor(n) is a size when n is an int and data otherwise: only run time knows."""
+    out, _ = convert('''
+        import numpy as np
+        import torch
+        n = 3
+        state = np.arange(2)
+        sized = torch.Tensor(n)
+        data = torch.FloatTensor(state)
+        literal = torch.FloatTensor([1, 2])
+    ''')
+    assert "literal = jnp.asarray([1, 2], jnp.float32)" in out
+    namespace: dict = {}
+    exec(compile(out, "m_jax.py", "exec"), namespace)
+    assert namespace["sized"].shape == (3,) and namespace["sized"].dtype == "float32"
+    assert namespace["data"].tolist() == [0.0, 1.0]

@@ -549,7 +549,7 @@ def _render_method(source):
     ("F.gelu(x)", "jax.nn.gelu(x, approximate=False)"),
     ("F.gelu(x, approximate='tanh')", "jax.nn.gelu(x, approximate=True)"),
     ("torch.FloatTensor(3, 4)", "jnp.zeros((3, 4), jnp.float32)"),
-    ("torch.FloatTensor(state)", "jnp.asarray(state, jnp.float32)"),
+    ("torch.FloatTensor(state)", "torch_legacy_tensor(state, jnp.float32)"),   # int → size, else data
     ("torch.LongTensor([1, 2])", "jnp.asarray([1, 2], jnp.int32)"),
     ("torch.autograd.Variable(x, requires_grad=True)", "x"),
 ])

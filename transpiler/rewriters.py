@@ -356,7 +356,14 @@ def legacy_tensor(entry: Entry, bound: Bound, call):
         values["args"] = first if len(args) == 1 and not _int_literal(first) else _tuple_of(args)
         return render_templates(entry, Bound(values), sig, (zeros_t,))
     values["args"] = first
-    return render_templates(entry, Bound(values), sig, (data_t,))
+    rendered = render_templates(entry, Bound(values), sig, (data_t,))
+    literal_data = isinstance(first, (cst.List, cst.Tuple, cst.ListComp, cst.GeneratorExp))
+    expr = rendered.expr
+    if not literal_data and isinstance(expr, cst.Call) and _dotted(expr.func) == "jnp.asarray":
+        # one argument known only at run time (a name, len(x), ...): an int is a size there
+        rendered.expr = expr.with_changes(func=cst.Name("torch_legacy_tensor"))
+        rendered.emits = set(rendered.emits) | {"torch_legacy_tensor"}
+    return rendered
 
 
 @rewriter("randint")
