@@ -38,7 +38,11 @@ SCRIPTS = {
     "gan.py": (["--steps", "6"], 12),
     "amp_checkpoint.py": (["--epochs", "2"], 6),
     "char_rnn.py": (["--epochs", "2"], 16),
+    "reinforce_bandit.py": (["--steps", "8"], 8),
 }
+
+# What must decrease in the subprocess run, when not the loss (a policy-gradient loss does not)
+METRIC = {"reinforce_bandit.py": "regret"}
 
 
 def _file(case: str) -> str:
@@ -48,7 +52,7 @@ def _file(case: str) -> str:
 # Scripts that sample: torch's and JAX's generators differ, so the comparison run makes the
 # noise equal on both sides (normal noise → the same fixed pattern, permutations → identity)
 # and compares the deterministic rest; the subprocess run keeps the real sampling.
-NOISE_FREE = {"vae.py", "gan.py"}
+NOISE_FREE = {"vae.py", "gan.py", "reinforce_bandit.py"}
 
 
 def _pattern(lib, shape, dtype):
@@ -70,7 +74,11 @@ def _noise_free(enabled: bool):
         return
     import jax
     import jax.numpy as jnp
-    saved = (torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation)
+    saved = (torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation,
+             torch.distributions.Categorical.sample, jax.random.categorical)
+    # categorical draws → the most likely class
+    torch.distributions.Categorical.sample = lambda self, sample_shape=torch.Size(): self.logits.argmax(-1)
+    jax.random.categorical = lambda key, logits, axis=-1, shape=None: jnp.argmax(logits, axis)
     torch.randn = lambda *size, **kw: _pattern(torch, _torch_size(size), kw.get("dtype") or torch.float32)
     torch.randn_like = lambda x, **kw: _pattern(torch, x.shape, x.dtype)
     torch.randperm = lambda n, **kw: torch.arange(n)
@@ -79,7 +87,8 @@ def _noise_free(enabled: bool):
     try:
         yield
     finally:
-        torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation = saved
+        (torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation,
+         torch.distributions.Categorical.sample, jax.random.categorical) = saved
 
 
 def _convert(name: str, tmp_path) -> str:
@@ -117,11 +126,14 @@ RUN_FAST = {"mlp_regression.py"}   # the others run the same code paths; subproc
                                   for n in sorted(SCRIPTS)])
 def test_converted_script_runs(name, tmp_path):
     converted = _convert(_file(name), tmp_path)
-    argv = [a for a in SCRIPTS[name][0]] + (["--epochs", "2"] if name == "resnet_bn.py" else [])
+    argv = [a for a in SCRIPTS[name][0]] + (["--epochs", "2"] if name == "resnet_bn.py" else []) \
+        + (["--steps", "40"] if name == "reinforce_bandit.py" else [])
     proc = subprocess.run([sys.executable, "-W", "ignore", converted, *argv], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = _losses(proc.stdout)
+    metric = METRIC.get(_file(name))
+    losses = [float(v) for v in re.findall(metric + r"=([-+\d.eE]+|nan|inf)", proc.stdout)] if metric \
+        else _losses(proc.stdout)
     assert len(losses) >= 4, proc.stdout
     assert all(math.isfinite(v) for v in losses)
     third = max(1, len(losses) // 3)

@@ -194,6 +194,7 @@ class LoopPlan:
     accumulate: cst.BaseExpression | None = None       # micro-batches per step (gradient accumulation)
     loop_bound: set[str] = field(default_factory=set)  # names the training loop(s) bind
     flat: dict[str, str] = field(default_factory=dict)  # static parameter → the attribute read it replaces
+    early: cst.SimpleStatementLine | None = None       # a no_grad model call before the step: create the state there
 
 
 @dataclass
@@ -235,6 +236,7 @@ class TrainingRule(Rule):
         self.plateau: set[str] = set()            # ReduceLROnPlateau schedulers (step(metric))
         self.sample_stream = False                # a module samples (torch.randn_like in forward)
         self.global_key: set[str] = set()         # functions that split the module-level rng_key
+        self.track_ids: set[int] = set()          # statements whose converted form leave_For looks for
 
     # ------------------------------------------------------------------ pre-scan
     @property
@@ -534,8 +536,19 @@ class TrainingRule(Rule):
         # the step segment
         tainted: set[str] = set()
         segment, deferred = [], []
+        early = None    # the first statement that runs the model on the host before the step
         for stmt in body[:b_index]:
             if stmt in removed:
+                continue
+            if isinstance(stmt, cst.With) and self._no_grad(stmt) and isinstance(stmt.body, cst.IndentedBlock):
+                # a no_grad block (a rollout, a target network's forward): host code, not
+                # differentiated; its model calls are eval_step on the current state
+                if segment and set(_assigned(stmt)) & (reads_of(segment) | tainted):
+                    raise _Unsupported("a statement inside the forward pass rebinds one of its names")
+                if _calls_name(stmt, {model}) and early is None and stmt.body.body:
+                    early = stmt.body.body[0]
+                    if not isinstance(early, cst.SimpleStatementLine):
+                        raise _Unsupported("a no_grad block that calls the model starts with a compound statement")
                 continue
             reads = _names_read(stmt)
             uses_model = _calls_name(stmt, {model})
@@ -594,6 +607,9 @@ class TrainingRule(Rule):
         plan.boundary = _loop_batch_names(loop)
         plan.local = self._local_names(outer or loop)
         plan.accumulate = accumulate
+        plan.early = early
+        if early is not None:
+            self.track_ids.add(id(early))
         plan.loop_bound = set(_assigned(outer or loop))
         return plan
 
@@ -611,6 +627,10 @@ class TrainingRule(Rule):
     def _autocast(self, node: cst.With) -> bool:
         return all(qualify(i.item.func if isinstance(i.item, cst.Call) else i.item, self.ctx.aliases) in AUTOCAST
                    for i in node.items)
+
+    def _no_grad(self, node: cst.With) -> bool:
+        return all(qualify(i.item.func if isinstance(i.item, cst.Call) else i.item, self.ctx.aliases)
+                   in ("torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad") for i in node.items)
 
     def _stepped(self, stmt) -> str | None:
         """The optimizer a statement steps: ``opt.step()`` or ``scaler.step(opt)``."""
@@ -648,8 +668,19 @@ class TrainingRule(Rule):
 
     # ------------------------------------------------------------------ statements
     def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
+        result = self._leave_simple(original, updated)
+        if id(original) in self.track_ids:
+            first = result.nodes[0] if isinstance(result, cst.FlattenSentinel) and result.nodes else result
+            if isinstance(first, cst.SimpleStatementLine):
+                self.converted[id(original)] = first
+        return result
+
+    def _leave_simple(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
         if id(original) in self.segment_ids:
             self.segment_depth -= 1
+            if _count_name(updated, RNG_KEY) > _count_name(original, RNG_KEY):
+                self._swap_pending("JP403", "JP612", "random op in the training step: its key is split from "
+                                   "the training state's key at every step")
             self.converted[id(original)] = updated
             if id(original) in self.outer_removed:
                 return cst.RemoveFromParent()
@@ -979,8 +1010,13 @@ class TrainingRule(Rule):
         self.ctx.emits |= {"create_train_state", "jax"}
         deferred = [self.converted[id(s)] for s in plan.deferred if id(s) in self.converted]
         placed = False
+        early = self.converted.get(id(plan.early)) if plan.early is not None else None
         for stmt in updated.body.body:
             inner = stmt.body[0] if isinstance(stmt, cst.SimpleStatementLine) and stmt.body else None
+            if early is not None and inner is early.body[0]:
+                body.append(call_block.pop(0).with_changes(leading_lines=stmt.leading_lines))
+                stmt = stmt.with_changes(leading_lines=[])
+                early = None
             if inner is not None and id(inner) in drop:
                 if first is not None and inner is first.body[0] and not placed:
                     call_block[0] = call_block[0].with_changes(leading_lines=stmt.leading_lines)
@@ -1220,8 +1256,11 @@ class TrainingRule(Rule):
         lines = []
         others = {m: self._state(m) for m in self.models if m != plan.model} if self.multi else {}
         replacer = _ModelCall(plan.model, variables, extra, self.batchnorm, self.sample_stream, others, STATE)
+        sampling = self.sample_stream or any(_count_name(stmt, RNG_KEY) for stmt in segment)
         for stmt in segment:
             new = stmt.visit(replacer)
+            if _count_name(new, RNG_KEY):
+                new = new.visit(_RenameKeys(["sample_rng"] * _count_name(new, RNG_KEY)))
             if plan.flat:
                 new = new.visit(_Flatten({v: k for k, v in plan.flat.items()}))
             text = _code(new.with_changes(leading_lines=[])).rstrip("\n")
@@ -1241,7 +1280,7 @@ class TrainingRule(Rule):
         rebound = [n for n in plan.inputs if n in set(_ordered_assigned(segment))]
         loss_params = ", ".join(["params", *(f"{n}={n}" for n in rebound)])
         out = [decorator, f"def {plan.step_name}({params}):",
-               (f'    dropout_rng, sample_rng, rng = jax.random.split({STATE}.rng, 3)' if self.sample_stream
+               (f'    dropout_rng, sample_rng, rng = jax.random.split({STATE}.rng, 3)' if sampling
                 else f'    dropout_rng, rng = jax.random.split({STATE}.rng)'), "", f"    def loss_fn({loss_params}):", *lines]
         if aux:
             out.append(f"        return {loss_value}, {aux_tuple}")
@@ -1667,6 +1706,10 @@ def _count_name(node: cst.CSTNode, name: str) -> int:
             n.value.visit(self)
             return False
 
+        def visit_Arg(self, n: cst.Arg) -> bool:
+            n.value.visit(self)
+            return False
+
     node.visit(_V())
     return count[0]
 
@@ -1677,6 +1720,12 @@ class _RenameKeys(cst.CSTTransformer):
 
     def visit_Lambda(self, node) -> bool:
         return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        return False               # leave_Arg renames the value, never the keyword
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return updated.with_changes(value=original.value.visit(self))
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
         if updated.value == RNG_KEY and self.keys:
