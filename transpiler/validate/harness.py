@@ -20,7 +20,9 @@ float32, 1e-2 for float16/bfloat16). ``max_rel_err`` is ``max|a - r| / max(1e-12
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
+import threading
 import inspect
 import itertools
 import math
@@ -393,6 +395,11 @@ class _Run:
         self.train_forward = spec.train_forward
         self.notes: list[str] = []
         self._jitted: dict = {}
+        self._shadow = None            # a copy of the torch module for gradient transfers
+        self.precompile_dims: list[dict] | None = None   # set by the hypothesis engine
+        self._claims: dict = {}        # program signature -> threading.Event (compiled)
+        self._claims_lock = threading.Lock()
+        self._pool = None
         if spec.skip_grad:
             self.notes.append(f"gradients not compared: {spec.skip_grad}")
 
@@ -470,14 +477,106 @@ class _Run:
                     if isinstance(v, jax.ShapeDtypeStruct)]
         if unfilled:
             raise ValueError(f"the transfer left flax leaves unfilled: {unfilled[:5]}")
+        if self.precompile_dims:
+            self._start_precompile(dims)
+
+    # -- compiled programs: one per argument signature, compiled ahead in a background thread
+    @staticmethod
+    def _signature(kind, skeleton, float_idx, extra_key, floats, others, cts=None) -> tuple:
+        shapes = tuple((tuple(x.shape), str(x.dtype)) for x in (*floats, *others))
+        pattern = None if cts is None else tuple(None if c is None else tuple(c.shape) for c in cts)
+        return (kind, _skeleton_key(skeleton), tuple(float_idx), tuple(extra_key), shapes, pattern)
+
+    def _program(self, kind, skeleton, float_idx, extra_key, floats, others, cts=None):
+        """The jitted program for these arguments; waits if the background thread is
+        compiling exactly this one (it is then in jax's caches), else claims it so the
+        background thread does not compile it a second time."""
+        sig = self._signature(kind, skeleton, float_idx, extra_key, floats, others, cts)
+        with self._claims_lock:
+            event = self._claims.get(sig)
+            if event is None:
+                event = threading.Event()
+                event.set()
+                self._claims[sig] = event
+        event.wait()
+        return self._jit(kind, skeleton, float_idx, extra_key)
+
+    def _start_precompile(self, current_dims) -> None:
+        """Compile, in one background thread, the programs of the other dims the hypothesis
+        engine may draw (XLA compiles without the GIL: on a second core this overlaps the
+        torch side and the comparisons). Nothing is skipped: a program that was not compiled
+        ahead is compiled when first needed, as before."""
+        from concurrent.futures import ThreadPoolExecutor
+        todo = [d for d in self.precompile_dims if d != current_dims]
+        if not todo:
+            return
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxport-compile")
+        for dims in todo:
+            self._pool.submit(self._precompile, dims)
+
+    def _precompile(self, dims) -> None:
+        import jax
+        import jax.numpy as jnp
+        try:
+            with jax.default_matmul_precision("highest"):
+                rng = np.random.default_rng(0)
+                skeleton, arrays = _split_arrays(draw_inputs(self.spec, rng, dims))
+                float_idx = [i for i, a in enumerate(arrays) if _is_float(a)]
+                jarrays = [_to_jax(a) for a in arrays]
+                floats = [jax.ShapeDtypeStruct(jarrays[i].shape, jarrays[i].dtype) for i in float_idx]
+                others = [jax.ShapeDtypeStruct(a.shape, a.dtype) for i, a in enumerate(jarrays)
+                          if i not in float_idx]
+                variables = self.variables
+                jobs = []
+                if self.check_grads:
+                    out = jax.eval_shape(self._jit("forward", skeleton, float_idx), variables, floats, others)
+                    cts = [jax.ShapeDtypeStruct(v.shape, jnp.float32)
+                           if v is not None and hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating)
+                           else None for _, v in _leaves(out)]
+                    if any(c is not None for c in cts):
+                        params = variables.get("params", {})
+                        rest = {k: v for k, v in variables.items() if k != "params"}
+                        jobs.append(("grad", (), (params, floats, others, cts, rest), cts))
+                if not jobs:
+                    jobs.append(("forward", (), (variables, floats, others), None))
+                if self.train_forward:
+                    mutable = tuple(c for c in variables if c != "params")
+                    jobs.append(("train", mutable, (variables, floats, others, jax.random.PRNGKey(0)), None))
+                for kind, extra, args, cts in jobs:
+                    sig = self._signature(kind, skeleton, float_idx, extra, floats, others, cts)
+                    with self._claims_lock:
+                        if sig in self._claims:
+                            continue
+                        event = threading.Event()
+                        self._claims[sig] = event
+                    try:
+                        self._jit(kind, skeleton, float_idx, extra).lower(*args).compile()
+                    except Exception:  # noqa: BLE001 - the example that needs it reports it
+                        pass
+                    finally:
+                        event.set()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def close(self) -> None:
+        """Stop compiling ahead (a program being compiled finishes in the background)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def _jit(self, kind: str, skeleton, float_idx, extra_key=()):
         """The jitted flax program of ``kind`` for this argument structure (cached)."""
         import jax
         key = (kind, _skeleton_key(skeleton), tuple(float_idx), extra_key)
-        fn = self._jitted.get(key)
-        if fn is not None:
-            return fn
+        with self._claims_lock:     # one jitted function per key, whichever thread asks first
+            fn = self._jitted.get(key)
+            if fn is None:
+                fn = self._make_jit(kind, skeleton, float_idx, extra_key)
+                self._jitted[key] = fn
+        return fn
+
+    def _make_jit(self, kind: str, skeleton, float_idx, extra_key=()):
+        import jax
         spec, flax_module = self.spec, self.flax_module
         method = spec.method or "__call__"
         takes_train = _accepts(getattr(self.flax_cls, method), "train")
@@ -493,8 +592,9 @@ class _Run:
             extra = {"train": False} if takes_train else {}
             return flax_module.apply(variables, *a, **k, **extra, method=spec.method)
 
+        jit = functools.partial(jax.jit, compiler_options=_compiler_options())
         if kind == "forward":
-            fn = jax.jit(apply)
+            fn = jit(apply)
         elif kind == "grad":
             def loss_fn(p, floats, others, cts, rest):
                 out = apply({**rest, "params": p}, floats, others)
@@ -507,7 +607,7 @@ class _Run:
                     if c is not None:
                         total = total + jnp.sum(jnp.asarray(v).astype(jnp.float32) * c)
                 return total, out
-            fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
+            fn = jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
         else:  # train
             mutable = list(extra_key)
 
@@ -519,8 +619,7 @@ class _Run:
                     out = flax_module.apply(variables, *a, **k, **extra, method=spec.method,
                                             mutable=mutable, rngs={"dropout": rng})
                 return out if mutable else (out, {})
-            fn = jax.jit(apply_train)
-        self._jitted[key] = fn
+            fn = jit(apply_train)
         return fn
 
     def run_example(self, dims, args, kwargs, rng: np.random.Generator, tag: str = "") -> list[Check]:
@@ -584,13 +683,14 @@ class _Run:
         if grads:
             self.phase = "flax forward and gradients (jit)"
             try:
-                (_, fout), (g_params, g_inputs) = self._jit("grad", skeleton, float_idx)(
-                    flax_params, floats_j, others_j, jcts, rest)
+                fn = self._program("grad", skeleton, float_idx, (), floats_j, others_j, jcts)
+                (_, fout), (g_params, g_inputs) = fn(flax_params, floats_j, others_j, jcts, rest)
             except Exception:  # noqa: BLE001 - retried below without gradients, for a clear report
                 fout = None
         if fout is None:
             self.phase = "flax forward (jit)"
-            fout = self._jit("forward", skeleton, float_idx)(variables, floats_j, others_j)
+            fn = self._program("forward", skeleton, float_idx, (), floats_j, others_j)
+            fout = fn(variables, floats_j, others_j)
         self.phase = "comparing outputs"
         f_leaves = _leaves(fout)
         if [p for p, _ in t_leaves] != [p for p, _ in f_leaves]:
@@ -642,8 +742,7 @@ class _Run:
         if mode == "auto":
             mode = "directional" if _param_size(flax_params) < torch_size else "leaves"
         if mode == "leaves":
-            gm = _with_values(tm, t_param_grads)
-            mapped = _tree_paths(_unfreeze(self.transfer(gm, variables)).get("params", {}))
+            mapped = self._params_with_values(t_param_grads)
             fl = _tree_paths(g_params)
             for path in sorted(set(mapped) | set(fl)):
                 if path not in fl or path not in mapped:
@@ -661,7 +760,7 @@ class _Run:
                 v = {n: torch.randn(p.shape, generator=gen).to(p.dtype) for n, p in params.items()}
                 ref = sum(float((t_param_grads[n].double() * v[n].double()).sum()) for n in params)
                 scale = sum(float((t_param_grads[n].double() * v[n].double()).abs().sum()) for n in params)
-                tv = _tree_paths(_unfreeze(self.transfer(_with_values(tm, v), variables)).get("params", {}))
+                tv = self._params_with_values(v)
                 if set(tv) != set(fl):
                     self.add(Check(f"grad{tag}:params(direction {k})", "fail", float("inf"), float("inf"),
                                    f"parameter trees differ: {sorted(set(tv) ^ set(fl))}"))
@@ -677,6 +776,34 @@ class _Run:
                                err / max(abs(ref), 1e-12),
                                "" if ok else f"<grad, v>: flax {got:.6g} vs torch {ref:.6g}"))
 
+    def _numpy_state(self, module) -> dict[str, np.ndarray]:
+        """``{"params/fc1/kernel": array, "batch_stats/...": ...}``: ``module``'s state sent
+        through the transfer, as numpy arrays (no device arrays are built when the transfer is
+        the default one)."""
+        from . import weights
+        if self.transfer is weights.load_torch_state:
+            try:
+                return _numpy_default_transfer(module, self.variables)
+            except AttributeError:   # weights' internals changed: the public path below
+                pass
+        tree = _unfreeze(self.transfer(module, self.variables))
+        return {k: _jax_to_numpy(v) for k, v in _tree_paths(tree).items()}
+
+    def _params_with_values(self, values: dict) -> dict[str, np.ndarray]:
+        """The flax ``params`` (``{"fc1/kernel": array}``) of the torch module with its
+        parameters set to ``values``: a copy of the module, made once, is refilled each time
+        (tied parameters stay tied)."""
+        import torch
+        if self._shadow is None:
+            self._shadow = copy.deepcopy(self.torch_module)
+            for p in self._shadow.parameters():
+                p.grad = None
+        with torch.no_grad():
+            for n, p in self._shadow.named_parameters():
+                p.copy_(values[n])
+        return {k[len("params/"):]: v for k, v in self._numpy_state(self._shadow).items()
+                if k.startswith("params/")}
+
     def _train_forward(self, tag, skeleton, arrays, float_idx, floats_j, others_j):
         """One training-mode forward pass on both sides (dropout layers switched off on both,
         so the pass is deterministic), then the updated mutable state (BatchNorm statistics).
@@ -688,7 +815,21 @@ class _Run:
         import torch
 
         self.phase = "torch forward (train mode)"
-        tm = copy.deepcopy(self.torch_module)
+        tm = self.torch_module
+        saved = {n: b.detach().clone() for n, b in tm.named_buffers()}
+        try:
+            self._train_forward_on(tm, tag, skeleton, arrays, float_idx, floats_j, others_j)
+        finally:   # the module goes back to its eval-mode state for the next example
+            with torch.no_grad():
+                for n, b in tm.named_buffers():
+                    if n in saved:
+                        b.copy_(saved[n])
+            tm.eval()
+
+    def _train_forward_on(self, tm, tag, skeleton, arrays, float_idx, floats_j, others_j):
+        import jax
+        import torch
+
         tm.train()
         from torch.nn.modules.batchnorm import _BatchNorm
         from torch.nn.modules.dropout import _DropoutNd
@@ -717,7 +858,7 @@ class _Run:
                 h.remove()
         self.phase = "flax forward (train mode, jit)"
         mutable = tuple(c for c in self.variables if c != "params")
-        fn = self._jit("train", skeleton, float_idx, mutable)
+        fn = self._program("train", skeleton, float_idx, mutable, floats_j, others_j)
         fout, updates = fn(self.variables, floats_j, others_j, jax.random.PRNGKey(self.seed + 1))
         t_leaves, f_leaves = _leaves(tout), _leaves(fout)
         if [p for p, _ in t_leaves] != [p for p, _ in f_leaves]:
@@ -733,9 +874,8 @@ class _Run:
             return
         self.phase = "comparing updated statistics"
         # torch's new state with the biased batch variance: what flax is expected to hold
-        raw = _tree_paths(_unfreeze(self.transfer(tm, self.variables)))
-        expected_module = copy.deepcopy(tm)
-        mods = dict(expected_module.named_modules())
+        raw = self._numpy_state(tm)
+        mods = dict(tm.named_modules())
         biased_note = []
         with torch.no_grad():
             for name, calls in bn_calls.items():
@@ -751,14 +891,14 @@ class _Run:
                     factor = float(m.momentum)
                 m.running_var.copy_(((1 - factor) * old.double() + factor * biased).to(m.running_var.dtype))
                 biased_note.append((name or "<root>", n, factor))
-        expected = _tree_paths(_unfreeze(self.transfer(expected_module, self.variables)))
+        expected = self._numpy_state(tm)   # torch's update, with the biased variance
         got = _tree_paths(updates)
         for path in sorted(got):
             if path not in expected:
                 self.add(Check(f"train_stats{tag}:{path}", "fail", float("inf"), float("inf"),
                                "flax updated a variable that has no torch counterpart"))
                 continue
-            ref = _jax_to_numpy(expected[path])
+            ref = expected[path]
             check = compare_arrays(f"train_stats{tag}:{path}", _jax_to_numpy(got[path]), ref,
                                    "float32", self.rtol, self.atol)
             self.add(check)
@@ -766,7 +906,7 @@ class _Run:
             worst = 0.0
             for path in got:
                 if path.endswith("/var") and path in raw:
-                    worst = max(worst, float(np.max(np.abs(_jax_to_numpy(got[path]) - _jax_to_numpy(raw[path])),
+                    worst = max(worst, float(np.max(np.abs(_jax_to_numpy(got[path]) - raw[path]),
                                                 initial=0.0)))
             layers = ", ".join(f"{name} (n={n}, momentum={f:g})" for name, n, f in biased_note[:4])
             self.note(f"BatchNorm running_var: torch stores the unbiased batch variance (x n/(n-1)), "
@@ -827,15 +967,34 @@ def _unfreeze(tree):
         return tree
 
 
-def _with_values(module, values: dict):
-    """A deep copy of ``module`` whose parameters hold ``values`` (tied parameters stay tied)."""
-    import torch
-    m = copy.deepcopy(module)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            p.grad = None
-            p.copy_(values[n])
-    return m
+def _compiler_options() -> dict | None:
+    """XLA options of the compared programs: on CPU, no LLVM optimisation passes (compiling
+    takes about half the time; the programs are tiny and run a few times each; float semantics
+    are the same: XLA CPU does not enable fast-math at any level)."""
+    import jax
+    if jax.default_backend() == "cpu":
+        return {"xla_backend_optimization_level": 0}
+    return None
+
+
+def _numpy_default_transfer(module, variables) -> dict[str, np.ndarray]:
+    """``weights.load_torch_state`` without building jax arrays: the same visit and the same
+    problems, numpy leaves cast to the flax leaf dtypes."""
+    from .weights import WeightTransferError, _Transfer
+    t = _Transfer(variables)
+    t.visit(module, (), "")
+    problems = list(t.problems) + [p for tid, p in t.unplaced if tid not in t.consumed]
+    problems += [f"flax leaf {'/'.join(k)} has no torch counterpart" for k in t.leaves if k not in t.filled]
+    if problems:
+        raise WeightTransferError(problems)
+    out = {}
+    for key, leaf in t.leaves.items():
+        a = np.asarray(t.filled[key])
+        dt = np.dtype(getattr(leaf, "dtype", a.dtype))
+        if dt.name in ("bfloat16", "float16"):
+            dt = np.dtype(np.float32)
+        out["/".join(key)] = a.astype(dt, copy=False)
+    return out
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -243,6 +243,9 @@ def hypothesis_compare(torch_cls, flax_cls, spec_table: ModuleSpec | dict, *, se
     if not spec.inputs and not spec.kwargs:
         return ComparisonResult(name, "skip", message="no inputs in the spec")
     run = _Run(torch_cls, flax_cls, spec, seed, name, dims, transfer, rtol, atol, check_grads)
+    combos = [dict(dims)] if dims else dim_combos(spec)
+    if examples >= 3 * len(combos):     # enough examples to draw each combination: compile ahead
+        run.precompile_dims = combos
     seen: dict[str, tuple[str, list, str | None]] = {}
     state: dict[str, Any] = {"frozen": False, "first_failure": None, "last": None, "ran": 0,
                              "per_check": {}}
@@ -306,6 +309,8 @@ def hypothesis_compare(torch_cls, flax_cls, spec_table: ModuleSpec | dict, *, se
         if state["last"] is None:
             return ComparisonResult(name, "error", message=f"hypothesis: {type(exc).__name__}: {exc}",
                                     examples=state["ran"])
+    finally:
+        run.close()
     notes = "; ".join(run.notes)
     if state["last"] is None:
         checks = sorted(state["per_check"].values(), key=lambda c: c.name)
