@@ -258,3 +258,45 @@ def test_amp_is_removed_with_a_warning_and_checkpoints_restore():
     assert 'train_state = load_model_state(train_state, ckpt["model"])' in out
     assert 'train_state = load_optimizer_state(train_state, ckpt["opt"])' in out
     compile(out, "s.py", "exec")
+
+
+def test_no_grad_rollout_is_host_code_and_step_sampling_uses_the_state_key():
+    out, codes, _ = _convert("""\
+        from torch.distributions import Categorical
+        torch.manual_seed(0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for x in loader:
+            with torch.no_grad():
+                a = Categorical(logits=model(x)).sample()
+            r = reward(a)
+            dist = Categorical(logits=model(x))
+            loss = -(dist.log_prob(a) * r).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        """)
+    assert "JP601" in codes and "JP602" not in codes and "JP403" not in codes
+    host = out[out.index("for x in loader:"):]
+    assert host.index("train_state = create_train_state(model, opt") < host.index("eval_step(train_state, x)")
+    assert "def train_step(train_state, x, a, r):" in out
+    assert "dropout_rng, sample_rng, rng = jax.random.split(train_state.rng, 3)" in out
+    assert "rng_key=sample_rng)" in out
+    compile(out, "s.py", "exec")
+
+
+def test_forward_pass_may_rebind_its_input():
+    out, codes, _ = _convert("""\
+        rnn = nn.GRU(4, 8, batch_first=True)
+        opt = torch.optim.Adam(rnn.parameters(), lr=1e-2)
+        h = torch.zeros(1, 2, 8)
+        for x, y in loader:
+            h = h.detach()
+            out, h = rnn(x, h)
+            loss = F.mse_loss(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        """)
+    assert "JP601" in codes and "JP602" not in codes
+    assert "    def loss_fn(params, h=h):" in out
+    assert "train_state, loss, h = train_step(train_state, h, x, y)" in out
