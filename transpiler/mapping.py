@@ -112,6 +112,7 @@ class Tables:
     initializers: dict[str, Entry]
     imports: dict[str, str]
     diagnostics: dict[str, dict[str, Any]]
+    third_party: dict[str, dict[str, Any]] = field(default_factory=dict)   # redirected imports
 
     def lookup_qualified(self, name: str) -> Entry | None:
         return self.layers.get(name) or self.functions.get(name)
@@ -144,4 +145,5 @@ def load_tables() -> Tables:
         loaded[table] = {key: _entry(table, key, value) for key, value in raw.items()}
     imports = _read("imports")
     diagnostics = _read("diagnostics")
-    return Tables(imports={k: v for k, v in imports.items()}, diagnostics=diagnostics, **loaded)
+    return Tables(imports={k: v for k, v in imports.items()}, diagnostics=diagnostics,
+                  third_party=_read("third_party"), **loaded)

@@ -41,8 +41,9 @@ def rules(ctx: FileContext) -> list:
     from .passes.runtime import RuntimeRule
     from .passes.training import TrainingRule
     from .passes.distributed import DistributedRule
+    from .passes.thirdparty import ThirdPartyImportsRule
     return [ModulesRule(ctx), OpsRule(ctx), MutationRule(ctx), DistributedRule(ctx), RuntimeRule(ctx),
-            TrainingRule(ctx)]
+            TrainingRule(ctx), ThirdPartyImportsRule(ctx)]
 
 
 def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
