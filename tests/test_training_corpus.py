@@ -141,7 +141,10 @@ def test_converted_script_runs(name, tmp_path):
     with open(converted, encoding="utf-8") as fh:
         text = fh.read()
     assert "@jax.jit" in text or "partial(jax.jit" in text
-    assert ".backward()" not in text and ".zero_grad(" not in text and "optimizer.step()" not in text
+    if text.startswith('"""'):
+        text = text.split('"""', 2)[2]    # the module docstring may describe the torch loop
+    code = "\n".join(line for line in text.splitlines() if not line.strip().startswith("#"))
+    assert ".backward()" not in code and ".zero_grad(" not in code and "optimizer.step()" not in code
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
