@@ -392,6 +392,56 @@ def test_perturbed_running_stats_expose_swapped_mean_and_var():
     assert r2.status == "pass"
 
 
+def test_compiled_ahead_and_the_train_pass_leaves_the_torch_module_as_it_was():
+    """The hypothesis engine's speed-ups do not change what is checked: the programs of the
+    other dims are compiled ahead in a background thread (each signature once), and the
+    training-mode pass, run in place, restores the torch module's buffers."""
+    from transpiler.validate.harness import _Run
+    from transpiler.validate.spec import draw_inputs
+    from transpiler.validate.strategies import dim_combos
+    spec = parse_module_spec("BN", {"init": {"c": 3}, "inputs": ["float32[B, 3]"],
+                                    "dims": {"B": [2, 9]}, "train_forward": True})
+    combos = dim_combos(spec)
+    assert [c["B"] for c in combos] == [2, 8, 9]
+    run = _Run(TorchBN, _flax_bn(), spec, 0, "BN", None, hand_transfer, None, None, True)
+    run.precompile_dims = combos
+    rng = np.random.default_rng(0)
+    state = None
+    for dims in combos + combos[::-1]:
+        args, kwargs = draw_inputs(spec, rng, dims)
+        checks = run.run_example(dims, args, kwargs, rng)
+        assert checks and all(c.status == "pass" for c in checks), [str(c) for c in checks]
+        assert any(c.name.startswith("train_stats") for c in checks)
+        if state is None:
+            state = {k: v.clone() for k, v in run.torch_module.state_dict().items()}
+    for k, v in run.torch_module.state_dict().items():
+        assert torch.equal(v, state[k]), k          # running stats and num_batches_tracked
+    assert not run.torch_module.training
+    run.close()
+    assert sorted(sig[0] for sig in run._claims) == ["grad"] * 3 + ["train"] * 3
+    assert all(event.is_set() for event in run._claims.values())
+
+
+def test_numpy_transfer_is_the_default_transfer():
+    """The comparisons' numpy path gives exactly what weights.load_torch_state gives."""
+    from transpiler.validate.harness import _numpy_default_transfer, _tree_paths
+    from transpiler.validate.weights import load_torch_state
+    tmod = load_module_from_path(CORPUS / "resnet.py", "resnet")
+    fmod = load_module_from_path(CORPUS.parent / "expected" / "models" / "resnet.py", "resnet_jax")
+    torch.manual_seed(0)
+    tm = tmod.BasicBlock(4, 8, stride=2)
+    for m in tm.modules():
+        if isinstance(m, tnn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    fm = fmod.BasicBlock(4, 8, stride=2)
+    shapes = jax.eval_shape(lambda: fm.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 8, 8))))
+    fast = _numpy_default_transfer(tm, shapes)
+    slow = {k: np.asarray(v) for k, v in _tree_paths(load_torch_state(tm, shapes)).items()}
+    assert set(fast) == set(slow) and any(k.startswith("batch_stats/") for k in fast)
+    for k in slow:
+        assert fast[k].dtype == slow[k].dtype and np.array_equal(fast[k], slow[k]), k
+
+
 # --- statuses ---------------------------------------------------------------------------------------
 
 class FlaxBroken(FlaxMLP):

@@ -189,11 +189,12 @@ def child_main(argv: list[str] | None = None) -> int:
     emit(event="plan", cases=[c[0] for c in cases])
     for case, cls, ms in cases:
         emit(event="start", name=case)
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         r = run_case(loaded["original"], loaded["converted"], case, cls, ms, examples=a.examples,
                      seed=a.seed, rtol=a.rtol, atol=a.atol)
         d = r.to_json()
         d["seconds"] = round(time.monotonic() - started, 3)
+        d["cpu_seconds"] = round(time.process_time() - cpu, 3)   # all threads (XLA compiles too)
         emit(event="result", result=d)
     return 0
 
