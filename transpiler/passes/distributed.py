@@ -118,12 +118,25 @@ class _Prepare(cst.CSTTransformer):
         super().__init__()
         self.ctx, self.st = ctx, st
         self.sync_names: set[str] = set()   # names bound to `W.no_sync() if c else nullcontext()`
-        self.moved: dict[cst.CSTNode, object] = {}
+        self.moved: dict[cst.CSTNode, cst.CSTNode] = {}   # rebuilt node → original node
+        self.changed: list[bool] = []
+
+    # Subtrees without a change are given back as the original objects (libcst rebuilds every
+    # node), so that diagnostics reported at them find the user's positions; only the
+    # ancestors of a change are new, and ``moved`` says which original each one stands for.
+    def on_visit(self, node) -> bool:
+        self.changed.append(False)
+        return super().on_visit(node)
 
     def on_leave(self, original, updated):
+        inner = self.changed.pop()
         result = super().on_leave(original, updated)
-        if isinstance(result, cst.CSTNode) and result is not original and original in self.ctx.positions:
-            self.moved[result] = self.ctx.positions[original]
+        if not inner and result is updated:
+            return original
+        if self.changed:
+            self.changed[-1] = True
+        if isinstance(result, cst.CSTNode):
+            self.moved[result] = original
         return result
 
     def _report(self, node, code: str, message: str) -> None:
@@ -229,9 +242,16 @@ def prepare(module: cst.Module, ctx) -> cst.Module:
     transformer = _Prepare(ctx, st)
     out = module.visit(transformer)
     if transformer.moved:
-        positions = dict(ctx.positions)
-        positions.update(transformer.moved)
-        ctx.positions = positions
+        # diagnostics the rules report at rebuilt nodes (a loop whose no_sync() block was
+        # opened) must point at the user's lines: give the rebuilt nodes the originals' places
+        alias = getattr(ctx, "alias_nodes", None)
+        if callable(alias):
+            alias(transformer.moved)
+        elif not hasattr(ctx.positions, "get_if_loaded"):
+            positions = dict(ctx.positions)
+            positions.update({new: ctx.positions[old] for new, old in transformer.moved.items()
+                              if old in ctx.positions})
+            ctx.positions = positions
     return out
 
 
