@@ -39,6 +39,7 @@ SCRIPTS = {
     "amp_checkpoint.py": (["--epochs", "2"], 6),
     "char_rnn.py": (["--epochs", "2"], 16),
     "reinforce_bandit.py": (["--steps", "8"], 8),
+    "seq2seq_attention.py": (["--steps", "6"], 6),
 }
 
 # What must decrease in the subprocess run, when not the loss (a policy-gradient loss does not)
