@@ -131,3 +131,13 @@ def test_join_cells_places():
     text, cells, magics = join_cells(copy.deepcopy(nb))
     assert text == '"jaxport:cell 1"\na = 1\nb = 2\n"jaxport:cell 4"\n'
     assert [(c.index, c.marker_line, c.lines) for c in cells] == [(1, 1, 2), (4, 4, 0)]
+
+
+def test_future_imports_at_the_top_of_later_cells_are_legal():
+    """Each cell is compiled on its own in Jupyter: `from __future__` may start any cell."""
+    data = nb_bytes([code("import torch\n"),
+                     code("from __future__ import print_function\nx = torch.zeros(2)\n")])
+    nb = convert_notebook(data, "f.ipynb")
+    assert nb.result.status == "converted", nb.result.diagnostics
+    cells = json.loads(nb.result.output)["cells"]
+    assert src(cells[1]) == "from __future__ import print_function\nx = jnp.zeros(2)\n"

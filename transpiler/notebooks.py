@@ -35,7 +35,9 @@ from .api import FileResult, Options, convert_source
 SUFFIX = ".ipynb"
 _MARKER = '"jaxport:cell {}"'
 _MARKER_RE = re.compile(r'^"jaxport:cell (\d+)"$')
-_MAGIC_RE = re.compile(r"^(\s*)(?:[%!].*|[\w.]+\s*=\s*[%!].*|[\w.]+\?{1,2})$")
+# IPython magics, shell escapes, help queries, and `from __future__` imports (legal at the top
+# of any cell, but not in the middle of the joined text): hidden while converting
+_MAGIC_RE = re.compile(r"^(\s*)(?:[%!].*|[\w.]+\s*=\s*[%!].*|[\w.]+\?{1,2}|from\s+__future__\s+import\b.*)$")
 _PLACEHOLDER = '{}"jaxport:magic {}"'
 _PLACEHOLDER_RE = re.compile(r'^(\s*)"jaxport:magic (\d+)"$')
 
