@@ -19,6 +19,14 @@ before ``backward()`` that calls the model or reads a value computed from it; it
 body of ``loss_fn`` inside ``train_step``. Other statements before ``backward()`` that read the
 segment's values (``total += loss.item()``) run after the call. Anything else is left as it
 was with JP602.
+
+Variants: backward() in an inner ``for _ in range(k)`` loop with step() after it (gradient
+accumulation → ``optax.MultiSteps``, JP609); one backward()/step() pair per model in one loop
+(a GAN → one train step per optimizer, a TrainState per model named ``<model>_state``);
+``with torch.no_grad():`` blocks in the loop are host code (a rollout); ``autocast`` blocks are
+inlined and the GradScaler calls unwrapped (JP613). Parameter groups become
+``optax.multi_transform`` (JP608), writes to ``param_groups[...]["lr"]`` ``set_optimizer_lr``
+(JP610), random ops in script code take keys split from the ``torch.manual_seed`` key (JP612).
 """
 from __future__ import annotations
 
