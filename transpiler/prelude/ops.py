@@ -496,7 +496,9 @@ def torch_dropout(x, p, training, rng_key):
         return x
     if p == 1:
         return jnp.zeros_like(x)
-    keep = jax.random.bernoulli(rng_key, 1.0 - p, x.shape)
+    # drawn flat (same bits as drawing x.shape): XLA:CPU vectorises RNG loops over the
+    # last axis, which is short for channels-first activations (e.g. 5 for (N, C, 5, 5))
+    keep = jax.random.bernoulli(rng_key, 1.0 - p, (x.size,)).reshape(x.shape)
     return jnp.where(keep, x / (1.0 - p), jnp.zeros((), x.dtype))
 
 
@@ -504,7 +506,8 @@ def torch_dropout_channels(x, p, training, rng_key):
     """``F.dropout1d/2d/3d``: drop whole channels of (N, C, ...) input."""
     if not training or p == 0:
         return x
-    keep = jax.random.bernoulli(rng_key, 1.0 - p, x.shape[:2] + (1,) * (x.ndim - 2))
+    shape = x.shape[:2] + (1,) * (x.ndim - 2)
+    keep = jax.random.bernoulli(rng_key, 1.0 - p, (math.prod(shape),)).reshape(shape)
     return jnp.where(keep, x / (1.0 - p), jnp.zeros((), x.dtype))
 
 
