@@ -39,6 +39,8 @@ class AliasCollector(cst.CSTVisitor):
     Imports are statements: the visitor walks statements and blocks only, never expressions,
     which keeps this pass a small fraction of a parse."""
 
+    walk_tokens = False      # nothing to learn from whitespace and punctuation
+
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.BaseExpression):
             return False
@@ -91,8 +93,9 @@ def collect_aliases(module: cst.Module) -> dict[str, str]:
 
 def collect_imports(module: cst.Module) -> AliasCollector:
     """Torch aliases and the other imported names of a module, in one visit."""
+    from .walk import walk
     collector = AliasCollector()
-    module.visit(collector)
+    walk(module, collector)
     return collector
 
 

@@ -1,7 +1,8 @@
 """The ordered passes run on one parsed file.
 
 read → parse (api) → resolve aliases → table-driven rules in one traversal (modules, ops,
-mutation, runtime) → imports and helpers → print. The rules see the original positions, so
+mutation, runtime) → imports and helpers → print. Diagnostics are reported at nodes of the
+original tree and placed at the end (one partial print of that tree finds their starts), so
 every diagnostic points at the user's line and column.
 """
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider
 
-from .context import FileContext
+from .context import FileContext, LazyPositions
 from .diagnostics import Diagnostic
 from .mapping import load_tables
 from .names import collect_imports
@@ -19,6 +19,7 @@ from .passes.base import Composite
 from .passes.imports import finalize
 from .passes.modules import ModulesRule
 from .passes.ops import OpsRule
+from .walk import transform
 
 
 @dataclass
@@ -56,16 +57,17 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     aliases = imports.aliases
     if not aliases:
         return Outcome(module.code, [], 0, 0, touched=False)
-    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    positions = wrapper.resolve(PositionProvider)
-    ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, positions=positions,
+    ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, module=module,
+                      positions=LazyPositions(module),
                       other_imports=imports.other_imports)
     from .passes import distributed
-    source = distributed.prepare(wrapper.module, ctx)          # DDP scripts: unwrap, open no_sync()
-    converted = source.visit(Composite(ctx, rules(ctx)))
+    source = distributed.prepare(module, ctx)          # DDP scripts: unwrap, open no_sync()
+    composite = Composite(ctx, rules(ctx))
+    converted = transform(source, composite, composite.skipped_types())
     converted = distributed.finish(converted, ctx)             # data-parallel train steps
     if getattr(options, "layout", "nchw") == "nhwc" and any("nchw" in n.lower() for n in ctx.emits):
         ctx.report(None, "JP202", "--layout nhwc is not implemented yet: the converted model keeps "
                    "PyTorch's NCHW interface", marker=False)
     converted = finalize(converted, ctx)
+    ctx.place_diagnostics()     # positions in the original file, found in one cheap pass
     return Outcome(converted.code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites)

@@ -29,6 +29,8 @@ from typing import Sequence
 
 import libcst as cst
 
+from .walk import transform, walk
+
 POSITIONAL = "positional"   # may be given positionally or by keyword
 VAR_POSITIONAL = "var_positional"
 KEYWORD_ONLY = "keyword_only"
@@ -171,17 +173,17 @@ def template_names(text: str) -> set[str]:
 
     class _Collect(cst.CSTVisitor):
         def visit_Attribute(self, node: cst.Attribute) -> bool:
-            node.value.visit(self)
+            walk(node.value, self)
             return False
 
         def visit_Arg(self, node: cst.Arg) -> bool:
-            node.value.visit(self)
+            walk(node.value, self)
             return False
 
         def visit_Name(self, node: cst.Name) -> None:
             names.add(node.value)
 
-    _parse_template(text).visit(_Collect())
+    walk(_parse_template(text), _Collect())
     return names
 
 
@@ -214,18 +216,18 @@ def references(node: cst.CSTNode, params: set[str]) -> set[str]:
 
     class _Refs(cst.CSTVisitor):
         def visit_Attribute(self, n: cst.Attribute) -> bool:
-            n.value.visit(self)
+            walk(n.value, self)
             return False
 
         def visit_Arg(self, n: cst.Arg) -> bool:
-            n.value.visit(self)
+            walk(n.value, self)
             return False
 
         def visit_Name(self, n: cst.Name) -> None:
             if n.value in params:
                 found.add(n.value)
 
-    node.visit(_Refs())
+    walk(node, _Refs())
     return found
 
 
@@ -360,7 +362,7 @@ def render(template: str, sig: Signature, bound: Bound, always: frozenset[str] =
     """Render one template; None when ``strict`` and a referenced parameter was not passed."""
     tree = _parse_template(template)
     try:
-        out = tree.visit(_Render(sig, bound, always, strict))
+        out = transform(tree, _Render(sig, bound, always, strict))
     except _NotApplicable:
         return None
     assert isinstance(out, cst.BaseExpression)

@@ -13,6 +13,7 @@ from typing import Sequence
 import libcst as cst
 
 from ..context import FileContext
+from ..walk import skipped_types, transform, walk  # noqa: F401  (the passes' tree walks)
 
 MARKER_PREFIX = "# jaxport: "
 HELPERS_BANNER = "# --- helpers added by jaxport (PyTorch semantics in JAX) ---"
@@ -68,6 +69,10 @@ class Composite(cst.CSTTransformer):
         self._helpers_present = False
         self._untouched: set[int] = set()
         self._leave_hooks: dict[str, list] = {}
+
+    def skipped_types(self) -> frozenset:
+        """Token types no rule hooks: :func:`transform` need not show them to the composite."""
+        return skipped_types(*self.rules)
 
     def _hooks(self, cache: dict, prefix: str, type_name: str) -> list:
         hooks = cache.get(type_name)

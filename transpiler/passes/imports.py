@@ -15,6 +15,7 @@ from ..context import FileContext
 from ..names import ROOTS, dotted
 from .. import prelude_index
 
+from ..walk import skipped_types, transform, walk
 from .base import HELPERS_BANNER
 
 
@@ -136,7 +137,7 @@ class _References(cst.CSTVisitor):
         return False
 
     def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
+        walk(node.value, self)
         return False
 
     def visit_Name(self, node: cst.Name) -> None:
@@ -188,11 +189,11 @@ def _import_block_end(body) -> int:
 
 def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
     before = _References()
-    module.visit(before)
+    walk(module, before)
     torch_used = "torch" in before.names
-    module = module.visit(_TorchImportRemover(keep_plain_torch=torch_used))
+    module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used), skipped_types())
     refs = _References()
-    module.visit(refs)
+    walk(module, refs)
     helpers = [h for h in prelude_index.closure({n for n in ctx.emits | refs.names if n not in refs.bound})
                if h.name not in refs.bound]          # already in the file (a converted file again)
     helper_names = {h.name for h in helpers}

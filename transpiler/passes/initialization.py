@@ -21,6 +21,7 @@ import libcst as cst
 
 from ..names import dotted, qualify
 from ..render import render_call
+from ..walk import transform, walk
 
 METHOD_FORMS = {"normal_", "uniform_", "fill_", "zero_"}
 
@@ -194,8 +195,8 @@ class _Planner:
                     if q in layers:
                         found.append((q, node, direct.get(id(node))))
 
-            stmt.visit(_Direct())
-            stmt.visit(_Calls())
+            walk(stmt, _Direct())
+            walk(stmt, _Calls())
         return found
 
     def reachable(self, class_name: str) -> list[str]:
@@ -256,7 +257,7 @@ class _Planner:
                 target, init_expr = found
                 # the initializer moves to the layer's constructor call, which may come before
                 # (or, from a helper method, outside) the local it reads: inline constants
-                init_expr = init_expr.visit(_InlineNames(constants))
+                init_expr = transform(init_expr, _InlineNames(constants))
                 parts = target.split(".")
                 if len(parts) == 3 and parts[0] == "self" and parts[1] in direct_calls:
                     q, layer_call = direct_calls[parts[1]]
@@ -313,7 +314,7 @@ def _record_constant(stmt, constants: dict, module_names: set[str]) -> None:
                 constants.pop(name, None)
             if isinstance(small, cst.Assign) and len(names) == 1 == len(targets) \
                     and small.value is not None:
-                value = small.value.visit(_InlineNames(constants))
+                value = transform(small.value, _InlineNames(constants))
                 if _names_in(value) <= {"self", *module_names}:
                     constants[names[0]] = value
 
@@ -323,17 +324,17 @@ def _names_in(expr: cst.CSTNode) -> set[str]:
 
     class _V(cst.CSTVisitor):
         def visit_Attribute(self, node: cst.Attribute) -> bool:
-            node.value.visit(self)
+            walk(node.value, self)
             return False
 
         def visit_Arg(self, node: cst.Arg) -> bool:
-            node.value.visit(self)
+            walk(node.value, self)
             return False
 
         def visit_Name(self, node: cst.Name) -> None:
             found.add(node.value)
 
-    expr.visit(_V())
+    walk(expr, _V())
     return found
 
 
@@ -461,7 +462,7 @@ def _called_names(node: cst.CSTNode) -> set[str]:
         def visit_Name(self, n: cst.Name) -> None:
             names.add(n.value)  # classes passed around (block=BasicBlock) count too
 
-    node.visit(_V())
+    walk(node, _V())
     return names
 
 
@@ -506,7 +507,7 @@ def _references(module: cst.Module, name: str) -> int:
             nonlocal count
             count += node.value == name
 
-    module.visit(_V())
+    walk(module, _V())
     return count
 
 

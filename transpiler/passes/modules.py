@@ -21,6 +21,7 @@ import libcst as cst
 from ..names import dotted, qualify
 from .base import Rule
 from .initialization import InitPlan, plan_initialization
+from ..walk import walk
 
 TRAIN = "train"
 MODULE_BASES = {"torch.nn.Module", "torch.nn.Sequential"}
@@ -137,7 +138,7 @@ def _self_assignments(fn: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression
             if node.value is not None and name and name.startswith("self.") and name.count(".") == 1:
                 found.append((name[5:], node.value))
 
-    fn.visit(_V())
+    walk(fn, _V())
     return found
 
 
@@ -149,7 +150,7 @@ def _returned(fn: cst.FunctionDef) -> list[cst.BaseExpression]:
             if node.value is not None:
                 values.append(node.value)
 
-    fn.visit(_V())
+    walk(fn, _V())
     return values
 
 
@@ -186,7 +187,7 @@ def _rebound_names(fn: cst.FunctionDef) -> set[str]:
         def visit_Attribute(self, node: cst.Attribute) -> bool:
             return False
 
-    fn.body.visit(_V())
+    walk(fn.body, _V())
     return names
 
 
@@ -218,7 +219,7 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         uses: dict[str, _SelfCalls] = {}
         for name, fn in methods.items():
             v = _SelfCalls()
-            fn.visit(v)
+            walk(fn, v)
             uses[name] = v
         # setup helpers: methods reachable from __init__
         if init is not None:
@@ -341,7 +342,7 @@ def _appended(fn: cst.FunctionDef, attr: str) -> list[cst.BaseExpression]:
             if dotted(node.func) == f"self.{attr}.append" and node.args:
                 found.append(node.args[0].value)
 
-    fn.visit(_V())
+    walk(fn, _V())
     return found
 
 

@@ -12,6 +12,7 @@ from ..names import dotted, qualify
 from ..render import Rendered, render_call, render_value
 from .base import Rule
 from .runtime import DROPPED_CALLS, GRAD_CONTEXTS, SEEDS
+from ..walk import transform
 
 # Structural torch.nn names handled by the modules pass, never by the op tables.
 STRUCTURAL = {"torch.nn.Module", "torch.nn.Sequential", "torch.nn.ModuleList",
@@ -206,7 +207,7 @@ class OpsRule(Rule):
         ``sample`` rng stream; inside ``nn.Parameter(...)`` the param initializer binds it;
         elsewhere the script must provide ``rng_key`` (issue 4 threads it automatically)."""
         if self.ctx.in_module_code():
-            return expr.visit(_ReplaceName(RNG_KEY, cst.parse_expression(f'self.make_rng("{stream}")')))
+            return transform(expr, _ReplaceName(RNG_KEY, cst.parse_expression(f'self.make_rng("{stream}")')))
         if self.ctx.in_constructor():
             return expr  # nn.Parameter(...) becomes self.param(name, lambda rng_key: ...)
         self.ctx.report(original, "JP403", "random op needs an explicit PRNG key: define rng_key "
