@@ -148,6 +148,9 @@ def test_failing_script_is_a_clean_error_naming_it(project):
     assert proc.returncode == 2 and b"python SCRIPT.py" in proc.stderr
     proc = jaxport("validate", "models.py", "models_jax.py", "--save-spec", "x.toml", cwd=project)
     assert proc.returncode == 2 and b"--record" in proc.stderr
+    help_text = jaxport("validate", "--help").stdout
+    for option in (b"--record", b"--save-spec", b"--record-calls", b"--record-time"):
+        assert option in help_text
 
 
 def test_time_budget_and_a_script_that_calls_nothing(project):
