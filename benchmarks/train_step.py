@@ -344,7 +344,7 @@ def measure_case(case: Case, tmp: Path, quick: bool, compile_budget_s: float | N
              "goal": f"<= {GOAL:.2f}", "measured": round(ratio, 3), "met": ratio <= GOAL,
              "note": note}]
     torch_note = (f"torch eager {med['torch'] * 1e3:.3f} ms per step "
-                  f"(converted is {med['torch'] / med['converted']:.2f}x faster)")
+                  f"(torch eager / converted {med['torch'] / med['converted']:.2f})")
     if compile_budget_s:
         tc = torch_compile_time(case, compile_budget_s, rounds, sample_s)
         if "skipped" in tc:

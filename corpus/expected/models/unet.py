@@ -236,6 +236,35 @@ def adaptive_avg_pool_nchw(x, output_size, spatial_dims=2):
     return x
 
 
+def _make_take_static():
+    """``take(x, index, axis)`` for a static index tuple whose derivative is a product with a
+    one-hot matrix (XLA:CPU runs the scatter-add that jnp.take's gradient needs slowly)."""
+    @partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+    def take(x, index, axis):
+        return jnp.take(x, np.asarray(index), axis=axis)
+
+    @take.defjvp
+    def take_jvp(index, axis, primals, tangents):
+        (x,), (t,) = primals, tangents
+        onehot = np.equal(np.asarray(index)[:, None], np.arange(x.shape[axis])[None, :])
+        out = jax.lax.dot_general(t, jnp.asarray(onehot, t.dtype), (((axis,), (1,)), ((), ())),
+                                  precision=jax.lax.Precision.HIGHEST)
+        return take(x, index, axis), jnp.moveaxis(out, -1, axis)
+
+    return take
+
+
+take_static_onehot = _make_take_static()
+
+
+def take_static(x, index, axis):
+    """``jnp.take(x, index, axis)`` for a static integer index: the gradient goes through a
+    one-hot matmul when the axis is short (64 or less), else through jnp.take's scatter-add."""
+    if x.shape[axis] <= 64 and jnp.issubdtype(x.dtype, jnp.floating):
+        return take_static_onehot(x, tuple(int(i) for i in index), axis)
+    return jnp.take(x, index, axis=axis)
+
+
 def resample_axis(x, axis, out_size, scale, mode, align_corners):
     """One axis of torch interpolate (nearest, nearest-exact or linear), with torch's float32
     source-index arithmetic."""
@@ -246,7 +275,7 @@ def resample_axis(x, axis, out_size, scale, mode, align_corners):
     if mode in ("nearest", "nearest-exact"):
         offset = f32(0.5) if mode == "nearest-exact" else f32(0.0)
         index = np.minimum(np.floor((dst + offset) * ratio).astype(np.int64), n - 1)
-        return jnp.take(x, index, axis=axis)
+        return take_static(x, index, axis)
     if align_corners:
         ratio = f32(n - 1) / f32(out_size - 1) if out_size > 1 else f32(0.0)
         src = dst * ratio
@@ -256,7 +285,7 @@ def resample_axis(x, axis, out_size, scale, mode, align_corners):
     high = np.minimum(low + 1, n - 1)
     weight = (src - low.astype(f32)).reshape((-1,) + (1,) * (x.ndim - axis - 1))
     weight = jnp.asarray(weight, x.dtype)
-    return jnp.take(x, low, axis=axis) * (1 - weight) + jnp.take(x, high, axis=axis) * weight
+    return take_static(x, low, axis) * (1 - weight) + take_static(x, high, axis) * weight
 
 
 def upsample_nchw(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
