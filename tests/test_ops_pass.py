@@ -74,7 +74,7 @@ def test_random_ops_inside_modules_draw_from_flax_rng_streams():
     """)
     assert 'self.make_rng("sample")' in out
     assert "rng_key = jax.random.PRNGKey(3)" in out
-    assert ("JP404", 7) in codes and ("JP403", 8) in codes
+    assert ("JP404", 7) in codes and ("JP612", 8) in codes   # a key split from the seed
 
 
 def test_data_loading_stays_on_torch():
@@ -192,3 +192,37 @@ def test_legacy_constructors_with_one_run_time_argument_decide_at_run_time():
     exec(compile(out, "m_jax.py", "exec"), namespace)
     assert namespace["sized"].shape == (3,) and namespace["sized"].dtype == "float32"
     assert namespace["data"].tolist() == [0.0, 1.0]
+
+
+def test_index_assignment_outside_forward_rewrites_tensors_and_leaves_numpy_alone():
+    out, codes = convert('''
+        import numpy as np
+        import torch
+        rng = np.random.default_rng(0)
+        images = rng.standard_normal((4, 3)).astype(np.float32)
+        images[:, 0] += 1.0
+        t = torch.zeros(3, 3)
+        t[0] = 1.0
+        t[:, 1] += 2.0
+        def f(a):
+            a[:, 0] = 0
+            return a
+    ''')
+    assert "images[:, 0] += 1.0" in out                      # NumPy stays mutable
+    assert "t = t.at[0].set(1.0)" in out and "t = t.at[:, 1].add(2.0)" in out
+    assert "a = a.at[:, 0].set(0)" in out                    # unknown, indexed like an array
+    assert {line for code, line in codes if code == "JP501"} == {8, 9, 11}
+
+
+def test_attention_kernel_selection_contexts_go_with_their_arguments():
+    out, codes = convert('''
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        def attend(q, k, v):
+            with sdpa_kernel([SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v)
+    ''')
+    body = out.split("def attend")[1]
+    assert body == "(q, k, v):\n    return torch_sdpa(q, k, v)\n"
+    assert "from torch" not in out
+    assert ("JP401", 5) in codes and not [c for c, _ in codes if c == "JP101"]

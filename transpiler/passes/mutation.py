@@ -4,9 +4,10 @@
   from the tensor-method table (``fill_``/``zero_``/``copy_`` have their own entries);
 * ``x[idx] = v`` → ``x = x.at[idx].set(v)``, ``x[idx] += v`` → ``x = x.at[idx].add(v)``.
 
-Subscript assignment is also how dicts and lists are written, so it is only rewritten where
-the target is known to be an array: inside converted module code, or when the index uses
-slices, ``...`` or several axes (``x[:, 0] = 0``).
+Subscript assignment is also how dicts, lists and NumPy arrays are written, so it is only
+rewritten where the target is known to be a JAX array: inside converted module code, a name
+bound to a torch result, or array-style indexing (slices, ``...``, several axes:
+``x[:, 0] = 0``) of a value not known to be NumPy (transpiler/passes/tensors.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import libcst as cst
 from ..names import dotted, qualify
 from ..render import render_call
 from .base import Rule
+from .tensors import TensorNames
 
 _AT_METHODS = {cst.AddAssign: "add", cst.SubtractAssign: "subtract", cst.MultiplyAssign: "multiply",
                cst.DivideAssign: "divide", cst.PowerAssign: "power"}
@@ -30,6 +32,12 @@ def _is_array_index(sub: cst.Subscript) -> bool:
     return isinstance(value, (cst.Ellipsis,)) or (isinstance(value, cst.Name) and value.value == "None")
 
 
+def _original_base(stmt) -> cst.BaseExpression:
+    """The subscripted value of an original ``x[i] = v`` / ``x[i] += v`` statement."""
+    target = stmt.targets[0].target if isinstance(stmt, cst.Assign) else stmt.target
+    return target.value
+
+
 def _assign(target: cst.BaseExpression, value: cst.BaseExpression) -> cst.Assign:
     return cst.Assign(targets=[cst.AssignTarget(target=target)], value=value)
 
@@ -40,6 +48,16 @@ def _at(base: cst.BaseExpression, sub: cst.Subscript, method: str, value: cst.Ba
 
 
 class MutationRule(Rule):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.tensors = TensorNames(ctx)
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.tensors.enter_function()
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        self.tensors.observe(node)
+
     def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
         if len(updated.body) != 1 or len(original.body) != 1:
             return updated
@@ -96,8 +114,12 @@ class MutationRule(Rule):
         name = dotted(base)
         if name == "self" or (name and self.ctx.is_submodule_ref(name)):
             return None
-        if not (self.ctx.in_module_code() or _is_array_index(target)):
-            return None
+        if not self.ctx.in_module_code():
+            # outside forward: a tensor we saw being made, or array-style indexing of anything
+            # that is not NumPy (whose arrays stay NumPy and mutable in converted code)
+            known = self.tensors.produces_tensor(orig_base := _original_base(orig))
+            if not (known or (_is_array_index(target) and not self.tensors.produces_numpy(orig_base))):
+                return None
         if name and name.startswith("self.") and self.ctx.in_module_code():
             self.ctx.report(orig, "JP302", f"{name}[...] assigned in forward: flax modules are immutable in __call__")
             return None

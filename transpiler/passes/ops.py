@@ -11,6 +11,7 @@ import libcst as cst
 from ..names import dotted, qualify
 from ..render import Rendered, render_call, render_value
 from .base import Rule
+from .tensors import TensorNames
 from .runtime import DROPPED_CALLS, GRAD_CONTEXTS, SEEDS
 from ..walk import transform
 
@@ -25,27 +26,6 @@ OWNED_BY_OTHER_PASSES = GRAD_CONTEXTS | SEEDS | DROPPED_CALLS   # the runtime ru
 _NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString,
                         cst.List, cst.Dict, cst.Set, cst.Tuple, cst.Integer, cst.Float,
                         cst.ListComp, cst.DictComp, cst.SetComp)
-
-
-# Tensor methods whose result is not a tensor (a Python number, a shape, a list, a flag).
-NON_TENSOR_RESULTS = {"item", "tolist", "size", "dim", "ndimension", "numel", "nelement", "numpy",
-                      "is_contiguous", "is_floating_point", "equal", "element_size", "get_device",
-                      "data_ptr", "type", "stride", "storage_offset"}
-
-# torch namespaces whose functions do not return tensors (or are not functions).
-_NON_TENSOR_NAMESPACES = ("torch.optim", "torch.utils", "torch.nn.init", "torch.distributions",
-                          "torch.distributed", "torch.cuda", "torch.backends", "torch.autograd",
-                          "torch.jit", "torch.fx", "torch.multiprocessing")
-
-
-def _is_tensor_function(q: str, tables) -> bool:
-    """``torch.zeros``, ``F.relu``: functions in the tables that return a tensor."""
-    if q.startswith(_NON_TENSOR_NAMESPACES) or q.rsplit(".", 1)[-1][:1].isupper():
-        return False
-    if q.startswith("torch.nn.") and not q.startswith("torch.nn.functional."):
-        return False
-    entry = tables.functions.get(q)
-    return entry is not None and entry.keep is None and not entry.unsupported
 
 
 RNG_KEY = "rng_key"          # the free name random-op templates use for their key
@@ -80,8 +60,7 @@ class OpsRule(Rule):
         self.inner: set[int] = set()     # nodes that are the .value of an Attribute
         self.callee: set[int] = set()    # nodes that are a Call's func
         self.targets: set[int] = set()   # assignment targets
-        # names bound to tensors, per function: (statement depth of the def, names)
-        self.tensor_scopes: list[tuple[int, set[str]]] = [(0, set())]
+        self.tensors = TensorNames(ctx)  # names bound to tensors (outside forward)
 
     # ---------------------------------------------------------------- bookkeeping
     def visit_Import(self, node) -> bool:
@@ -89,6 +68,12 @@ class OpsRule(Rule):
 
     def visit_ImportFrom(self, node) -> bool:
         return False
+
+    def visit_WithItem(self, node: cst.WithItem) -> bool:
+        """``with sdpa_kernel(SDPBackend.MATH):`` goes as a whole (runtime rule): its arguments
+        are not references to convert or report."""
+        item = node.item.func if isinstance(node.item, cst.Call) else node.item
+        return qualify(item, self.ctx.aliases) not in OWNED_BY_OTHER_PASSES
 
     def visit_Arg(self, node: cst.Arg) -> None:
         if node.keyword is not None:
@@ -103,40 +88,13 @@ class OpsRule(Rule):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.skip.add(id(node.name))
-        self.tensor_scopes.append((len(self.ctx.statement_stack), set()))
-
-    def _tensor_names(self) -> set[str]:
-        """The current function's tensor names. Scopes are closed lazily, by statement depth:
-        a rule that removes a function ends the traversal of its leave hooks."""
-        depth = len(self.ctx.statement_stack)
-        while len(self.tensor_scopes) > 1 and self.tensor_scopes[-1][0] >= depth:
-            self.tensor_scopes.pop()
-        return self.tensor_scopes[-1][1]
+        self.tensors.enter_function()
 
     def visit_Assign(self, node: cst.Assign) -> None:
-        """Track names bound to tensors (``pe = torch.zeros(n, d)``) so that their methods
-        convert outside a module's forward too, where receivers are not assumed tensors."""
-        if len(node.targets) != 1 or not isinstance(node.targets[0].target, cst.Name):
-            return
-        name = node.targets[0].target.value
-        if self._produces_tensor(node.value):
-            self._tensor_names().add(name)
-        else:
-            self._tensor_names().discard(name)
+        self.tensors.observe(node)
 
     def _produces_tensor(self, expr: cst.BaseExpression) -> bool:
-        """Whether ``expr`` (original code) certainly evaluates to a tensor."""
-        if isinstance(expr, cst.Name):
-            return expr.value in self._tensor_names()
-        if isinstance(expr, cst.Call):
-            q = qualify(expr.func, self.ctx.aliases)
-            if q is not None:
-                return _is_tensor_function(q, self.ctx.tables)
-            if isinstance(expr.func, cst.Attribute):
-                method = expr.func.attr.value
-                return (method in self.ctx.tables.tensor_methods and method not in NON_TENSOR_RESULTS
-                        and self._produces_tensor(expr.func.value))
-            return False
+        return self.tensors.produces_tensor(expr)
         if isinstance(expr, cst.Attribute):
             return expr.attr.value in ("T", "mT", "data") and self._produces_tensor(expr.value)
         if isinstance(expr, cst.Subscript):

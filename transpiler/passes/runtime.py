@@ -19,8 +19,11 @@ DROPPED_CALLS = {"torch.cuda.manual_seed", "torch.cuda.manual_seed_all", "torch.
                  "torch.use_deterministic_algorithms", "torch.backends.cudnn.enabled"}
 DROPPED_FLAG_PREFIXES = ("torch.backends.cudnn.", "torch.backends.cuda.matmul.")
 
+# context managers that select torch's attention kernel: XLA chooses its own
+KERNEL_CONTEXTS = {"torch.nn.attention.sdpa_kernel", "torch.backends.cuda.sdp_kernel"}
+# `with` contexts removed (their block kept); the ops rule leaves these names to this rule
 GRAD_CONTEXTS = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
-                 "torch.autograd.no_grad", "torch.set_grad_enabled"}
+                 "torch.autograd.no_grad", "torch.set_grad_enabled"} | KERNEL_CONTEXTS
 
 
 def _same_code(a: cst.CSTNode, b: cst.CSTNode) -> bool:
@@ -36,7 +39,12 @@ class RuntimeRule(Rule):
         keep = [i for o, i in zip(original.items, updated.items) if not self._is_grad_context(o.item)]
         if len(keep) == len(updated.items):
             return updated
-        self.ctx.report(original, "JP402", "autograd context removed: JAX differentiates only under jax.grad")
+        removed = {qualify(o.item.func if isinstance(o.item, cst.Call) else o.item, self.ctx.aliases)
+                   for o in original.items}
+        if removed & KERNEL_CONTEXTS:
+            self.ctx.report(original, "JP401", "attention kernel selection removed: XLA picks the kernel")
+        if removed & (GRAD_CONTEXTS - KERNEL_CONTEXTS):
+            self.ctx.report(original, "JP402", "autograd context removed: JAX differentiates only under jax.grad")
         if keep:
             keep[-1] = keep[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
             return updated.with_changes(items=keep)
