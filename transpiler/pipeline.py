@@ -16,7 +16,7 @@ from .diagnostics import Diagnostic
 from .mapping import load_tables
 from .names import collect_imports
 from .passes.base import Composite
-from .passes.imports import finalize
+from .passes.imports import finalize_code
 from .passes.modules import ModulesRule
 from .passes.ops import OpsRule
 from .walk import transform
@@ -68,6 +68,6 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     if getattr(options, "layout", "nchw") == "nhwc" and any("nchw" in n.lower() for n in ctx.emits):
         ctx.report(None, "JP202", "--layout nhwc is not implemented yet: the converted model keeps "
                    "PyTorch's NCHW interface", marker=False)
-    converted = finalize(converted, ctx)
+    code = finalize_code(converted, ctx)
     ctx.place_diagnostics()     # positions in the original file, found in one cheap pass
-    return Outcome(converted.code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites)
+    return Outcome(code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites)

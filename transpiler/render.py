@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import libcst as cst
 
 from .mapping import Entry
-from .template import BindError, Bound, bind, references, render_variants, _parse_template
+from .template import BindError, Bound, bind, references, render_variants, _parse_template, _template_names
 
 
 @dataclass
@@ -34,7 +34,7 @@ def rewriter(name: str):
 
 def _unused_supplied(entry: Entry, bound: Bound, template: str) -> list[str]:
     params = {p.name for p in entry.sig.params} if entry.sig else set()
-    used = references(_parse_template(template), params)
+    used = _template_names(template) & params
     supplied = set(bound.values) | {k for k, v in bound.varargs.items() if v} | {k for k, v in bound.varkw.items() if v}
     return sorted(n for n in supplied if n not in used and n not in entry.ignore and n != "self")
 

@@ -169,22 +169,35 @@ def _parse_template(text: str) -> cst.BaseExpression:
 
 def template_names(text: str) -> set[str]:
     """Every free name a template refers to (parameters and emitted globals alike)."""
-    names: set[str] = set()
+    return set(_template_names(text))
 
-    class _Collect(cst.CSTVisitor):
-        def visit_Attribute(self, node: cst.Attribute) -> bool:
-            walk(node.value, self)
-            return False
 
-        def visit_Arg(self, node: cst.Arg) -> bool:
-            walk(node.value, self)
-            return False
+class _NameCollector(cst.CSTVisitor):
+    """Names read by an expression (attribute names and keywords are not references); with
+    ``only``, just those among it."""
 
-        def visit_Name(self, node: cst.Name) -> None:
-            names.add(node.value)
+    def __init__(self, only: set[str] | None = None) -> None:
+        self.only = only
+        self.found: set[str] = set()
 
-    walk(_parse_template(text), _Collect())
-    return names
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        walk(node.value, self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        walk(node.value, self)
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        if self.only is None or node.value in self.only:
+            self.found.add(node.value)
+
+
+@lru_cache(maxsize=None)
+def _template_names(text: str) -> frozenset[str]:
+    collector = _NameCollector()
+    walk(_parse_template(text), collector)
+    return frozenset(collector.found)
 
 
 def emitted_roots(text: str, sig: Signature) -> set[str]:
@@ -212,23 +225,10 @@ def _parens(node: cst.BaseExpression) -> cst.BaseExpression:
 
 
 def references(node: cst.CSTNode, params: set[str]) -> set[str]:
-    found: set[str] = set()
-
-    class _Refs(cst.CSTVisitor):
-        def visit_Attribute(self, n: cst.Attribute) -> bool:
-            walk(n.value, self)
-            return False
-
-        def visit_Arg(self, n: cst.Arg) -> bool:
-            walk(n.value, self)
-            return False
-
-        def visit_Name(self, n: cst.Name) -> None:
-            if n.value in params:
-                found.add(n.value)
-
-    walk(node, _Refs())
-    return found
+    """The parameters among ``params`` that ``node`` reads."""
+    collector = _NameCollector(params)
+    walk(node, collector)
+    return collector.found
 
 
 class _NotApplicable(Exception):
@@ -335,8 +335,46 @@ _FOLDABLE = (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.
              ast.Subscript)
 
 
+# Expression nodes that print as literal-only Python (what _FOLDABLE accepts once parsed);
+# punctuation and whitespace aside, an expression with any other node cannot fold.
+_LITERAL_PARTS = (cst.Integer, cst.Float, cst.SimpleString, cst.ConcatenatedString, cst.BinaryOperation,
+                  cst.UnaryOperation, cst.Comparison, cst.ComparisonTarget, cst.BooleanOperation,
+                  cst.Tuple, cst.List, cst.Element, cst.Subscript, cst.SubscriptElement, cst.Index)
+_LITERAL_NAMES = ("True", "False", "None")
+
+
+class _NotLiteral(Exception):
+    pass
+
+
+class _LiteralCheck(cst.CSTVisitor):
+    walk_tokens = False
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.Name):
+            if node.value not in _LITERAL_NAMES:
+                raise _NotLiteral
+        elif not isinstance(node, _LITERAL_PARTS) and isinstance(node, cst.BaseExpression):
+            raise _NotLiteral
+        elif isinstance(node, (cst.BaseSlice, cst.BaseElement)) and not isinstance(node, _LITERAL_PARTS):
+            raise _NotLiteral
+        return True
+
+
+def _maybe_literal(node: cst.BaseExpression) -> bool:
+    """False when ``node`` certainly holds something other than literals (a name, a call, an
+    attribute, a slice, ...): a cheap test before printing and compiling it in _fold."""
+    try:
+        walk(node, _LiteralCheck())
+    except _NotLiteral:
+        return False
+    return True
+
+
 def _fold(node: cst.BaseExpression) -> cst.BaseExpression:
     """Fold literal-only arithmetic (``1 - 0.1`` → ``0.9``); anything else is left alone."""
+    if not _maybe_literal(node):
+        return node
     code = cst.Module([]).code_for_node(node.with_changes(lpar=[], rpar=[]))
     try:
         tree = ast.parse(code, mode="eval")

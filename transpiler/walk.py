@@ -13,6 +13,8 @@ This module imports nothing from jaxport, so any module may use it.
 """
 from __future__ import annotations
 
+import weakref
+
 import libcst as cst
 from libcst import CSTNode, CSTValidationError, FlattenSentinel, RemovalSentinel
 
@@ -75,15 +77,21 @@ def _is_node_type(t: type) -> bool:
     return known
 
 
+_OWN_HOOKS: "weakref.WeakKeyDictionary[type, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
 def _own_hooks(cls: type) -> frozenset[str]:
     """``visit_X``/``leave_X`` methods a visitor class defines itself (or inherits from a
     class that is not libcst's: libcst's visitor bases define a no-op hook for every type)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass.__module__.startswith("libcst") or klass is object:
-            continue
-        names.update(n for n in vars(klass) if n.startswith(("visit_", "leave_")))
-    return frozenset(names)
+    found = _OWN_HOOKS.get(cls)
+    if found is None:
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if klass is object or klass.__module__.startswith("libcst"):
+                continue
+            names.update(n for n in vars(klass) if n.startswith(("visit_", "leave_")))
+        found = _OWN_HOOKS[cls] = frozenset(names)
+    return found
 
 
 _SKIPPED: dict[frozenset, frozenset] = {}

@@ -188,6 +188,66 @@ def _import_block_end(body) -> int:
 
 
 def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
+    """The converted module with the imports it needs and the prelude helpers it uses."""
+    body, at, helpers = _finalize(module, ctx)
+    if helpers:
+        body[at:at] = _helper_statements(helpers, module.default_newline)
+    return module.with_changes(body=body)
+
+
+_PLACEHOLDER = "__jaxport_prelude_helpers_go_here__"
+
+
+def finalize_code(module: cst.Module, ctx: FileContext) -> str:
+    """``finalize(module, ctx).code``, with the helpers' text printed once per process: the
+    helpers are most of a converted file, and printing a tree is the costly part."""
+    body, at, helpers = _finalize(module, ctx)
+    if not helpers:
+        return module.with_changes(body=body).code
+    placeholder = cst.SimpleStatementLine(body=[cst.Expr(cst.Name(_PLACEHOLDER))])
+    body[at:at] = [placeholder]
+    code = module.with_changes(body=body).code
+    newline, indent = module.default_newline, module.default_indent
+    text = "".join(_helper_text(h.name, newline, indent, i == 0) for i, h in enumerate(helpers))
+    line = _PLACEHOLDER + newline
+    if code.count(_PLACEHOLDER) == 1 and code.count(line) == 1:
+        return code.replace(line, text)
+    if code.count(_PLACEHOLDER) == 1 and code.endswith(_PLACEHOLDER):   # no trailing newline
+        return code[: -len(_PLACEHOLDER)] + text[: -len(newline)]
+    body[at:at + 1] = _helper_statements(helpers, newline)           # the name is in the file
+    return module.with_changes(body=body).code
+
+
+def _helper_statements(helpers, newline: str) -> list[cst.BaseStatement]:
+    stmts = [_with_helper_spacing(stmt, i == 0)
+             for i, stmt in enumerate(stmt for h in helpers for stmt in _parsed_helper(h.name, newline))]
+    return stmts
+
+
+def _with_helper_spacing(stmt: cst.BaseStatement, first: bool) -> cst.BaseStatement:
+    if first:
+        return stmt.with_changes(leading_lines=[
+            cst.EmptyLine(), cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment(HELPERS_BANNER))])
+    return stmt.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+
+
+@lru_cache(maxsize=None)
+def _helper_text(name: str, newline: str, indent: str, first: bool) -> str:
+    """One helper's statements as printed in a module with these line endings and indent
+    (``first``: the helper opens the helpers block, under its banner)."""
+    printer = cst.Module(body=[], default_indent=indent, default_newline=newline)
+    return "".join(printer.code_for_node(_with_helper_spacing(stmt, first and i == 0))
+                   for i, stmt in enumerate(_parsed_helper(name, newline)))
+
+
+@lru_cache(maxsize=None)
+def _parsed_import(statement: str) -> cst.BaseStatement:
+    return cst.parse_statement(statement)
+
+
+def _finalize(module: cst.Module, ctx: FileContext):
+    """(new module body, index where the helpers go, helpers): torch imports removed, the
+    needed imports added after the leading docstring and imports."""
     before = _References()
     walk(module, before)
     torch_used = "torch" in before.names
@@ -215,16 +275,9 @@ def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
                 needed.append(statement)
     body = list(module.body)
     at = _import_block_end(body)
-    new_stmts: list[cst.BaseStatement] = [cst.parse_statement(s) for s in needed]
-    if helpers:
-        helper_stmts = [stmt for h in helpers for stmt in _parsed_helper(h.name, module.default_newline)]
-        helper_stmts[0] = helper_stmts[0].with_changes(leading_lines=[
-            cst.EmptyLine(), cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment(HELPERS_BANNER))])
-        for i in range(1, len(helper_stmts)):
-            helper_stmts[i] = helper_stmts[i].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
-        new_stmts += helper_stmts
-    if at < len(body) and new_stmts and (helpers or at == 0):
+    new_stmts: list[cst.BaseStatement] = [_parsed_import(s) for s in needed]
+    if at < len(body) and (new_stmts or helpers) and (helpers or at == 0):
         body[at] = body[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine(), *body[at].leading_lines]) \
             if helpers else body[at]
     body[at:at] = new_stmts
-    return module.with_changes(body=body)
+    return body, at + len(new_stmts), helpers
