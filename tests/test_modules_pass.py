@@ -184,3 +184,22 @@ def test_dict_item_assignment_outside_modules_is_untouched():
     src = "import torch\nstate = {}\nstate['step'] = 1\n"
     out, _ = convert(src)
     assert "state['step'] = 1" in out
+
+
+def test_locals_in_the_constructor_are_the_fields():
+    """CvT's ``kwargs = dict(locals())``: in setup() the constructor arguments are fields."""
+    out, _ = convert("""
+        import torch.nn as nn
+        class Staged(nn.Module):
+            def __init__(self, *, s1_dim=4, s2_dim=6):
+                super().__init__()
+                kwargs = dict(locals())
+                self.dims = [kwargs[f"{s}_dim"] for s in ("s1", "s2")]
+            def forward(self, x):
+                return x * sum(self.dims)
+    """)
+    namespace: dict = {}
+    exec(compile(out, "staged_jax.py", "exec"), namespace)
+    import jax.numpy as jnp
+    module = namespace["Staged"](s2_dim=10)
+    assert float(module.apply({}, jnp.ones(()))) == 14.0

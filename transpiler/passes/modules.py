@@ -538,6 +538,8 @@ class ModulesRule(Rule):
             return updated
         name = dotted(original.func)
         method = self._method()
+        if name == "locals" and not original.args and method == "__init__":
+            return self._constructor_locals(info)
         if method not in info.runtime_methods:
             return updated
         if (isinstance(original.func, cst.Attribute) and original.func.attr.value == "forward"
@@ -597,6 +599,18 @@ class ModulesRule(Rule):
         if isinstance(value, cst.GeneratorExp):
             return cst.ListComp(elt=value.elt, for_in=value.for_in)
         return cst.Call(func=cst.Name("list"), args=[cst.Arg(value=value)])
+
+    def _constructor_locals(self, info: ClassInfo) -> cst.BaseExpression:
+        """``locals()`` in ``__init__`` (``kwargs = dict(locals())``) meant self and the
+        constructor arguments; in setup() those are fields. (Locals bound before the call
+        are not included: the idiom reads it first.)"""
+        names = ["self", *(p.name.value for p in info.fields)]
+        comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        elements = [cst.DictElement(cst.SimpleString(repr(n)),
+                                    cst.Name("self") if n == "self" else cst.parse_expression(f"self.{n}"),
+                                    comma=comma if i < len(names) - 1 else cst.MaybeSentinel.DEFAULT)
+                    for i, n in enumerate(names)]
+        return cst.Dict(elements)
 
     def _module_dict(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         if not updated.args:
