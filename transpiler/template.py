@@ -195,6 +195,30 @@ class _NameCollector(cst.CSTVisitor):
 
 @lru_cache(maxsize=None)
 def _template_names(text: str) -> frozenset[str]:
+    """What :class:`_NameCollector` finds in the libcst tree of ``text``, read from Python's
+    much cheaper ``ast`` (the tables hold hundreds of templates, all read at start-up): names
+    read, ``True``/``False``/``None`` (names in libcst), and lambda parameters (libcst
+    ``Name`` nodes too); attribute names and keywords are strings in ``ast``."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        tree = None
+    if tree is None:
+        collector = _NameCollector()
+        walk(_parse_template(text), collector)     # raises TemplateError for a bad template
+        return frozenset(collector.found)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Constant) and (node.value is True or node.value is False or node.value is None):
+            found.add(repr(node.value))
+        elif isinstance(node, ast.arg):
+            found.add(node.arg)
+    return frozenset(found)
+
+
+def _template_names_cst(text: str) -> frozenset[str]:
     collector = _NameCollector()
     walk(_parse_template(text), collector)
     return frozenset(collector.found)
