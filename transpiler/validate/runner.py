@@ -139,26 +139,39 @@ def check_case(original, converted, case: str, spec=None, *, examples: int = 25,
     return ComparisonResult(case, "error", message=f"no case {case!r}")
 
 
-def child_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m transpiler.validate.runner")
+def child_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every validation child process takes from its parent."""
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--original", required=True)
     p.add_argument("--converted", required=True)
     p.add_argument("--spec")
     p.add_argument("--module", action="append", default=[])
     p.add_argument("--case", action="append", default=[])
-    p.add_argument("--examples", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rtol", type=float)
     p.add_argument("--atol", type=float)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    out = open(a.out, "a", encoding="utf-8")
+    return p
+
+
+def event_writer(path: str):
+    """``emit(**event)``: one JSON line per event, appended and flushed (the parent reads the
+    file even when the child dies)."""
+    out = open(path, "a", encoding="utf-8")
 
     def emit(**event):
         out.write(json.dumps(event) + "\n")
         out.flush()
 
+    return emit
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    p = child_parser("python -m transpiler.validate.runner")
+    p.add_argument("--examples", type=int, default=25)
+    a = p.parse_args(argv)
+    emit = event_writer(a.out)
     err = _setup_device(a.device)
     if err:
         emit(event="fatal", message=err, usage=True)

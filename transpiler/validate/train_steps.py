@@ -468,26 +468,11 @@ def manifest_for(original: str | Path, converted: str | Path) -> tuple[dict | No
 
 
 def child_main(argv: list[str] | None = None) -> int:
-    from .runner import _setup_device
-    p = argparse.ArgumentParser(prog="python -m transpiler.validate.train_steps")
-    p.add_argument("--original", required=True)
-    p.add_argument("--converted", required=True)
-    p.add_argument("--spec")
-    p.add_argument("--module", action="append", default=[])
-    p.add_argument("--case", action="append", default=[])
+    from .runner import _setup_device, child_parser, event_writer
+    p = child_parser("python -m transpiler.validate.train_steps")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rtol", type=float)
-    p.add_argument("--atol", type=float)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    out = open(a.out, "a", encoding="utf-8")
-
-    def emit(**event):
-        out.write(json.dumps(event) + "\n")
-        out.flush()
-
+    emit = event_writer(a.out)
     err = _setup_device(a.device)
     if err:
         emit(event="fatal", message=err, usage=True)
