@@ -189,7 +189,7 @@ def _import_block_end(body) -> int:
 
 def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
     """The converted module with the imports it needs and the prelude helpers it uses."""
-    body, at, helpers = _finalize(module, ctx)
+    module, body, at, helpers = _finalize(module, ctx)
     if helpers:
         body[at:at] = _helper_statements(helpers, module.default_newline)
     return module.with_changes(body=body)
@@ -201,7 +201,7 @@ _PLACEHOLDER = "__jaxport_prelude_helpers_go_here__"
 def finalize_code(module: cst.Module, ctx: FileContext) -> str:
     """``finalize(module, ctx).code``, with the helpers' text printed once per process: the
     helpers are most of a converted file, and printing a tree is the costly part."""
-    body, at, helpers = _finalize(module, ctx)
+    module, body, at, helpers = _finalize(module, ctx)
     if not helpers:
         return module.with_changes(body=body).code
     placeholder = cst.SimpleStatementLine(body=[cst.Expr(cst.Name(_PLACEHOLDER))])
@@ -246,8 +246,8 @@ def _parsed_import(statement: str) -> cst.BaseStatement:
 
 
 def _finalize(module: cst.Module, ctx: FileContext):
-    """(new module body, index where the helpers go, helpers): torch imports removed, the
-    needed imports added after the leading docstring and imports."""
+    """(module without torch imports, its new body, index where the helpers go, helpers):
+    the needed imports added after the leading docstring and imports."""
     before = _References()
     walk(module, before)
     torch_used = "torch" in before.names
@@ -280,4 +280,4 @@ def _finalize(module: cst.Module, ctx: FileContext):
         body[at] = body[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine(), *body[at].leading_lines]) \
             if helpers else body[at]
     body[at:at] = new_stmts
-    return body, at + len(new_stmts), helpers
+    return module, body, at + len(new_stmts), helpers
