@@ -36,6 +36,14 @@ SKIP: dict[str, str] = {
               "the replay handles one backward()/step() pair per loop",
     "vae.py": "batches are sliced from a tensor inside the loop (no DataLoader batch to generate) and the "
               "step draws torch.randn_like noise, which the JAX side draws from its own key",
+    "amp_checkpoint.py": "the loop steps through a GradScaler (scaler.scale(loss).backward(), "
+                         "scaler.step(optimizer)), which the manifest analysis does not read yet",
+    "char_rnn.py": "the forward pass carries a hidden state (out, hidden = model(x, hidden)) that the "
+                   "replay does not thread from step to step yet",
+    "reinforce_bandit.py": "actions are sampled from a Categorical inside the loop; the two generators "
+                           "cannot draw the same actions",
+    "seq2seq_attention.py": "the model takes source and target batches with teacher forcing; the "
+                            "manifest does not record the second input's spec yet",
 }
 
 
