@@ -40,10 +40,11 @@ SKIP: dict[str, str] = {
                          "scaler.step(optimizer)), which the manifest analysis does not read yet",
     "char_rnn.py": "the forward pass carries a hidden state (out, hidden = model(x, hidden)) that the "
                    "replay does not thread from step to step yet",
-    "reinforce_bandit.py": "actions are sampled from a Categorical inside the loop; the two generators "
-                           "cannot draw the same actions",
-    "seq2seq_attention.py": "the model takes source and target batches with teacher forcing; the "
-                            "manifest does not record the second input's spec yet",
+    "reinforce_bandit.py": "the loss reads actions sampled from a Categorical inside the loop (the "
+                           "replay reports 'names not found in the setup: actions'); the two "
+                           "generators cannot draw the same actions anyway",
+    "seq2seq_attention.py": "the loss reads a module-level constant (PAD, the ignore_index) that the "
+                            "replay's setup does not bind yet ('names not found in the setup')",
 }
 
 
