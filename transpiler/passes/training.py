@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from ..names import dotted, qualify
+from ..walk import walk
 from .base import Rule
 
 OPTIMIZER_PREFIX = "torch.optim."
@@ -81,16 +82,16 @@ def _names_read(node: cst.CSTNode) -> set[str]:
 
     class _V(cst.CSTVisitor):
         def visit_Attribute(self, n: cst.Attribute) -> bool:
-            n.value.visit(self)
+            walk(n.value, self)
             return False
 
         def visit_Arg(self, n: cst.Arg) -> bool:
-            n.value.visit(self)
+            walk(n.value, self)
             return False
 
         def visit_AssignTarget(self, n: cst.AssignTarget) -> bool:
             if not isinstance(n.target, (cst.Name, cst.Tuple, cst.List)):
-                n.target.visit(self)
+                walk(n.target, self)
             return False
 
         def visit_Lambda(self, n: cst.Lambda) -> bool:
@@ -99,7 +100,7 @@ def _names_read(node: cst.CSTNode) -> set[str]:
         def visit_Name(self, n: cst.Name) -> None:
             names.add(n.value)
 
-    node.visit(_V())
+    walk(node, _V())
     return names
 
 
@@ -157,7 +158,7 @@ def _assigned(stmt: cst.CSTNode) -> list[str]:
         def visit_Lambda(self, n: cst.Lambda) -> bool:
             return False
 
-    stmt.visit(_V())
+    walk(stmt, _V())
     return out
 
 
@@ -179,7 +180,7 @@ def _calls_name(node: cst.CSTNode, names: set[str]) -> bool:
             if isinstance(n.func, cst.Name) and n.func.value in names:
                 hit.append(n)
 
-    node.visit(_V())
+    walk(node, _V())
     return bool(hit)
 
 
@@ -298,14 +299,14 @@ class TrainingRule(Rule):
 
             def visit_ClassDef(self, n: cst.ClassDef) -> bool:
                 for sub in cst.ensure_type(n, cst.ClassDef).body.body:
-                    sub.visit(_BN())
+                    walk(sub, _BN())
                 return False
 
             def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
                 if self.fn is None:
                     rule.functions[n.name.value] = FunctionInfo(n)
                     saved, self.fn = self.fn, n.name.value
-                    n.body.visit(self)
+                    walk(n.body, self)
                     self.fn = saved
                     return False
                 return True
@@ -370,7 +371,7 @@ class TrainingRule(Rule):
                 if entry is not None and "dropout" not in q and any("rng_key" in t for t in entry.templates or ()):
                     rule.sample_stream = True    # the module draws from flax's "sample" rng stream
 
-        stmt.visit(_V())
+        walk(stmt, _V())
 
     def _parameter_groups(self, value: cst.BaseExpression):
         """``[{"params": decay, "weight_decay": 0.1}, {"params": no_decay, ...}]`` (or a name
@@ -415,7 +416,7 @@ class TrainingRule(Rule):
                 if isinstance(n.func, cst.Name):
                     out.add(n.func.value)
 
-        fn.body.visit(_V())
+        walk(fn.body, _V())
         return out
 
     # ------------------------------------------------------------------ scopes
@@ -1426,7 +1427,7 @@ def _model_calls(stmts, model: str) -> list[cst.Call]:
                 calls.append(n)
 
     for s in stmts:
-        s.visit(_V())
+        walk(s, _V())
     return calls
 
 
@@ -1627,7 +1628,7 @@ def _attribute_reads(stmts, name: str) -> list[str]:
             return True
 
         def visit_Arg(self, n: cst.Arg) -> bool:
-            n.value.visit(self)
+            walk(n.value, self)
             return False
 
         def visit_Name(self, n: cst.Name) -> None:
@@ -1635,7 +1636,7 @@ def _attribute_reads(stmts, name: str) -> list[str]:
                 bad.append(n)
 
     for s in stmts:
-        s.visit(_V())
+        walk(s, _V())
     return [] if bad else attrs
 
 
@@ -1695,7 +1696,7 @@ def _scalar_bound(scope, name: str) -> bool:
                     else:
                         ok.append(False)
 
-    scope.visit(_V())
+    walk(scope, _V())
     return bool(found) and all(ok)
 
 
@@ -1711,14 +1712,14 @@ def _count_name(node: cst.CSTNode, name: str) -> int:
                 count[0] += 1
 
         def visit_Attribute(self, n: cst.Attribute) -> bool:
-            n.value.visit(self)
+            walk(n.value, self)
             return False
 
         def visit_Arg(self, n: cst.Arg) -> bool:
-            n.value.visit(self)
+            walk(n.value, self)
             return False
 
-    node.visit(_V())
+    walk(node, _V())
     return count[0]
 
 
