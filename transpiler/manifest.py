@@ -282,6 +282,19 @@ def _arguments(tree: ast.Module) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the analysis
 
+def is_definition(stmt: ast.stmt) -> bool:
+    """A module-level statement that only defines: imports, functions, classes, assignments
+    without calls (``PAD, BOS = 0, 1``), docstrings. The replay loads scripts with only these."""
+    if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return True
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+        return not any(isinstance(n, (ast.Call, ast.Await, ast.Yield)) for n in ast.walk(stmt.value))
+    if isinstance(stmt, ast.Try):
+        inner = stmt.body + [s for h in stmt.handlers for s in h.body] + stmt.orelse
+        return all(isinstance(s, (ast.Import, ast.ImportFrom, ast.Pass, ast.Assign)) for s in inner)
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+
+
 class _Side:
     """One module (original or converted) with its scopes and assignments by name."""
 
@@ -293,6 +306,7 @@ class _Side:
         self.module_names = self._module_names()
 
     def _module_names(self) -> set[str]:
+        """Names the definitions-only load of the script binds (see :func:`is_definition`)."""
         names = set()
         for stmt in self.tree.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -300,6 +314,12 @@ class _Side:
             elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 for a in stmt.names:
                     names.add((a.asname or a.name).split(".")[0])
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)) and is_definition(stmt):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                for t in targets:
+                    for n in ast.walk(t):
+                        if isinstance(n, ast.Name):
+                            names.add(n.id)
         return names
 
     def src(self, node: ast.AST) -> str:

@@ -51,6 +51,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..manifest import is_definition
+
 TRAIN_TOL = 1e-5
 EPOCH_STEPS = 1
 BATCH = 4          # the batch dimension of generated batches
@@ -63,17 +65,6 @@ class ReplayError(Exception):
 
 # ============================================================================ loading
 
-def _keep_statement(stmt: ast.stmt) -> bool:
-    if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return True
-    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
-        return not any(isinstance(n, (ast.Call, ast.Await, ast.Yield)) for n in ast.walk(stmt.value))
-    if isinstance(stmt, ast.Try):
-        inner = stmt.body + [s for h in stmt.handlers for s in h.body] + stmt.orelse
-        return all(isinstance(s, (ast.Import, ast.ImportFrom, ast.Pass, ast.Assign)) for s in inner)
-    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
-
-
 _count = [0]
 
 
@@ -82,7 +73,7 @@ def load_definitions(path: str | Path, tag: str) -> types.ModuleType:
     as a fresh module registered in ``sys.modules``; nothing else of it runs."""
     path = Path(path)
     tree = ast.parse(path.read_bytes(), filename=str(path))
-    body = [s for s in tree.body if _keep_statement(s)]
+    body = [s for s in tree.body if is_definition(s)]
     _count[0] += 1
     name = f"_jaxport_train_{tag}_{_count[0]}"
     module = types.ModuleType(name)
