@@ -230,3 +230,55 @@ def test_bias_guards_in_init_functions_take_every_usual_form():
     np.testing.assert_array_equal(params["fc"]["bias"], np.full((4,), 0.25))
     np.testing.assert_array_equal(params["norm"]["scale"], np.full((4,), 2.0))
     np.testing.assert_array_equal(params["norm"]["bias"], np.full((4,), 1.5))
+
+
+NAMED_PARAMETERS_SOURCE = '''
+import math
+import torch
+import torch.nn as nn
+
+class Attention(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.c_proj = nn.Linear(d, d)
+    def forward(self, x):
+        return self.c_proj(self.qkv(x)[..., :x.shape[-1]])
+
+class GPT(nn.Module):
+    def __init__(self, d=8, n_layer=2):
+        super().__init__()
+        self.attn = Attention(d)
+        self.out_proj = nn.Linear(d, d)
+        for pn, p in self.named_parameters():
+            if pn.endswith("proj.weight"):
+                torch.nn.init.constant_(p, 0.125)
+    def forward(self, x):
+        return self.out_proj(self.attn(x))
+
+class ScaledGPT(nn.Module):
+    def __init__(self, d=8, n_layer=2):
+        super().__init__()
+        self.attn = Attention(d)
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layer))
+    def forward(self, x):
+        return self.attn(x)
+'''
+
+
+def test_named_parameters_suffix_loops_fold_where_the_initializer_can_move():
+    """GPT's re-initialisation of every '*proj.weight': folded into the matching layers of the
+    class and of the classes it builds; refused (JP305) when the initializer reads the outer
+    class's fields (n_layer), which the inner class does not have."""
+    result = convert_source(textwrap.dedent(NAMED_PARAMETERS_SOURCE), "gpt.py")
+    codes = {(d.code, d.line) for d in result.diagnostics}
+    assert ("JP308", 19) in codes and ("JP305", 29) in codes
+    namespace: dict = {}
+    exec(compile(result.output.decode(), "gpt_jax.py", "exec"), namespace)
+    params = namespace["GPT"]().init(jax.random.PRNGKey(0), jnp.ones((1, 8)))["params"]
+    np.testing.assert_array_equal(params["attn"]["c_proj"]["kernel"], np.full((8, 8), 0.125))
+    np.testing.assert_array_equal(params["out_proj"]["kernel"], np.full((8, 8), 0.125))
+    assert not np.allclose(params["attn"]["qkv"]["kernel"], 0.125)
+    namespace["ScaledGPT"]().init(jax.random.PRNGKey(0), jnp.ones((1, 8)))   # still runs

@@ -212,12 +212,21 @@ class _Planner:
                     stack.append(n)
         return seen
 
-    def apply_rules(self, class_name: str, rules: list[_Rule]) -> None:
-        for name in self.reachable(class_name):
-            for q, call, _ in self.layer_calls(name):
-                for rule in rules:
-                    if q in rule.layers:
-                        self._override(call, q, rule.inits)
+    def apply_rules(self, class_name: str, rules: list[_Rule]) -> bool:
+        """Give the matching layers of the class (and of the converted classes it builds) the
+        rules' initializers. Refused (False, nothing changed) when an initializer reads ``self``
+        and would land in another class, whose ``self`` is not the one it meant."""
+        targets = [(name, q, call) for name in self.reachable(class_name)
+                   for q, call, _ in self.layer_calls(name)
+                   for rule in rules if q in rule.layers]
+        reads_self = any(_reads_self(e) for rule in rules for e in rule.inits.values())
+        if reads_self and any(name != class_name for name, _, _ in targets):
+            return False
+        for _, q, call in targets:
+            for rule in rules:
+                if q in rule.layers:
+                    self._override(call, q, rule.inits)
+        return True
 
     def _override(self, call: cst.Call, q: str, inits: dict[str, cst.BaseExpression]) -> None:
         entry = self.ctx.tables.layers[q]
@@ -272,9 +281,50 @@ class _Planner:
                     and dotted(stmt.iter.func) in ("self.modules", "self.named_modules"):
                 var = _loop_var(stmt)
                 rules = self.rules(stmt.body.body, var) if var else None
-                if rules is not None and stmt.orelse is None:
-                    self.apply_rules(cls.name.value, rules)
+                if rules is not None and stmt.orelse is None and self.apply_rules(cls.name.value, rules):
                     self.plan.consumed.add(id(stmt))
+            elif isinstance(stmt, cst.For) and isinstance(stmt.iter, cst.Call) \
+                    and dotted(stmt.iter.func) == "self.named_parameters" and stmt.orelse is None:
+                if self._plan_named_parameters(cls.name.value, stmt, constants):
+                    self.plan.consumed.add(id(stmt))
+
+    def _plan_named_parameters(self, class_name: str, loop: cst.For, constants: dict) -> bool:
+        """GPT's ``for pn, p in self.named_parameters(): if pn.endswith("c_proj.weight"):
+        nn.init.normal_(p, std=...)``: the parameter of every layer, in the class and the
+        converted classes it builds, whose attribute name ends like the suffix."""
+        target = loop.target
+        if not (isinstance(target, cst.Tuple) and len(target.elements) == 2
+                and all(isinstance(e.value, cst.Name) for e in target.elements)):
+            return False
+        name_var, param_var = (e.value.value for e in target.elements)
+        body = [s for s in loop.body.body if not _is_docstring(s)]
+        if len(body) != 1 or not isinstance(body[0], cst.If) or body[0].orelse is not None:
+            return False
+        test = body[0].test
+        if not (isinstance(test, cst.Call) and dotted(test.func) == f"{name_var}.endswith"
+                and len(test.args) == 1 and isinstance(test.args[0].value, cst.SimpleString)):
+            return False
+        stem, _, param = test.args[0].value.evaluated_value.rpartition(".")
+        if not stem or "." in stem or param not in ("weight", "bias"):
+            return False      # a suffix across several path components is not resolved here
+        inits = []
+        for stmt in body[0].body.body:
+            if not (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+                    and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, cst.Call)):
+                return False
+            found = self.initializer(stmt.body[0].value)
+            if found is None or found[0] != param_var:
+                return False
+            inits.append(found[1].visit(_InlineNames(constants)))
+        if len(inits) != 1:
+            return False
+        targets = [(name, q, call) for name in self.reachable(class_name)
+                   for q, call, attr in self.layer_calls(name) if attr is not None and attr.endswith(stem)]
+        if not targets or (_reads_self(inits[0]) and any(n != class_name for n, _, _ in targets)):
+            return False      # (an initializer reading this class's fields cannot move to another)
+        for _, q, call in targets:
+            self._override(call, q, {param: inits[0]})
+        return True
 
     def _plan_apply(self, cls, methods, stmt, fn_expr) -> None:
         name = dotted(fn_expr)
@@ -290,9 +340,8 @@ class _Planner:
             return
         body = [s for s in fn.body.body if not _is_docstring(s)]
         rules = self.rules(body, params[0])
-        if rules is None:
+        if rules is None or not self.apply_rules(cls.name.value, rules):
             return
-        self.apply_rules(cls.name.value, rules)
         self.plan.consumed.add(id(stmt))
         if name.startswith("self."):
             self.plan.removed_methods.add((cls.name.value, name[5:]))
@@ -385,6 +434,10 @@ def _is_bias_guard(test, var: str) -> bool:
 def _is_isinstance_of(test, var: str) -> bool:
     return isinstance(test, cst.Call) and dotted(test.func) == "isinstance" and len(test.args) == 2 \
         and dotted(test.args[0].value) == var
+
+
+def _reads_self(expr: cst.BaseExpression) -> bool:
+    return "self" in _names_in(expr)
 
 
 def _class_name_binding(stmt, var: str) -> str | None:
@@ -544,9 +597,8 @@ def _plan_script_applies(planner: "_Planner", module: cst.Module) -> None:
                 continue
             rules = planner.rules([s for s in fn.body.body if not _is_docstring(s)],
                                   fn.params.params[0].name.value)
-            if not rules:
+            if not rules or not planner.apply_rules(bound[owner[:-6]], rules):
                 continue
-            planner.apply_rules(bound[owner[:-6]], rules)
             planner.plan.consumed.add(id(stmt))
             applied[fn_name] = applied.get(fn_name, 0) + 1
 
