@@ -203,3 +203,28 @@ def test_locals_in_the_constructor_are_the_fields():
     import jax.numpy as jnp
     module = namespace["Staged"](s2_dim=10)
     assert float(module.apply({}, jnp.ones(()))) == 14.0
+
+
+def test_submodules_built_by_module_level_functions_get_the_train_flag():
+    """MobileViT's ``self.conv1 = conv_bn(3, 8)`` (a function returning nn.Sequential with
+    BatchNorm): the call passes train=, so training mode uses and updates batch statistics."""
+    out, _ = convert("""
+        import torch.nn as nn
+        def conv_bn(inp, oup):
+            return nn.Sequential(nn.Conv2d(inp, oup, 3, padding=1), nn.BatchNorm2d(oup), nn.SiLU())
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv1 = conv_bn(3, 4)
+            def forward(self, x):
+                return self.conv1(x)
+    """)
+    assert "return self.conv1(x, train=train)" in out
+    namespace: dict = {}
+    exec(compile(out, "net_jax.py", "exec"), namespace)
+    import jax
+    import jax.numpy as jnp
+    model = namespace["Net"]()
+    variables = model.init(jax.random.PRNGKey(0), jnp.ones((2, 3, 5, 5)))
+    _, updates = model.apply(variables, jnp.ones((2, 3, 5, 5)), train=True, mutable=["batch_stats"])
+    assert not jnp.allclose(updates["batch_stats"]["conv1"]["layers_1"]["mean"], 0.0)

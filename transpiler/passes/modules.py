@@ -57,6 +57,11 @@ class ClassInfo:
 # ------------------------------------------------------------------ pre-scan
 
 
+# helper_returns keys of module-level functions (``conv_bn(inp, oup)`` returning an
+# nn.Sequential), apart from the class's own helper methods reached through ``self.``
+MODULE_FUNCTION = "<module>."
+
+
 def _call_kind_for(expr: cst.BaseExpression, ctx, classes: dict[str, ClassInfo],
                    helper_returns: dict[str, SubmoduleKind]) -> SubmoduleKind:
     if isinstance(expr, cst.Call):
@@ -82,6 +87,8 @@ def _call_kind_for(expr: cst.BaseExpression, ctx, classes: dict[str, ClassInfo],
             return SubmoduleKind("custom", "train")
         if name and name.startswith("self.") and name[5:] in helper_returns:
             return helper_returns[name[5:]]
+        if name and MODULE_FUNCTION + name in helper_returns:
+            return helper_returns[MODULE_FUNCTION + name]
         if name and name[:1].isupper():
             return SubmoduleKind("custom", "plain")
     if isinstance(expr, (cst.List, cst.Tuple)):
@@ -206,6 +213,13 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
                     names.add(cls.name.value)
                     changed = True
     classes = {n: ClassInfo(n) for n in names}
+    # what module-level functions return, when they build layers (MobileViT's conv_nxn_bn)
+    module_returns: dict[str, SubmoduleKind] = {}
+    for fn in (s for s in module.body if isinstance(s, cst.FunctionDef)):
+        kinds = [_call_kind_for(v, ctx, classes, {}) for v in _returned(fn)]
+        combined = _combine(kinds) if kinds else None
+        if combined is not None and combined.kind != "value":
+            module_returns[MODULE_FUNCTION + fn.name.value] = combined
     for cls in classdefs:
         info = classes.get(cls.name.value)
         if info is None:
@@ -236,10 +250,10 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
             info.fields = [p for p in [*params.params[1:], *params.kwonly_params]]
             info.field_names = {p.name.value for p in info.fields}
             info.reassigned = _rebound_names(init) & info.field_names
-        helper_returns: dict[str, SubmoduleKind] = {}
+        helper_returns: dict[str, SubmoduleKind] = dict(module_returns)
         for helper in info.setup_helpers:
             for value in _returned(methods[helper]):
-                helper_returns[helper] = _call_kind_for(value, ctx, classes, {})
+                helper_returns[helper] = _call_kind_for(value, ctx, classes, module_returns)
         kinds: dict[str, list[SubmoduleKind]] = {}
         assigned_in_init: dict[str, int] = {}
         for fn_name in ["__init__", *sorted(info.setup_helpers)]:
