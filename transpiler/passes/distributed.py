@@ -24,6 +24,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ..names import dotted, qualify
+from ..walk import walk
 from .base import Rule
 from .training import STATE
 
@@ -109,7 +110,7 @@ def _mentions_no_sync(expr: cst.CSTNode) -> bool:
             if _is_no_sync(n):
                 found.append(n)
 
-    expr.visit(_V())
+    walk(expr, _V())
     return bool(found)
 
 
@@ -232,7 +233,7 @@ def prepare(module: cst.Module, ctx) -> cst.Module:
     """Activate the distributed conversion for files that use DDP & co. and normalise their
     torch source (see the module docstring)."""
     uses = _Uses(ctx)
-    module.visit(uses)
+    walk(module, uses)
     if not uses.found:
         return module
     mode = getattr(ctx.options, "parallel", "pmap") or "pmap"
@@ -522,7 +523,7 @@ class _CallSites(cst.CSTTransformer):
             def visit_AssignTarget(self, n: cst.AssignTarget) -> None:
                 bound.update(_target_names(n.target))
 
-        node.body.visit(_A())
+        walk(node.body, _A())
         self.loops.append(bound)
 
     def leave_For(self, original, updated):
