@@ -337,9 +337,10 @@ def tensor_type(entry: Entry, bound: Bound, call):
 def legacy_tensor(entry: Entry, bound: Bound, call):
     """``torch.FloatTensor(...)``/``torch.LongTensor(...)``/``torch.Tensor(...)``: sizes (several
     ints, one int literal, a ``torch.Size``/``.size()``/``.shape``) → an array of zeros (torch
-    leaves it uninitialised); one data argument (list, ndarray) → ``jnp.asarray`` with the dtype.
-    Templates: (zeros, asarray), both over ``args`` (the packed sizes, or the data)."""
-    zeros_t, data_t = entry.templates
+    leaves it uninitialised); one literal sequence → ``jnp.asarray`` with the dtype; one
+    argument known only at run time (a name, ``len(x)``) → the third template, which decides
+    there (an int is a size). Templates: (zeros, asarray, run-time), over ``args``."""
+    zeros_t, data_t, runtime_t = entry.templates
     args = bound.varargs.get("args", [])
     if any(a.star for a in args):
         return _refuse(entry, "*args cannot be mapped")
@@ -356,14 +357,8 @@ def legacy_tensor(entry: Entry, bound: Bound, call):
         values["args"] = first if len(args) == 1 and not _int_literal(first) else _tuple_of(args)
         return render_templates(entry, Bound(values), sig, (zeros_t,))
     values["args"] = first
-    rendered = render_templates(entry, Bound(values), sig, (data_t,))
     literal_data = isinstance(first, (cst.List, cst.Tuple, cst.ListComp, cst.GeneratorExp))
-    expr = rendered.expr
-    if not literal_data and isinstance(expr, cst.Call) and _dotted(expr.func) == "jnp.asarray":
-        # one argument known only at run time (a name, len(x), ...): an int is a size there
-        rendered.expr = expr.with_changes(func=cst.Name("torch_legacy_tensor"))
-        rendered.emits = set(rendered.emits) | {"torch_legacy_tensor"}
-    return rendered
+    return render_templates(entry, Bound(values), sig, (data_t if literal_data else runtime_t,))
 
 
 @rewriter("randint")
