@@ -12,7 +12,7 @@ from ..names import dotted, qualify
 from ..render import Rendered, render_call, render_value
 from .base import Rule
 from .tensors import TensorNames
-from .runtime import DROPPED_CALLS, GRAD_CONTEXTS, SEEDS
+from .runtime import DROPPED_CALLS, REMOVED_CONTEXTS, SEEDS
 from ..walk import transform
 
 # Structural torch.nn names handled by the modules pass, never by the op tables.
@@ -21,7 +21,7 @@ STRUCTURAL = {"torch.nn.Module", "torch.nn.Sequential", "torch.nn.ModuleList",
               "torch.nn.ParameterDict"}
 
 # Names another rule rewrites as a whole (statement level).
-OWNED_BY_OTHER_PASSES = GRAD_CONTEXTS | SEEDS | DROPPED_CALLS   # the runtime rule's statements
+OWNED_BY_OTHER_PASSES = REMOVED_CONTEXTS | SEEDS | DROPPED_CALLS   # the runtime rule's statements
 
 _NON_TENSOR_LITERALS = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString,
                         cst.List, cst.Dict, cst.Set, cst.Tuple, cst.Integer, cst.Float,

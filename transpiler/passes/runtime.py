@@ -19,11 +19,17 @@ DROPPED_CALLS = {"torch.cuda.manual_seed", "torch.cuda.manual_seed_all", "torch.
                  "torch.use_deterministic_algorithms", "torch.backends.cudnn.enabled"}
 DROPPED_FLAG_PREFIXES = ("torch.backends.cudnn.", "torch.backends.cuda.matmul.")
 
+GRAD_CONTEXTS = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
+                 "torch.autograd.no_grad", "torch.set_grad_enabled"}
 # context managers that select torch's attention kernel: XLA chooses its own
 KERNEL_CONTEXTS = {"torch.nn.attention.sdpa_kernel", "torch.backends.cuda.sdp_kernel"}
-# `with` contexts removed (their block kept); the ops rule leaves these names to this rule
-GRAD_CONTEXTS = {"torch.no_grad", "torch.inference_mode", "torch.enable_grad",
-                 "torch.autograd.no_grad", "torch.set_grad_enabled"} | KERNEL_CONTEXTS
+# `with` contexts (and decorators) removed, their block kept, with the diagnostic each gets;
+# the ops rule leaves these names to this rule
+REMOVED_CONTEXTS = GRAD_CONTEXTS | KERNEL_CONTEXTS
+_REMOVAL_REPORTS = [
+    (GRAD_CONTEXTS, "JP402", "autograd context removed: JAX differentiates only under jax.grad"),
+    (KERNEL_CONTEXTS, "JP401", "attention kernel selection removed: XLA picks the kernel"),
+]
 
 
 def _same_code(a: cst.CSTNode, b: cst.CSTNode) -> bool:
@@ -33,7 +39,7 @@ def _same_code(a: cst.CSTNode, b: cst.CSTNode) -> bool:
 class RuntimeRule(Rule):
     def _is_grad_context(self, expr: cst.BaseExpression) -> bool:
         func = expr.func if isinstance(expr, cst.Call) else expr
-        return qualify(func, self.ctx.aliases) in GRAD_CONTEXTS
+        return qualify(func, self.ctx.aliases) in REMOVED_CONTEXTS
 
     def leave_With(self, original: cst.With, updated: cst.With):
         keep = [i for o, i in zip(original.items, updated.items) if not self._is_grad_context(o.item)]
@@ -41,10 +47,9 @@ class RuntimeRule(Rule):
             return updated
         removed = {qualify(o.item.func if isinstance(o.item, cst.Call) else o.item, self.ctx.aliases)
                    for o in original.items}
-        if removed & KERNEL_CONTEXTS:
-            self.ctx.report(original, "JP401", "attention kernel selection removed: XLA picks the kernel")
-        if removed & (GRAD_CONTEXTS - KERNEL_CONTEXTS):
-            self.ctx.report(original, "JP402", "autograd context removed: JAX differentiates only under jax.grad")
+        for names, code, message in _REMOVAL_REPORTS:
+            if removed & names:
+                self.ctx.report(original, code, message)
         if keep:
             keep[-1] = keep[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
             return updated.with_changes(items=keep)
