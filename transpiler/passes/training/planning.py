@@ -1,0 +1,243 @@
+"""Training-loop discovery: which loops train, their step segment, inputs and outputs (LoopPlan)."""
+from __future__ import annotations
+
+import libcst as cst
+
+from ...names import dotted, qualify
+from .common import AUTOCAST, CLIP_CALLS, LoopPlan, Unsupported
+from .syntax import (assigned_names, bound_names, calls_name, calls_of, code_of, is_assigned_call, loop_batch_names,
+                     method_stmt, names_read, ordered_assigned, reads_of, target_size)
+
+
+class PlanningMixin:
+    """TrainingRule's planning methods."""
+
+    def visit_For(self, node: cst.For) -> None:
+        if not self.optimizers or self.class_depth or id(node) in self.plans:
+            return
+        backward = [s for s in self._stmts(node) if method_stmt(s, "backward")]
+        steps = [s for s in self._stmts(node) if self._stepped(s)]
+        if not backward and steps:
+            inner = [s for s in self._stmts(node) if isinstance(s, cst.For)
+                     and any(method_stmt(t, "backward") for t in self._stmts(s))]
+            if len(inner) == 1:
+                # gradient accumulation: backward() on every micro-batch of an inner loop, one step() after it
+                try:
+                    plan = self._plan(inner[0], [t for t in self._stmts(inner[0]) if method_stmt(t, "backward")],
+                                      steps, outer=node)
+                except Unsupported as exc:
+                    self.failed[id(node)] = str(exc)
+                    return
+                self.plans[id(inner[0])] = plan
+                for s in plan.segment + plan.deferred + plan.removed:
+                    self.segment_ids[id(s)] = plan
+                return
+        if not backward and not steps:
+            if calls_name(node.body, self.models):
+                self.eval_loops.add(id(node))
+            return
+        if self.multi and (len(backward) > 1 or len(steps) > 1):
+            try:
+                plans = self._plan_pairs(node, backward, steps)
+            except Unsupported as exc:
+                self.failed[id(node)] = str(exc)
+                return
+            self.multi_plans[id(node)] = plans
+            for plan in plans:
+                for s in plan.segment + plan.removed:
+                    self.segment_ids[id(s)] = plan
+            return
+        try:
+            plan = self._plan(node, backward, steps)
+        except Unsupported as exc:
+            self.failed[id(node)] = str(exc)
+            return
+        self.plans[id(node)] = plan
+        for s in plan.segment + plan.deferred + plan.removed:
+            self.segment_ids[id(s)] = plan
+
+    def _plan(self, loop: cst.For, backward, steps, outer: cst.For | None = None) -> LoopPlan:
+        body = list(self._stmts(loop))
+        if len(backward) != 1:
+            raise Unsupported(f"{len(backward)} backward() calls in one loop")
+        if len(steps) != 1:
+            raise Unsupported(f"{len(steps)} optimizer step() calls in one loop")
+        b_stmt, s_stmt = backward[0], steps[0]
+        loss_expr, b_call = method_stmt(b_stmt, "backward")
+        loss_expr = self._unscaled(loss_expr)
+        if b_call.args:
+            raise Unsupported("backward() with arguments (retain_graph, gradient)")
+        optimizer = self._stepped(s_stmt)
+        model = self.optimizers[optimizer]
+        b_index = body.index(b_stmt)
+        accumulate = None
+        if outer is None:
+            s_index = body.index(s_stmt)
+            if s_index < b_index:
+                raise Unsupported("step() before backward()")
+            between = body[b_index + 1:s_index]
+        else:
+            obody = list(self._stmts(outer))
+            l_index, s_index = obody.index(loop), obody.index(s_stmt)
+            if s_index < l_index:
+                raise Unsupported("step() before the gradient-accumulation loop")
+            if not (isinstance(loop.iter, cst.Call) and dotted(loop.iter.func) == "range"
+                    and len(loop.iter.args) == 1 and loop.iter.args[0].keyword is None) or loop.orelse is not None:
+                raise Unsupported("gradient accumulation over a loop that is not `for _ in range(k)`")
+            if any(s is not b_stmt and (method_stmt(s, "step") or isinstance(s, cst.For)) for s in body):
+                raise Unsupported("the gradient-accumulation loop holds other loops or step() calls")
+            accumulate = loop.iter.args[0].value
+            between = obody[l_index + 1:s_index]
+            if any(body.index(s) > b_index for s in body if calls_name(s, {model})):
+                raise Unsupported("the model is called after backward() in the accumulation loop")
+        removed = [b_stmt, s_stmt]
+        clips = []
+        for stmt in between:
+            if method_stmt(stmt, "unscale_") and dotted(method_stmt(stmt, "unscale_")[0]) in self.scalers:
+                removed.append(stmt)
+                continue
+            kind = self._clip_kind(stmt)
+            if kind is None and not (method_stmt(stmt, "zero_grad") and dotted(method_stmt(stmt, "zero_grad")[0])
+                                     in (optimizer, model)):
+                raise Unsupported("statements between backward() and step() other than gradient clipping")
+            if kind is not None:
+                clips.append((stmt, kind))
+                removed.append(stmt)
+        for stmt in body + (list(self._stmts(outer)) if outer is not None else []):
+            z = method_stmt(stmt, "zero_grad")
+            if z is not None and dotted(z[0]) in (optimizer, model):
+                removed.append(stmt)
+        if outer is not None:
+            self.outer_removed |= {id(s) for s in removed if s not in body}
+        # the step segment
+        tainted: set[str] = set()
+        segment, deferred = [], []
+        early = None    # the first statement that runs the model on the host before the step
+        for stmt in body[:b_index]:
+            if stmt in removed:
+                continue
+            if isinstance(stmt, cst.With) and self._no_grad(stmt) and isinstance(stmt.body, cst.IndentedBlock):
+                # a no_grad block (a rollout, a target network's forward): host code, not
+                # differentiated; its model calls are eval_step on the current state
+                if segment and set(assigned_names(stmt)) & (reads_of(segment) | tainted):
+                    raise Unsupported("a statement inside the forward pass rebinds one of its names")
+                if calls_name(stmt, {model}) and early is None and stmt.body.body:
+                    early = stmt.body.body[0]
+                    if not isinstance(early, cst.SimpleStatementLine):
+                        raise Unsupported("a no_grad block that calls the model starts with a compound statement")
+                continue
+            reads = names_read(stmt)
+            uses_model = calls_name(stmt, {model})
+            if not (uses_model or reads & tainted):
+                if segment and set(assigned_names(stmt)) & (reads_of(segment) | tainted):
+                    raise Unsupported("a statement inside the forward pass rebinds one of its names")
+                continue
+            if not isinstance(stmt, cst.SimpleStatementLine):
+                raise Unsupported("the forward pass or loss is computed inside a nested block")
+            small = stmt.body[0] if len(stmt.body) == 1 else None
+            if isinstance(small, cst.Assign) and all(bound_names(t.target) and len(bound_names(t.target)) ==
+                                                     target_size(t.target) for t in small.targets) \
+                    and ".item()" not in code_of(small.value):
+                segment.append(stmt)
+                tainted |= set(assigned_names(stmt))
+            elif not uses_model and isinstance(small, (cst.AugAssign, cst.Expr, cst.Assign)):
+                deferred.append(stmt)
+            else:
+                raise Unsupported("the model is called in a statement that is not a plain assignment")
+        if not segment:
+            raise Unsupported("no forward pass found before backward()")
+        loss_names = names_read(loss_expr)
+        if not loss_names & tainted:
+            raise Unsupported("the loss does not depend on the model's output")
+        model_calls = calls_of(segment, model)
+        if len(model_calls) != 1:
+            raise Unsupported(f"{len(model_calls)} model calls in the forward pass")
+        if self.batchnorm and not is_assigned_call(segment, model):
+            raise Unsupported("with BatchNorm the model call must be a statement of its own (out = model(x))")
+        call = model_calls[0]
+        if any(a.keyword is not None or a.star for a in call.args):
+            raise Unsupported("model called with keyword or starred arguments")
+        before: set[str] = set()     # names the forward pass computes before the model call
+        for stmt in segment:
+            if calls_of([stmt], model):
+                break
+            before |= set(assigned_names(stmt))
+        if any(names_read(a.value) & before for a in call.args):
+            raise Unsupported("the model's inputs are computed inside the forward pass")
+        plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=deferred,
+                        removed=removed, clips=clips, loss=loss_expr)
+        plan.init_args = list(call.args)
+        reads = reads_of(segment)
+        # outputs: segment names read after the segment
+        later = set()
+        for stmt in body + (list(self._stmts(outer)) if outer is not None else []):
+            if stmt in segment or stmt in removed or stmt is loop:
+                continue
+            later |= names_read(stmt)
+        fn = self._function()
+        if fn is not None and fn in self.functions:
+            later |= names_read(self.functions[fn].node.body) - reads_of(segment)
+        loss_name = dotted(loss_expr) if isinstance(loss_expr, cst.Name) else None
+        outputs = [n for n in ordered_assigned(segment) if n in later and n != loss_name]
+        plan.outputs = [loss_name or "loss_value", *outputs]
+        plan.boundary = loop_batch_names(loop)
+        plan.local = self._local_names(outer or loop)
+        plan.accumulate = accumulate
+        plan.early = early
+        if early is not None:
+            self.track_ids.add(id(early))
+        plan.loop_bound = set(assigned_names(outer or loop))
+        return plan
+
+    def _stmts(self, loop) -> list:
+        """A loop's statements, with the bodies of ``autocast`` blocks inlined (they run in
+        float32 after conversion, JP613)."""
+        out = []
+        for stmt in loop.body.body:
+            if isinstance(stmt, cst.With) and self._autocast(stmt) and isinstance(stmt.body, cst.IndentedBlock):
+                out += list(stmt.body.body)
+            else:
+                out.append(stmt)
+        return out
+
+    def _autocast(self, node: cst.With) -> bool:
+        return all(qualify(i.item.func if isinstance(i.item, cst.Call) else i.item, self.ctx.aliases) in AUTOCAST
+                   for i in node.items)
+
+    def _no_grad(self, node: cst.With) -> bool:
+        return all(qualify(i.item.func if isinstance(i.item, cst.Call) else i.item, self.ctx.aliases)
+                   in ("torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad") for i in node.items)
+
+    def _stepped(self, stmt) -> str | None:
+        """The optimizer a statement steps: ``opt.step()`` or ``scaler.step(opt)``."""
+        m = method_stmt(stmt, "step")
+        if m is None:
+            return None
+        if dotted(m[0]) in self.optimizers and not m[1].args:
+            return dotted(m[0])
+        if dotted(m[0]) in self.scalers and len(m[1].args) == 1 and dotted(m[1].args[0].value) in self.optimizers:
+            return dotted(m[1].args[0].value)
+        return None
+
+    def _unscaled(self, expr):
+        """``scaler.scale(loss)`` → ``loss``."""
+        if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "scale" \
+                and dotted(expr.func.value) in self.scalers and len(expr.args) == 1:
+            return expr.args[0].value
+        return expr
+
+    def _clip_kind(self, stmt) -> str | None:
+        if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+            return None
+        small = stmt.body[0]
+        value = small.value if isinstance(small, (cst.Expr, cst.Assign)) else None
+        if not isinstance(value, cst.Call):
+            return None
+        return CLIP_CALLS.get(qualify(value.func, self.ctx.aliases) or "")
+
+    def _local_names(self, loop: cst.For) -> set[str]:
+        fn = self._function()
+        if fn is not None and fn in self.functions:
+            return set(assigned_names(self.functions[fn].node.params)) | set(assigned_names(self.functions[fn].node.body))
+        # module-level loop: names bound by the loop itself
+        return set(assigned_names(loop))

@@ -1,0 +1,52 @@
+"""Random ops in script code: keys split from the torch.manual_seed key (JP612)."""
+from __future__ import annotations
+
+import libcst as cst
+
+from .common import RNG_KEY
+from .syntax import bound_names, count_name
+
+
+class RenameKeys(cst.CSTTransformer):
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def visit_Lambda(self, node) -> bool:
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        return False               # leave_Arg renames the value, never the keyword
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return updated.with_changes(value=original.value.visit(self))
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
+        if updated.value == RNG_KEY and self.keys:
+            return updated.with_changes(value=self.keys.pop(0))
+        return updated
+
+
+class RngMixin:
+    """TrainingRule's rng methods."""
+
+    def _thread_key(self, original, updated):
+        """A random op in script code uses the free name ``rng_key`` (JP403). Where
+        ``torch.manual_seed`` made ``rng_key`` a key in scope, split it before the statement:
+        ``rng_key, sample_key = jax.random.split(rng_key)``, and sample with the new key."""
+        count = count_name(updated, RNG_KEY) - count_name(original, RNG_KEY)
+        if count <= 0 or any(isinstance(s, cst.Assign) and any(RNG_KEY in bound_names(t.target) for t in s.targets)
+                             for s in updated.body):
+            return updated
+        fn = self._function()
+        if fn not in self.seed_scopes:
+            if None not in self.seed_scopes or fn is None:
+                return updated      # no seed in scope: JP403 stays
+            self.global_key.add(fn)
+        keys = ["sample_key"] if count == 1 else [f"sample_key_{i + 1}" for i in range(count)]
+        new = updated.visit(RenameKeys(list(keys)))
+        split = cst.parse_statement(f"{RNG_KEY}, {', '.join(keys)} = jax.random.split({RNG_KEY}"
+                                    + (f", {count + 1})\n" if count > 1 else ")\n"))
+        self._swap_pending("JP403", "JP612", "random op: its key is split from rng_key (torch.manual_seed) just before")
+        self.ctx.emits.add("jax")
+        return cst.FlattenSentinel([split.with_changes(leading_lines=updated.leading_lines),
+                                    new.with_changes(leading_lines=[])])

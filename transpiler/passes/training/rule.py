@@ -1,0 +1,94 @@
+"""TrainingRule: the mixins put together, the rule's state and its scope tracking."""
+from __future__ import annotations
+
+import libcst as cst
+
+from ..base import Rule
+from .common import FunctionInfo, LoopPlan, STATE
+from .multi import MultiModelMixin
+from .optimizers import OptimizerMixin
+from .planning import PlanningMixin
+from .rng import RngMixin
+from .scan import ScanMixin
+from .statements import StatementsMixin
+from .step import StepMixin
+
+
+class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, StatementsMixin, OptimizerMixin,
+                   RngMixin, Rule):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.models: set[str] = set()
+        self.optimizers: dict[str, str] = {}      # optimizer var → model var
+        self.schedulers: dict[str, str] = {}      # scheduler var → optimizer var
+        self.losses: set[str] = set()
+        self.batchnorm = False
+        self.seed = "0"
+        self.plans: dict[int, LoopPlan] = {}      # id(original For) → plan
+        self.failed: dict[int, str] = {}
+        self.eval_loops: set[int] = set()
+        self.functions: dict[str, FunctionInfo] = {}
+        self.converted: dict[int, cst.SimpleStatementLine] = {}   # id(original stmt) → updated
+        self.segment_ids: dict[int, LoopPlan] = {}
+        self.step_sources: list[str] = []         # train_step functions, in order
+        self.function_stack: list[str] = []
+        self.class_depth = 0
+        self.mode: dict[str, str] = {}            # function → "train" | "eval" (by model.train()/eval())
+        self.segment_depth = 0
+        self.selectors: dict[str, str] = {}       # name bound to [p for n, p in M.named_parameters() if ...] → M
+        self.lists: dict[str, cst.List] = {}      # name bound to a list literal (parameter groups)
+        self.groups: dict[str, list] = {}         # optimizer var → [(label, params expr, dict)] of its groups
+        self.lr_written: set[str] = set()         # optimizers whose param_groups' "lr" the script writes
+        self.outer_removed: set[int] = set()      # statements of an accumulation loop's outer loop to drop
+        self.seed_scopes: set[str | None] = set()  # functions (None: module) that call torch.manual_seed
+        self.multi_plans: dict[int, list] = {}   # id(loop) → plans of its backward/step pairs (GAN)
+        self.scalers: set[str] = set()            # GradScaler variables (mixed precision, JP613)
+        self.plateau: set[str] = set()            # ReduceLROnPlateau schedulers (step(metric))
+        self.sample_stream = False                # a module samples (torch.randn_like in forward)
+        self.global_key: set[str] = set()         # functions that split the module-level rng_key
+        self.track_ids: set[int] = set()          # statements whose converted form leave_For looks for
+
+    @property
+    def multi(self) -> bool:
+        """Several models, each with its own optimizer (a GAN): one TrainState per model."""
+        return len(set(self.optimizers.values())) > 1
+
+    def _state(self, model: str | None) -> str:
+        if not self.multi or model is None:
+            return STATE
+        return model.replace(".", "_") + "_state"
+
+    def _opt_state(self, optimizer: str | None) -> str:
+        return self._state(self.optimizers.get(optimizer)) if optimizer else STATE
+
+    def _scope_node(self):
+        fn = self._function()
+        if fn is not None and fn in self.functions:
+            return self.functions[fn].node
+        return self.module_node
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.function_stack.append(node.name.value)
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self.class_depth += 1
+
+    def leave_ClassDef(self, original, updated):
+        self.class_depth -= 1
+        return updated
+
+    def _function(self) -> str | None:
+        return self.function_stack[0] if self.function_stack and self.class_depth == 0 else None
+
+    def _swap_pending(self, code: str, new_code: str, message: str) -> None:
+        """Replace the ``code`` diagnostics reported on the statement being left (another
+        rule's warning that this rule has resolved) by ``new_code``."""
+        from ... import diagnostics as diag
+        pending = self.ctx.statement_stack[-1] if self.ctx.statement_stack else []
+        for d in [d for d in pending if d.code == code]:
+            pending.remove(d)
+            for i, other in enumerate(self.ctx.diagnostics):
+                if other is d:
+                    self.ctx.diagnostics[i] = diag.make(new_code, message, d.line, d.col)
+                    if self.ctx.diagnostics[i].severity in ("warning", "error"):
+                        pending.append(self.ctx.diagnostics[i])   # keeps its marker comment

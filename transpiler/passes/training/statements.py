@@ -1,0 +1,258 @@
+"""Statement and call rewrites outside the step: train()/eval()/zero_grad() removal,
+schedulers, checkpoints, GradScaler/autocast, eval_step calls, functions that take and
+return the state."""
+from __future__ import annotations
+
+import libcst as cst
+
+from ...names import dotted, qualify
+from .common import COMMA, HOST_SCHEDULERS, OPTIMIZER_PREFIX, RNG_KEY, SCALERS, SCHEDULER_PREFIX, STATE
+from .optimizers import inject_learning_rate, selector_lambda
+from .syntax import add_kwarg, code_of, count_name, ends_with_return, is_docstring, method_stmt
+
+
+class Returns(cst.CSTTransformer):
+    def visit_FunctionDef(self, node) -> bool:
+        return False
+
+    def visit_Lambda(self, node) -> bool:
+        return False
+
+    def leave_Return(self, original: cst.Return, updated: cst.Return) -> cst.Return:
+        if updated.value is None:
+            return updated.with_changes(value=cst.Name(STATE))
+        value = updated.value
+        if isinstance(value, cst.Tuple) and not value.lpar:
+            elements = [cst.Element(cst.Name(STATE), comma=COMMA), *value.elements]
+        else:
+            elements = [cst.Element(cst.Name(STATE), comma=COMMA), cst.Element(value)]
+        return updated.with_changes(value=cst.Tuple(elements, lpar=[], rpar=[]),
+                                    whitespace_after_return=cst.SimpleWhitespace(" "))
+
+
+class StatementsMixin:
+    """TrainingRule's statements methods."""
+
+    def visit_SimpleStatementLine(self, node) -> None:
+        if id(node) in self.segment_ids:
+            self.segment_depth += 1
+
+    def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
+        result = self._leave_simple(original, updated)
+        if id(original) in self.track_ids:
+            first = result.nodes[0] if isinstance(result, cst.FlattenSentinel) and result.nodes else result
+            if isinstance(first, cst.SimpleStatementLine):
+                self.converted[id(original)] = first
+        return result
+
+    def _leave_simple(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
+        if id(original) in self.segment_ids:
+            self.segment_depth -= 1
+            if count_name(updated, RNG_KEY) > count_name(original, RNG_KEY):
+                self._swap_pending("JP403", "JP612", "random op in the training step: its key is split from "
+                                   "the training state's key at every step")
+            self.converted[id(original)] = updated
+            if id(original) in self.outer_removed:
+                return cst.RemoveFromParent()
+            return updated
+        if not self.class_depth:
+            updated = self._thread_key(original, updated)
+            if isinstance(updated, cst.FlattenSentinel):
+                return updated
+        if self.class_depth or len(original.body) != 1:
+            return updated
+        stmt = original.body[0]
+        if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call):
+            q = qualify(stmt.value.func, self.ctx.aliases) or ""
+            if q.startswith(OPTIMIZER_PREFIX) and not q.startswith(SCHEDULER_PREFIX) \
+                    and not (len(stmt.targets) == 1 and dotted(stmt.targets[0].target) in self.groups):
+                self._check_groups(original)
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0].target, cst.Name) \
+                and stmt.targets[0].target.value in self.selectors and self._selector_used(stmt.targets[0].target.value):
+            lam = selector_lambda(updated.body[0].value) if isinstance(updated.body[0], cst.Assign) else None
+            if lam is not None:
+                return updated.with_changes(body=[updated.body[0].with_changes(value=cst.parse_expression(lam))])
+        found = method_stmt(original, "step")
+        if found is not None and dotted(found[0]) in self.plateau and len(found[1].args) == 1 \
+                and found[1].args[0].keyword is None:
+            call = method_stmt(updated, "step")
+            if call is not None:
+                metric = code_of(call[1].args[0].value)
+                st = self._opt_state(self.schedulers.get(dotted(found[0])))
+                return cst.parse_statement(f"{st} = {dotted(found[0])}.step({st}, {metric})\n").with_changes(
+                    leading_lines=updated.leading_lines)
+        if found is not None and dotted(found[0]) in self.schedulers and found[1].args:
+            self.ctx.report(original, "JP606", f"{dotted(found[0])}.step(...) with a metric is not converted")
+            return updated
+        if not self.optimizers:
+            return updated
+        # model.train() / model.eval() / optimizer.zero_grad()
+        for method in ("train", "eval", "zero_grad"):
+            found = method_stmt(original, method)
+            if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)):
+                fn = self._function()
+                if method in ("train", "eval") and fn is not None:
+                    self.mode[fn] = method
+                self.ctx.report(original, "JP603", f"{dotted(found[0])}.{method}() removed: "
+                                "train_step/eval_step pass the train flag; gradients are not accumulated")
+                return cst.RemoveFromParent()
+        found = method_stmt(original, "step")
+        if found is not None and dotted(found[0]) in self.schedulers:
+            st = self._opt_state(self.schedulers.get(dotted(found[0])))
+            return cst.parse_statement(f"{st} = {dotted(found[0])}.step({st})\n").with_changes(
+                leading_lines=updated.leading_lines)
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.value, cst.Call) \
+                and qualify(stmt.value.func, self.ctx.aliases) in SCALERS:
+            self._swap_pending("JP101", "JP613", "GradScaler removed: the converted step computes in float32, "
+                               "where loss scaling is not needed; scaler.scale(loss).backward() / scaler.step(opt) "
+                               "are the plain backward() / step()")
+            return updated.with_changes(body=[updated.body[0].with_changes(value=cst.Name("None"))])
+        for method in ("update", "unscale_"):
+            found = method_stmt(original, method)
+            if found is not None and dotted(found[0]) in self.scalers:
+                return cst.RemoveFromParent()
+        found = method_stmt(original, "load_state_dict")
+        if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)) \
+                and len(found[1].args) == 1 and found[1].args[0].keyword is None \
+                and isinstance(updated.body[0], cst.Expr) and isinstance(updated.body[0].value, cst.Call):
+            owner = dotted(found[0])
+            value = code_of(updated.body[0].value.args[0].value)
+            helper = "load_model_state" if owner in self.models else "load_optimizer_state"
+            st = self._state(owner) if owner in self.models else self._opt_state(owner)
+            self.ctx.emits.add(helper)
+            self.ctx.report(original, "JP614", f"{owner}.load_state_dict(...) → {st} = {helper}({st}, ...): the "
+                            "saved arrays restored into the training state (which must exist by then)")
+            return cst.parse_statement(f"{st} = {helper}({st}, {value})\n").with_changes(
+                leading_lines=updated.leading_lines)
+        found = method_stmt(original, "load_state_dict")
+        if found is not None and dotted(found[0]) in (self.models | set(self.optimizers)):
+            self.ctx.report(original, "JP606", f"{dotted(found[0])}.load_state_dict(...) not converted: "
+                            "restore into the TrainState, e.g. state = state.replace(params=...)")
+            return updated
+        if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0].target, cst.Name):
+            name = stmt.targets[0].target.value
+            if name in self.optimizers and isinstance(updated.body[0], cst.Assign):
+                value = updated.body[0].value
+                if name in self.groups:
+                    value = self._multi_transform(original, name, stmt.value) or value
+                elif name in self.schedulers.values() or name in self.lr_written:
+                    wrapped = inject_learning_rate(value)
+                    if wrapped is not None:
+                        value = wrapped
+                new = updated.with_changes(body=[updated.body[0].with_changes(value=value)])
+                return cst.FlattenSentinel([new, cst.parse_statement(f"{self._opt_state(name)} = None\n")])
+            q = qualify(stmt.value.func, self.ctx.aliases) if isinstance(stmt.value, cst.Call) else None
+            if name in self.schedulers and q in HOST_SCHEDULERS and isinstance(updated.body[0], cst.Assign) \
+                    and isinstance(updated.body[0].value, cst.Call):
+                helper = HOST_SCHEDULERS[q]
+                self._swap_pending("JP101", "JP607", f"{q.rsplit('.', 1)[1]} → {helper} (prelude, host-side)")
+                self.ctx.emits.add(helper)
+                updated = updated.with_changes(body=[updated.body[0].with_changes(
+                    value=updated.body[0].value.with_changes(func=cst.Name(helper)))])
+            if name in self.schedulers and isinstance(updated.body[0], cst.Assign) \
+                    and code_of(updated.body[0].value).split("(")[0] in ("TorchLRScheduler", *HOST_SCHEDULERS.values()):
+                self.ctx.report(original, "JP607", f"{name} drives {self.schedulers[name]} through "
+                                "optax.inject_hyperparams; step() → state = scheduler.step(state)")
+                opt = self.schedulers[name]
+                return cst.FlattenSentinel([updated, cst.parse_statement(f"{opt} = {name}.optimizer\n")])
+        return self._thread_calls(original, updated)
+
+    def _thread_calls(self, original, updated):
+        """``train(...)`` of a state-changing function → ``state = train(..., state=state)``."""
+        if not self.optimizers or self.multi:
+            return updated
+        stmt = original.body[0]
+        call = None
+        if isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
+            call = stmt.value
+        elif isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.Call) and len(stmt.targets) == 1:
+            call = stmt.value
+        if call is None or not isinstance(call.func, cst.Name):
+            return updated
+        info = self.functions.get(call.func.value)
+        if info is None or not info.returns or info.creates:
+            return updated
+        new = updated.body[0]
+        if isinstance(new, cst.Expr):
+            return updated.with_changes(body=[cst.Assign(targets=[cst.AssignTarget(cst.Name(STATE))], value=new.value)])
+        if isinstance(new, cst.Assign):
+            target = new.targets[0].target
+            elements = [cst.Element(cst.Name(STATE)), cst.Element(target)]
+            return updated.with_changes(body=[new.with_changes(
+                targets=[cst.AssignTarget(cst.Tuple(elements, lpar=[], rpar=[]))])])
+        return updated
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        if not self.optimizers or self.class_depth:
+            return updated
+        func = original.func
+        if isinstance(func, cst.Attribute) and func.attr.value == "state_dict" and not original.args:
+            owner = dotted(func.value)
+            if owner in self.models:
+                self.ctx.emits.add("model_variables")
+                return cst.parse_expression(f"model_variables({self._state(owner)})")
+            if owner in self.optimizers:
+                return cst.parse_expression(f"{self._opt_state(owner)}.opt_state")
+        if isinstance(func, cst.Name) and func.value in self.functions and self.functions[func.value].needs \
+                and not self.functions[func.value].creates and not self.multi:
+            if not any(a.keyword is not None and a.keyword.value == STATE for a in updated.args):
+                return add_kwarg(updated, STATE, cst.Name(STATE))
+        if isinstance(func, cst.Name) and func.value in self.models and not self.segment_depth:
+            fn = self._function()
+            if fn is not None and self.mode.get(fn) == "train":
+                self.ctx.report(original, "JP606", f"{func.value}(...) in training mode outside the training step "
+                                "is evaluated in eval mode (dropout off, BatchNorm running statistics)")
+            if any(a.keyword is not None or a.star for a in updated.args):
+                self.ctx.report(original, "JP606", f"{func.value}(...) with keyword arguments is not converted")
+                return updated
+            self.ctx.emits.add("eval_step")
+            return cst.Call(func=cst.Name("eval_step"),
+                            args=[cst.Arg(cst.Name(self._state(func.value)), comma=COMMA), *updated.args])
+        return updated
+
+    def leave_With(self, original: cst.With, updated: cst.With):
+        if not self._autocast(original):
+            return updated
+        self._swap_pending("JP101", "JP613", "autocast removed: this block computes in float32 (mixed precision "
+                           "is a dtype policy in flax: dtype=jnp.bfloat16 on the layers, float32 params)")
+        body = updated.body
+        if not isinstance(body, cst.IndentedBlock):
+            return cst.FlattenSentinel([cst.SimpleStatementLine(body=list(body.body))])
+        stmts = list(body.body)
+        if stmts:
+            stmts[0] = stmts[0].with_changes(leading_lines=[*updated.leading_lines, *stmts[0].leading_lines])
+        return cst.FlattenSentinel(stmts)
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef):
+        name = self.function_stack.pop() if self.function_stack else None
+        if self.function_stack or self.class_depth or name is None:
+            return updated
+        if name in self.global_key:
+            decl = cst.parse_statement(f"global {RNG_KEY}\n")
+            body = list(updated.body.body)
+            at = 1 if body and is_docstring(body[0]) else 0
+            updated = updated.with_changes(body=updated.body.with_changes(body=[*body[:at], decl, *body[at:]]))
+        info = self.functions.get(name)
+        if info is None or info.creates or not info.needs or self.multi:
+            return updated
+        params = updated.params
+        state_param = cst.Param(cst.Name(STATE), default=cst.Name("None"),
+                                equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                                      whitespace_after=cst.SimpleWhitespace("")))
+        if params.star_arg not in (cst.MaybeSentinel.DEFAULT, None) or params.kwonly_params or params.star_kwarg:
+            params = params.with_changes(kwonly_params=[*params.kwonly_params, state_param])
+        else:
+            plist = list(params.params)
+            if plist:
+                plist[-1] = plist[-1].with_changes(comma=COMMA)
+            params = params.with_changes(params=[*plist, state_param])
+        self.ctx.report(original, "JP605", f"{name}() takes the training state"
+                        + (" and returns it" if info.returns else ""))
+        updated = updated.with_changes(params=params)
+        if info.returns:
+            body = list(updated.body.body)
+            body = [s.visit(Returns()) for s in body]
+            if not body or not ends_with_return(body[-1]):
+                body.append(cst.parse_statement(f"return {STATE}\n"))
+            updated = updated.with_changes(body=updated.body.with_changes(body=body))
+        return updated
