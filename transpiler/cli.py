@@ -5,10 +5,8 @@ Exit codes: 0 clean; 1 some file has error diagnostics or ``--check`` found chan
 """
 from __future__ import annotations
 
-import difflib
 import sys
 import time
-import traceback
 from typing import Sequence
 
 import click
@@ -28,14 +26,23 @@ def _version() -> str:
 def _fail_internal(exc: BaseException, verbose: bool) -> "None":
     click.echo(f"jaxport: internal error: {type(exc).__name__}: {exc}", err=True)
     if verbose:
+        import traceback
         click.echo(traceback.format_exc(), err=True, nl=False)
     else:
         click.echo("(run again with -v for the traceback, and please report it)", err=True)
     sys.exit(EXIT_USAGE)
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--version``, looked up only when asked for (importlib.metadata is slow to import)."""
+    if value and not ctx.resilient_parsing:
+        click.echo(f"jaxport, version {_version()}")
+        ctx.exit()
+
+
 @click.group(context_settings=CONTEXT)
-@click.version_option(_version(), "--version", prog_name="jaxport")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def cli() -> None:
     """jaxport: convert PyTorch code to JAX (flax.linen, optax) and check the result."""
 
@@ -58,6 +65,7 @@ def _styled_diff(lines: list[str], color: bool) -> str:
 def unified_diff(record) -> list[str]:
     old = (record.original_text or "").splitlines(keepends=True)
     new = (record.output_text or "").splitlines(keepends=True)
+    import difflib
     lines = list(difflib.unified_diff(old, new, f"a/{record.path}", f"b/{record.path}"))
     return [l if l.endswith("\n") else l + "\n\\ No newline at end of file\n" for l in lines]
 
@@ -235,6 +243,11 @@ def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, ve
               help="Instead of modules, replay K optimizer steps of each training loop in torch "
                    "and JAX (same weights, same generated batches, dropout off) and compare the "
                    "loss and every parameter after each step.")
+@click.option("--replay", type=click.Choice(["auto", "loop", "script"]), default="auto", show_default=True,
+              help="With --train-steps: 'loop' rebuilds each training loop and feeds it generated "
+                   "batches; 'script' runs both scripts with their argument defaults and their own "
+                   "data, watching every optimizer step; 'auto' replays loops and runs the scripts "
+                   "for the loops the loop replay cannot rebuild.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the validation report as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
@@ -263,7 +276,7 @@ def _convert(paths, out, diff, check, reports, jobs, parallel, layout, quiet, ve
               show_default=True, metavar="SECONDS",
               help="With --record: stop the script after this long (what was recorded is used).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
-def validate(original, converted, modules, spec, examples, train_steps, json_path, junit, seed,
+def validate(original, converted, modules, spec, examples, train_steps, replay, json_path, junit, seed,
              rtol, atol, device, timeout, emit_dir, record_cmd, save_spec, record_calls,
              record_time, quiet) -> None:
     """Check converted modules against the originals: same weights, hypothesis inputs.
@@ -293,7 +306,7 @@ def validate(original, converted, modules, spec, examples, train_steps, json_pat
         code = _validate(original, converted, modules, spec, examples, json_path, junit, seed,
                          rtol, atol, device, timeout, emit_dir, quiet,
                          record=(record_cmd, save_spec, record_calls, record_time),
-                         train_steps=train_steps)
+                         train_steps=train_steps, replay=replay)
     except (click.ClickException, BrokenPipeError):
         raise
     except Exception as exc:
@@ -302,7 +315,8 @@ def validate(original, converted, modules, spec, examples, train_steps, json_pat
 
 
 def _validate(original, converted, modules, spec, examples, json_path, junit, seed, rtol, atol,
-              device, timeout, emit_dir, quiet, record=(None, None, 5, 60.0), train_steps=0) -> int:
+              device, timeout, emit_dir, quiet, record=(None, None, 5, 60.0), train_steps=0,
+              replay="auto") -> int:
     import json
     import tempfile
     from pathlib import Path
@@ -370,7 +384,7 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
             from .validate.train_steps import run_train_validation
             results = run_train_validation(original, converted, spec=spec, modules=list(modules),
                                            steps=train_steps, seed=seed, rtol=rtol, atol=atol,
-                                           device=device, timeout=timeout, on_result=show)
+                                           device=device, timeout=timeout, replay=replay, on_result=show)
         else:
             results = run_validation(original, converted, spec=spec, modules=list(modules),
                                      examples=examples, seed=seed, rtol=rtol, atol=atol,

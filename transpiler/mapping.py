@@ -2,7 +2,9 @@
 
 Tables are data (see ``mappings/README.md`` for the format). Loading fails fast: a malformed
 entry raises ``MappingError`` naming the table and the key, so a bad table never reaches a
-user's conversion. Loading is cached; importing this module does not import torch or jax.
+user's conversion. Loading is cached, in the process and on disk (:mod:`transpiler.cache`,
+keyed by the tables' and the loader's bytes); importing this module does not import torch or
+jax.
 """
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from .template import Signature, TemplateError, emitted_roots, template_names
 
+RETURNS = ("tensor", "value")
 TABLES = ("functions", "tensor_methods", "tensor_attributes", "layers", "initializers")
 
 
@@ -38,6 +42,7 @@ class Entry:
     keep: str | None = None        # deliberately left on torch (data loading), with the reason
     value: str | None = None       # what the name becomes when used as a value, not called
     receiver: str = "tensor"       # tensor methods: "tensor" or "any" (safe on any object)
+    returns: str = "tensor"        # tensor methods: "tensor", or "value" (a number, shape, list, flag)
     call: str = "plain"           # layers: how a call site passes the train flag
     params: dict[str, str] = field(default_factory=dict)   # layers: torch → flax layout
     params_converter: str | None = None
@@ -55,7 +60,7 @@ class Entry:
 
 
 _KNOWN_KEYS = {"sig", "to", "always", "keep", "value", "ignore", "exact", "note", "rewriter", "unsupported",
-               "receiver", "call", "params", "params_converter", "example", "inputs", "input",
+               "receiver", "returns", "call", "params", "params_converter", "example", "inputs", "input",
                "expect", "init", "tolerance", "skip_example", "train", "nhwc"}
 
 
@@ -78,6 +83,9 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
         raise MappingError(f"{where}: an approximate entry (exact = false) needs a 'note'")
     if table in ("tensor_methods",) and sig is not None and (not sig.params or sig.params[0].name != "self"):
         raise MappingError(f"{where}: a method signature starts with 'self'")
+    returns = raw.get("returns", "tensor")
+    if returns not in RETURNS or (returns != "tensor" and table != "tensor_methods"):
+        raise MappingError(f"{where}: 'returns' is one of {list(RETURNS)}, on tensor methods only")
     params = {p.name for p in sig.params} if sig else set()
     for t in templates:
         try:
@@ -96,7 +104,8 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
     return Entry(
         key=key, table=table, sig=sig, templates=templates, always=always, ignore=ignore,
         exact=exact, note=raw.get("note", ""), rewriter=raw.get("rewriter"),
-        unsupported=raw.get("unsupported"), keep=raw.get("keep"), value=raw.get("value"), receiver=raw.get("receiver", "tensor"),
+        unsupported=raw.get("unsupported"), keep=raw.get("keep"), value=raw.get("value"),
+        receiver=raw.get("receiver", "tensor"), returns=returns,
         call=raw.get("call", "plain"), params=dict(raw.get("params", {})),
         params_converter=raw.get("params_converter"), example=raw.get("example"),
         inputs=inputs, extra=extra,
@@ -137,8 +146,21 @@ def _read(name: str) -> dict[str, Any]:
     return merged
 
 
+def _sources() -> list:
+    """The files the tables are built from: every table and the code that reads them."""
+    root = resources.files("mappings")
+    here = Path(__file__).resolve().parent
+    tables = sorted((f for f in root.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
+    return [*tables, here / "mapping.py", here / "template.py"]
+
+
 @lru_cache(maxsize=1)
 def load_tables() -> Tables:
+    from .cache import cached
+    return cached("tables", _sources, _load_tables)
+
+
+def _load_tables() -> Tables:
     loaded: dict[str, dict[str, Entry]] = {}
     for table in TABLES:
         raw = _read(table)

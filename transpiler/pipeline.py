@@ -55,8 +55,8 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     tables = load_tables()
     imports = collect_imports(module)
     aliases = imports.aliases
-    if not aliases:
-        return Outcome(module.code, [], 0, 0, touched=False)
+    if not aliases:     # not printed: the caller copies the file's bytes as they are
+        return Outcome("", [], 0, 0, touched=False)
     ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, module=module,
                       positions=LazyPositions(module),
                       other_imports=imports.other_imports)

@@ -1,11 +1,13 @@
 """Index the helper definitions in ``transpiler/prelude/*.py`` without importing them (the
-conversion path must not import jax), and produce the source of the helpers a file needs."""
+conversion path must not import jax), and produce the source of the helpers a file needs.
+The index is cached on disk (:mod:`transpiler.cache`, keyed by the prelude's bytes)."""
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -21,18 +23,34 @@ def _free_names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
+def _prelude_files() -> list:
+    root = resources.files("transpiler.prelude")
+    return sorted((e for e in root.iterdir() if e.name.endswith(".py") and e.name != "__init__.py"),
+                  key=lambda e: e.name)
+
+
+def _sources() -> list:
+    return [*_prelude_files(), Path(__file__).resolve()]
+
+
 @lru_cache(maxsize=1)
 def helpers() -> dict[str, Helper]:
-    root = resources.files("transpiler.prelude")
+    from .cache import cached
+    table, statements = cached("prelude", _sources, _index)
+    _IMPORT_STATEMENTS.clear()
+    _IMPORT_STATEMENTS.update(statements)
+    return table
+
+
+def _index() -> tuple[dict[str, Helper], dict[str, str]]:
+    """(helpers by name, the import statement that binds each imported name)."""
     raw: dict[str, tuple[str, ast.stmt, str, int]] = {}
     import_names: set[str] = set()
-    statements = _IMPORT_STATEMENTS
-    statements.clear()
-    for entry in sorted(root.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".py") or entry.name == "__init__.py":
-            continue
+    statements: dict[str, str] = {}
+    for entry in _prelude_files():
         text = entry.read_text(encoding="utf-8")
         tree = ast.parse(text)
+        lines = text.splitlines()
         for stmt in tree.body:
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 for alias in stmt.names:
@@ -55,7 +73,6 @@ def helpers() -> dict[str, Helper]:
                 raise ValueError(f"prelude/{entry.name}:{stmt.lineno}: only definitions allowed")
             if name in raw:
                 raise ValueError(f"prelude helper {name!r} defined twice")
-            lines = text.splitlines()
             decorators = getattr(stmt, "decorator_list", None) or []
             first = min([stmt.lineno, *(d.lineno for d in decorators)]) - 1
             segment = "\n".join(lines[first: stmt.end_lineno])
@@ -67,7 +84,7 @@ def helpers() -> dict[str, Helper]:
         out[name] = Helper(name, segment, (file, line),
                            frozenset(n for n in names if n in raw and n != name),
                            frozenset(n for n in names if n in import_names))
-    return out
+    return out, statements
 
 
 _IMPORT_STATEMENTS: dict[str, str] = {}

@@ -6,11 +6,7 @@ the same bytes. The HTML page is self-contained (inline CSS and JS, no network a
 """
 from __future__ import annotations
 
-import difflib
-import html
-import json
 import os
-import tempfile
 from collections import Counter
 from typing import TYPE_CHECKING, Iterable
 
@@ -118,6 +114,7 @@ def to_json(run: "RunResult") -> dict:
 
 
 def render_json(run: "RunResult") -> str:
+    import json
     return json.dumps(to_json(run), indent=2, ensure_ascii=False) + "\n"
 
 
@@ -189,6 +186,7 @@ def render_markdown(run: "RunResult") -> str:
 # --------------------------------------------------------------------------- html
 
 def _e(text: object) -> str:
+    import html
     return html.escape(str(text), quote=True)
 
 
@@ -285,6 +283,7 @@ _JS = """
 def _align(old: list[str], new: list[str]) -> list[tuple[int | None, int | None, str]]:
     """Side-by-side rows (old line index, new line index, kind) with kind in eq/chg/del/ins."""
     rows: list[tuple[int | None, int | None, str]] = []
+    import difflib
     matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
@@ -446,6 +445,7 @@ def write_report(run: "RunResult", path: str) -> None:
     text = render(run, fmt)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    import tempfile
     fd, tmp = tempfile.mkstemp(prefix=".jaxport-report.", dir=parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:

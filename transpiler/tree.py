@@ -22,8 +22,6 @@ import stat
 import sys
 import tempfile
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
@@ -613,7 +611,7 @@ def _mp_context():
     import multiprocessing
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["transpiler.tree"])   # workers start with libcst loaded
+        ctx.set_forkserver_preload(list(WORKER_MODULES))   # workers start with these loaded
         return ctx
     return None
 
@@ -625,6 +623,8 @@ def _pool_round(jobs: list[Job], workers: int, finished, isolate: bool, copies: 
         for j in jobs:
             lost += _pool_round([j], 1, finished, False, [])
         return lost
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
     lost: list[Job] = []
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=_mp_context(),
                              initializer=_worker_init) as pool:
@@ -646,6 +646,14 @@ def _pool_round(jobs: list[Job], workers: int, finished, isolate: bool, copies: 
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return sorted(lost, key=lambda j: j.path)
+
+
+# The conversion path, imported by the forkserver before it forks the workers (the passes
+# the pipeline imports on first use included), so no worker imports them itself.
+WORKER_MODULES = ("transpiler.tree", "transpiler.pipeline", "transpiler.rewriters",
+                  "transpiler.passes.mutation", "transpiler.passes.runtime",
+                  "transpiler.passes.training", "transpiler.passes.distributed",
+                  "transpiler.passes.thirdparty")
 
 
 def _worker_init() -> None:

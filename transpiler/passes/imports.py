@@ -8,12 +8,14 @@ plain ``import torch`` then suffices).
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import libcst as cst
 
 from ..context import FileContext
 from ..names import ROOTS, dotted
 from .. import prelude_index
+from ..cache import cached_text
 
 from ..walk import skipped_types, transform, walk
 from .base import HELPERS_BANNER
@@ -231,10 +233,22 @@ def _with_helper_spacing(stmt: cst.BaseStatement, first: bool) -> cst.BaseStatem
     return stmt.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
 
 
+def _helper_text_sources() -> list:
+    here = Path(__file__).resolve().parent
+    return [*prelude_index._sources(), here / "imports.py", here / "base.py"]
+
+
 @lru_cache(maxsize=None)
 def _helper_text(name: str, newline: str, indent: str, first: bool) -> str:
     """One helper's statements as printed in a module with these line endings and indent
-    (``first``: the helper opens the helpers block, under its banner)."""
+    (``first``: the helper opens the helpers block, under its banner). Kept in the disk cache
+    (:mod:`transpiler.cache`): a process needs the text of the helpers its files use, and
+    parsing and printing them would cost about as much as converting a file."""
+    return cached_text("helper-text", _helper_text_sources, f"{name}|{newline!r}|{indent!r}|{first}",
+                       lambda: _print_helper(name, newline, indent, first))
+
+
+def _print_helper(name: str, newline: str, indent: str, first: bool) -> str:
     printer = cst.Module(body=[], default_indent=indent, default_newline=newline)
     return "".join(printer.code_for_node(_with_helper_spacing(stmt, first and i == 0))
                    for i, stmt in enumerate(_parsed_helper(name, newline)))

@@ -14,11 +14,6 @@ import libcst as cst
 
 from ..names import qualify
 
-# Tensor methods whose result is not a tensor (a Python number, a shape, a list, a flag).
-NON_TENSOR_RESULTS = {"item", "tolist", "size", "dim", "ndimension", "numel", "nelement", "numpy",
-                      "is_contiguous", "is_floating_point", "equal", "element_size", "get_device",
-                      "data_ptr", "type", "stride", "storage_offset"}
-
 # torch namespaces whose functions do not return tensors (or are not functions).
 _NON_TENSOR_NAMESPACES = ("torch.optim", "torch.utils", "torch.nn.init", "torch.distributions",
                           "torch.distributed", "torch.cuda", "torch.backends", "torch.autograd",
@@ -86,8 +81,8 @@ class TensorNames:
             if q is not None:
                 return _is_tensor_function(q, self.ctx.tables)
             if isinstance(expr.func, cst.Attribute):
-                method = expr.func.attr.value
-                return (method in self.ctx.tables.tensor_methods and method not in NON_TENSOR_RESULTS
+                entry = self.ctx.tables.tensor_methods.get(expr.func.attr.value)
+                return (entry is not None and entry.returns == "tensor"     # not .item(), .size()
                         and self.produces_tensor(expr.func.value))
             return False
         if isinstance(expr, cst.Attribute):
