@@ -27,34 +27,22 @@ from transpiler.manifest import build_manifest, sidecar_name
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus" / "training"
 
-# scripts of corpus/training that the replay cannot handle, with the reason
-SKIP: dict[str, str] = {
-    "gpt_accum.py": "gradient accumulation: backward() runs in an inner micro-batch loop and step() after "
-                    "it, and the learning rate is written into param_groups every iteration; the replay "
-                    "handles loops with backward() and step() in one body",
-    "gan.py": "two optimizers stepped in one loop body (discriminator then generator) on sampled noise; "
-              "the replay handles one backward()/step() pair per loop",
-    "vae.py": "batches are sliced from a tensor inside the loop (no DataLoader batch to generate) and the "
-              "step draws torch.randn_like noise, which the JAX side draws from its own key",
-    "amp_checkpoint.py": "the loop steps through a GradScaler (scaler.scale(loss).backward(), "
-                         "scaler.step(optimizer)), which the manifest analysis does not read yet",
-    "char_rnn.py": "the forward pass carries a hidden state (out, hidden = model(x, hidden)) that the "
-                   "replay does not thread from step to step yet",
-    "reinforce_bandit.py": "the loss reads actions sampled from a Categorical inside the loop (the "
-                           "replay reports 'names not found in the setup: actions'); the two "
-                           "generators cannot draw the same actions anyway",
-    "seq2seq_attention.py": "batches come from a function called inside the loop (src, tgt_in, tgt = "
-                            "make_batch(...)), not from a loader: the replay cannot tell the model "
-                            "inputs ('cannot infer 0 model inputs')",
+# scripts of corpus/training whose loops the loop replay cannot rebuild (it feeds generated
+# batches to one backward()/step() pair per iteration), so `--replay auto` runs the scripts
+# themselves for them (transpiler/validate/script_replay.py), with the reason the loop replay gives
+SCRIPT_REPLAYED: dict[str, str] = {
+    "gpt_accum.py": "inner loop",            # backward() in a micro-batch loop, step() after it
+    "gan.py": "cannot infer 0 model inputs",  # two optimizers; the batch is sampled noise
+    "vae.py": "",                           # batches sliced from a tensor in the loop, randn_like noise
+    "amp_checkpoint.py": "GradScaler",
+    "char_rnn.py": "hidden",                 # out, hidden = model(x, hidden)
+    "reinforce_bandit.py": "",               # actions sampled from a Categorical in the loop
+    "seq2seq_attention.py": "cannot infer 0 model inputs",   # batches from make_batch(...) in the loop
 }
 
 
 def _scripts() -> list:
-    out = []
-    for p in sorted(CORPUS.glob("*.py")):
-        marks = [pytest.mark.skip(reason=SKIP[p.name])] if p.name in SKIP else []
-        out.append(pytest.param(p.name, marks=marks, id=p.stem))
-    return out
+    return [pytest.param(p.name, id=p.stem) for p in sorted(CORPUS.glob("*.py"))]
 
 
 def _convert_cli(src: Path, out: Path) -> None:
@@ -81,16 +69,24 @@ def test_corpus_script_replays_three_steps(name, tmp_path):
     code, report, out = _validate(CORPUS / name, converted, tmp_path)
     assert code == 0, out
     assert report["summary"]["pass"] >= 1 and report["summary"]["fail"] == 0 and report["summary"]["error"] == 0, out
+    replayed = [m for m in report["modules"] if m["status"] != "skip"]
+    assert {m["replay"] for m in replayed} == {"script" if name in SCRIPT_REPLAYED else "loop"}, out
     for m in report["modules"]:
-        if m["status"] == "skip":
+        if m["status"] == "skip":     # a loop the loop replay could not rebuild: the scripts ran instead
+            assert name in SCRIPT_REPLAYED and "replayed by running the scripts instead" in m["message"], m
+            assert SCRIPT_REPLAYED[name] in m["message"], m["message"]
             continue
         assert m["name"].startswith("train:")
         steps = [c for c in m["checks"] if c.get("kind") == "train_step"]
-        assert [c["step"] for c in steps] == [1, 1, 2, 2, 3, 3]
-        assert {c["name"].split(":")[1] for c in steps} == {"loss", "params"}
         assert all(c["status"] == "pass" and c["max_abs_err"] is not None for c in steps)
-        assert len(m["train_steps"]) == 3 and m["examples"] == 3
-        print(name, [(s["torch_loss"], s["jax_loss"], s["param_max_abs_err"]) for s in m["train_steps"]])
+        by_model: dict = {}
+        for c in steps:
+            by_model.setdefault(c["name"].split(":")[1] if c["name"].count(":") == 2 else "", []).append(c)
+        for checks in by_model.values():
+            assert [c["step"] for c in checks] == [1, 1, 2, 2, 3, 3]
+            assert {c["name"].rsplit(":", 1)[1] for c in checks} == {"loss", "params"}
+        assert len(m["train_steps"]) == 3 * len(by_model) and m["examples"] == 3
+        print(name, m["replay"], [(s["torch_loss"], s["jax_loss"], s["param_max_abs_err"]) for s in m["train_steps"]])
 
 
 # --------------------------------------------------------------------------- seeded bugs
@@ -333,3 +329,48 @@ def test_no_training_loop_is_a_usage_error(tmp_path):
     res = CliRunner().invoke(cli, ["validate", str(original), str(original), "--train-steps", "2"])
     assert res.exit_code == 2, res.output
     assert "no training loop" in res.output
+
+
+# --------------------------------------------------------------------------- the script replay
+
+# corpus script → (regex on its converted text, replacement, failing model, first failing step)
+SCRIPT_BUGS = {
+    # the discriminator's Adam with b1=0.9 instead of 0.5: identical first step (Adam's first
+    # update does not depend on b1), different from the second on
+    "gan.py": (r"opt_d = optax\.adam\(learning_rate=2e-3, b1=0\.5", "opt_d = optax.adam(learning_rate=2e-3, b1=0.9",
+               "Discriminator#0", 2),
+    # the accumulated micro-batch loss divided twice
+    "gpt_accum.py": (r"\) / args_accum\n", ") / (2 * args_accum)\n", "GPT#0", 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPT_BUGS))
+def test_seeded_bug_fails_the_script_replay(name, tmp_path):
+    pattern, repl, model, step = SCRIPT_BUGS[name]
+    text = convert_source((CORPUS / name).read_text(encoding="utf-8"), path=name).output.decode("utf-8")
+    text, n = re.subn(pattern, repl, text)
+    assert n == 1, f"{pattern!r} not found in the converted {name}"
+    converted = tmp_path / name
+    converted.write_text(text, encoding="utf-8")
+    code, report, log = _validate(CORPUS / name, converted, tmp_path, "--replay", "script")
+    assert code == 1, log
+    [m] = report["modules"]
+    assert m["replay"] == "script" and m["status"] == "fail", m
+    assert m["message"].startswith(f"{model} step {step} fails"), m["message"]
+    failing = [c for c in m["checks"] if c["status"] == "fail"]
+    assert min(c["step"] for c in failing) == step
+    assert all(c["status"] == "pass" for c in m["checks"] if c["step"] < step)
+
+
+def test_script_replay_reports_a_script_that_cannot_run(tmp_path):
+    """A converted script that crashes before its first step: an error naming the script's
+    exception, not a traceback of the validator."""
+    name = "mlp_regression.py"
+    text = convert_source((CORPUS / name).read_text(encoding="utf-8"), path=name).output.decode("utf-8")
+    converted = tmp_path / name
+    converted.write_text(text.replace("optimizer = optax.", "raise RuntimeError('broken on purpose')\noptimizer = optax.", 1),
+                         encoding="utf-8")
+    code, report, log = _validate(CORPUS / name, converted, tmp_path, "--replay", "script")
+    assert code == 1, log
+    [m] = report["modules"]
+    assert m["status"] == "error" and "RuntimeError: broken on purpose" in m["message"], m

@@ -375,7 +375,7 @@ def _validate(original, converted, modules, spec, examples, json_path, junit, se
                 f"{m['name']}  max_abs={num(m.get('max_abs_err'))} max_rel={num(m.get('max_rel_err'))} "
                 f"examples={m.get('examples', 0)} ({m.get('seconds', 0):.1f}s)")
         click.echo(line)
-        if m["status"] != "pass" and m.get("message"):
+        if (m["status"] != "pass" or m.get("replay") == "script") and m.get("message"):
             for text in m["message"].splitlines()[:12]:
                 click.echo(f"      {text}")
 

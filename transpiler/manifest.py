@@ -150,6 +150,25 @@ def _method_call(stmt: ast.stmt, method: str) -> str | None:
     return None
 
 
+def _scaled_backward(stmt: ast.stmt) -> str | None:
+    """``scaler.scale(loss).backward()`` (a GradScaler): the dotted ``loss``."""
+    call = _expr_call(stmt)
+    if (call is not None and isinstance(call.func, ast.Attribute) and call.func.attr == "backward"
+            and isinstance(call.func.value, ast.Call) and isinstance(call.func.value.func, ast.Attribute)
+            and call.func.value.func.attr == "scale" and len(call.func.value.args) == 1):
+        return _dotted(call.func.value.args[0])
+    return None
+
+
+def _scaler_step(stmt: ast.stmt) -> str | None:
+    """``scaler.step(optimizer)`` (a GradScaler): the dotted ``optimizer``."""
+    call = _expr_call(stmt)
+    if (call is not None and isinstance(call.func, ast.Attribute) and call.func.attr == "step"
+            and len(call.args) == 1 and not call.keywords):
+        return _dotted(call.args[0])
+    return None
+
+
 def _calls_method_on(node: ast.AST, obj: str, method: str) -> bool:
     for n in ast.walk(node):
         if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == method
@@ -240,13 +259,37 @@ def _find_loops(scope: Scope) -> list[tuple[ast.For, str, str]]:
         if not isinstance(stmt, ast.For):
             continue
         losses = [n for s in stmt.body if (n := _method_call(s, "backward"))]
+        nested = [] if losses else [n for s in _statements(stmt.body) if (n := _method_call(s, "backward"))]
         opts = [n for s in stmt.body if (n := _method_call(s, "step"))
                 and not any(_method_call(z, "zero_grad") == n for z in [])]
         zeroed = {n for s in _statements(stmt.body) if (n := _method_call(s, "zero_grad"))}
         opts = [o for o in opts if o in zeroed] or opts
+        scaled = [n for s in stmt.body if (n := _scaled_backward(s))]
+        scaler_opts = [n for s in stmt.body if (n := _scaler_step(s))]
         if losses and opts:
             found.append((stmt, losses[0], opts[0]))
+        elif scaled and scaler_opts:
+            found.append((stmt, scaled[0], scaler_opts[0]))
+        elif nested and opts:
+            found.append((stmt, nested[0], opts[0]))
     return found
+
+
+INNER_BACKWARD = ("backward() runs in an inner loop (gradient accumulation over micro-batches): the loop "
+                  "replay handles one backward()/step() pair per iteration")
+
+
+GRAD_SCALER = ("the loop steps through a GradScaler (scaler.scale(loss).backward(), scaler.step(optimizer)): "
+               "the loop replay handles loss.backward() and optimizer.step()")
+
+
+def _loop_problem(loop: ast.For) -> str | None:
+    """Why the loop replay cannot rebuild this loop (the script replay runs it instead)."""
+    if any(_scaled_backward(s) for s in loop.body):
+        return GRAD_SCALER
+    if not any(_method_call(s, "backward") for s in loop.body):
+        return INNER_BACKWARD
+    return None
 
 
 def _arguments(tree: ast.Module) -> dict[str, Any]:
@@ -902,6 +945,11 @@ def build_manifest(original: str, converted: str | None, path: str = "<string>")
     loops = []
     for scope in orig.scopes.values():
         for loop, loss, opt in _find_loops(scope):
+            problem = _loop_problem(loop)
+            if problem:
+                loops.append({"function": scope.name, "line": loop.lineno, "loss": loss, "optimizer": opt,
+                              "problems": [problem]})
+                continue
             try:
                 loops.append(_analyse_loop(orig, conv, scope, loop, loss, opt, arguments))
             except (StopIteration, AttributeError, TypeError, KeyError, IndexError, RecursionError) as exc:

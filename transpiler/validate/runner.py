@@ -6,9 +6,10 @@ table), and for each case writes JSON lines to EVENTS: ``{"event": "start", "nam
 ``{"event": "result", "result": {...}}``; first ``{"event": "plan", "cases": [...]}``; a
 problem that stops everything is ``{"event": "fatal", "message", "usage"}``.
 
-Parent (``run_validation``): starts the child, follows EVENTS, kills the child (its whole
-process group) when one case runs longer than ``timeout`` seconds, and reports a crash or a
-timeout as an ``error`` result for that case, then starts a new child for the cases left.
+Parent (``run_validation``): ``supervise`` starts the child, follows EVENTS and kills the child
+(its whole process group) when one case runs longer than ``timeout`` seconds; a crash or a
+timeout is an ``error`` result for that case, and a new child starts for the cases left. The
+training replay (``train_steps.run_train_validation``) supervises its child the same way.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -245,6 +247,76 @@ class Fatal(Exception):
         self.usage = usage
 
 
+@dataclass
+class ChildRun:
+    """How one child process ended (``supervise``)."""
+    plan: list[str] | None = None        # the latest plan event
+    current: str | None = None           # the case running when it ended or was killed
+    killed: bool = False                 # killed for running past the time limit
+    returncode: int | None = None
+    fatal: dict | None = None            # a fatal event (the child stopped on it)
+    seconds: float = 0.0                 # since the current case started
+    tail: str = ""                       # the end of its output, when it crashed
+
+
+def child_environment() -> dict:
+    """The environment of a validation child: this checkout first on the import path."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def supervise(cmd: list[str], workdir: str | Path, timeout: float, on_result: Callable[[dict], None],
+              tag: str = "") -> ChildRun:
+    """Run one validation child (``cmd`` plus ``--out EVENTS``), passing each result event to
+    ``on_result`` as it arrives; kill its process group when a case runs past ``timeout``
+    seconds (the start-up, before the first case, gets at least ``STARTUP_ALLOWANCE``)."""
+    events_path, log_path = Path(workdir) / f"events{tag}.jsonl", Path(workdir) / f"log{tag}.txt"
+    events_path.touch()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd + ["--out", str(events_path)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, env=child_environment(), start_new_session=True)
+    run, started, offset = ChildRun(), time.monotonic(), 0
+    while True:
+        rc = proc.poll()
+        with open(events_path, "r", encoding="utf-8") as f:
+            f.seek(offset)
+            chunk = f.read()
+        complete = chunk[:chunk.rfind("\n") + 1] if "\n" in chunk else ""
+        offset += len(complete.encode("utf-8"))
+        for line in complete.splitlines():
+            ev = json.loads(line)
+            kind = ev.get("event")
+            if kind == "fatal":
+                proc.wait()
+                run.fatal, run.returncode = ev, proc.returncode
+                return run
+            if kind == "plan":
+                run.plan = list(ev["cases"])
+            elif kind == "start":
+                run.current, started = ev["name"], time.monotonic()
+            elif kind == "result":
+                on_result(ev["result"])
+                run.current, started = None, time.monotonic()
+        if rc is not None:
+            break
+        limit = timeout if run.current is not None else max(timeout, STARTUP_ALLOWANCE)
+        if time.monotonic() - started > limit:
+            run.killed = True
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            break
+        time.sleep(0.05)
+    run.returncode, run.seconds = proc.returncode, time.monotonic() - started
+    if not run.killed and (run.current is not None or run.plan is None):
+        run.tail = _tail(log_path)
+    return run
+
+
 def run_validation(original, converted, *, spec=None, modules=(), examples: int = 25, seed: int = 0,
                    rtol: float | None = None, atol: float | None = None, device: str = "cpu",
                    timeout: float = DEFAULT_TIMEOUT, on_result: Callable[[dict], None] | None = None,
@@ -262,9 +334,6 @@ def run_validation(original, converted, *, spec=None, modules=(), examples: int 
         base += ["--rtol", repr(rtol)]
     if atol is not None:
         base += ["--atol", repr(atol)]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     results: dict[str, dict] = {}
     plan: list[str] | None = None
     todo: list[str] | None = None
@@ -274,83 +343,42 @@ def run_validation(original, converted, *, spec=None, modules=(), examples: int 
         if on_result is not None:
             on_result(d)
 
+    def everything_failed(message: str) -> list[dict]:
+        names = list(modules) or class_names(original) or [Path(original).stem]
+        for n in names:
+            record(_error(n, message))
+        return [results[n] for n in names]
+
     with tempfile.TemporaryDirectory(prefix="jaxport-validate-") as tmp:
         attempt = 0
         while True:
             attempt += 1
-            events_path = Path(tmp) / f"events{attempt}.jsonl"
-            log_path = Path(tmp) / f"log{attempt}.txt"
-            cmd = base + ["--out", str(events_path)]
-            if todo is not None:
-                for c in todo:
-                    cmd += ["--case", c]
-            events_path.touch()
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                        env=env, start_new_session=True)
-            current, started = None, time.monotonic()
-            offset, killed = 0, None
-            while True:
-                rc = proc.poll()
-                with open(events_path, "r", encoding="utf-8") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-                complete = chunk[:chunk.rfind("\n") + 1] if "\n" in chunk else ""
-                offset += len(complete.encode("utf-8"))
-                for line in complete.splitlines():
-                    ev = json.loads(line)
-                    kind = ev.get("event")
-                    if kind == "fatal":
-                        if ev.get("usage"):
-                            proc.wait()
-                            raise Fatal(ev["message"], True)
-                        names = list(modules) or class_names(original) or [Path(original).stem]
-                        proc.wait()
-                        for n in names:
-                            record(_error(n, ev["message"]))
-                        return [results[n] for n in names]
-                    if kind == "plan":
-                        if plan is None:
-                            plan = list(ev["cases"])
-                    elif kind == "start":
-                        current, started = ev["name"], time.monotonic()
-                    elif kind == "result":
-                        record(ev["result"])
-                        current, started = None, time.monotonic()
-                if rc is not None:
-                    break
-                limit = timeout if current is not None else max(timeout, STARTUP_ALLOWANCE)
-                if time.monotonic() - started > limit:
-                    killed = current
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait()
-                    break
-                time.sleep(0.05)
+            cmd = base + [a for c in (todo or []) for a in ("--case", c)]
+            run = supervise(cmd, tmp, timeout, record, tag=str(attempt))
+            if run.fatal is not None:
+                if run.fatal.get("usage"):
+                    raise Fatal(run.fatal["message"], True)
+                return everything_failed(run.fatal["message"])
+            if plan is None:
+                plan = run.plan
+            tail = f":\n{run.tail}" if run.tail else ""
+            killed = run.current if run.killed else None
             if killed is not None:
-                record(_error(killed, f"timed out after {timeout:g} s (--timeout); the validation "
-                                      "process was killed", timeout))
-            elif current is not None:
-                tail = _tail(log_path)
-                record(_error(current, f"the validation process crashed (exit status {proc.returncode}) "
-                                       f"while validating {current}" + (f":\n{tail}" if tail else ""),
-                              time.monotonic() - started))
-            elif plan is None:
-                tail = _tail(log_path)
-                names = list(modules) or class_names(original) or [Path(original).stem]
-                for n in names:
-                    record(_error(n, f"the validation process failed before starting (exit status "
-                                     f"{proc.returncode})" + (f":\n{tail}" if tail else "")))
-                return [results[n] for n in names]
+                record(_error(killed, f"timed out after {timeout:g} s (--timeout); "
+                              "the validation process was killed", timeout))
+            elif run.current is not None:
+                record(_error(run.current, f"the validation process crashed (exit status {run.returncode}) "
+                                           f"while validating {run.current}{tail}", run.seconds))
+            if plan is None:
+                return everything_failed(f"the validation process failed before starting (exit status "
+                                         f"{run.returncode}){tail}")
             todo = [c for c in plan if c not in results]
             if not todo:
                 break
-            if killed is None and current is None:
+            if killed is None and run.current is None:
                 # the child ended cleanly without doing everything: should not happen
                 for c in todo:
-                    record(_error(c, f"not run: the validation process ended (exit status {proc.returncode})"))
+                    record(_error(c, f"not run: the validation process ended (exit status {run.returncode})"))
                 break
     return [results[c] for c in plan]
 

@@ -38,9 +38,6 @@ import argparse
 import ast
 import copy
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -462,6 +459,7 @@ def child_main(argv: list[str] | None = None) -> int:
     from .runner import _setup_device, child_parser, event_writer
     p = child_parser("python -m transpiler.validate.train_steps")
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--replay", choices=REPLAY_MODES, default="auto")
     a = p.parse_args(argv)
     emit = event_writer(a.out)
     err = _setup_device(a.device)
@@ -494,42 +492,81 @@ def child_main(argv: list[str] | None = None) -> int:
         entries = [e for e in entries if entry_name(e) in a.module or (e.get("model") or {}).get("class") in a.module]
     if a.case:
         entries = [e for e in entries if entry_name(e) in a.case]
-    emit(event="plan", cases=[entry_name(e) for e in entries])
-    for e in entries:
+    plan = [entry_name(e) for e in entries] if a.replay != "script" else []
+    fallback: list[tuple[str, str]] = []     # (loop case, why the loop replay could not run it)
+    script_case = script_case_name(entries, a.original)
+    if a.replay == "script" and entries:
+        plan = [script_case]
+    emit(event="plan", cases=plan)
+    for e in entries if a.replay != "script" else []:
         name = entry_name(e)
         emit(event="start", name=name)
-        started = time.monotonic()
-        try:
-            tmod = load_definitions(a.original, "torch")
-            fmod = load_definitions(a.converted, "jax")
-        except BaseException as exc:  # noqa: BLE001 - user code
-            emit(event="result", result={"name": name, "status": "error", "checks": [], "examples": 0,
-                                         "max_abs_err": None, "max_rel_err": None, "counterexample": None,
-                                         "message": f"importing the definitions failed: {type(exc).__name__}: {exc}",
-                                         "seconds": round(time.monotonic() - started, 3)})
-            continue
-        cls = (e.get("model") or {}).get("class")
-        table = next((t for t in specs.values() if t.cls == cls), None)
-        r = replay_entry(tmod, fmod, e, manifest, steps=a.steps, seed=a.seed, rtol=a.rtol, atol=a.atol,
-                         spec_table=table)
-        r["manifest"] = source
-        for key in ("max_abs_err", "max_rel_err"):
-            v = r.get(key)
-            r[key] = v if isinstance(v, float) and np.isfinite(v) else (v if v is None else None)
-        for c in r["checks"]:
-            for key in ("max_abs_err", "max_rel_err"):
-                v = c.get(key)
-                c[key] = float(v) if v is not None and np.isfinite(v) else None
-        emit(event="result", result=json.loads(json.dumps(r, default=float)))
+        r = _loop_result(a, e, manifest, source, specs)
+        if a.replay == "auto" and r["status"] in ("skip", "error"):
+            fallback.append((name, r["message"].splitlines()[0] if r["message"] else r["status"]))
+            r["status"] = "skip"
+            r["message"] = f"replayed by running the scripts instead ({script_case}); the loop replay: {r['message']}"
+        emit(event="result", result=_jsonable_result(r))
+    if entries and (a.replay == "script" or fallback):
+        if a.replay == "auto":
+            emit(event="plan", cases=plan + [script_case])
+        from .script_replay import replay_scripts
+        emit(event="start", name=script_case)
+        r = replay_scripts(a.original, a.converted, steps=a.steps, seed=a.seed,
+                           rtol=TRAIN_TOL if a.rtol is None else a.rtol,
+                           atol=TRAIN_TOL if a.atol is None else a.atol, name=script_case)
+        if fallback:
+            r["message"] += "; the loop replay could not run " + "; ".join(f"{n}: {why}" for n, why in fallback)
+        emit(event="result", result=_jsonable_result(r))
     return 0
+
+
+REPLAY_MODES = ("auto", "loop", "script")
+
+
+def script_case_name(entries: list[dict], original: str) -> str:
+    """``train:<model classes>@script`` (the script's name where the manifest has no class)."""
+    models = {(e.get("model") or {}).get("class") for e in entries}
+    models = sorted(models) if models and None not in models else [Path(original).stem]
+    return f"train:{'+'.join(models)}@script"
+
+
+def _loop_result(a, e: dict, manifest: dict, source: str, specs: dict) -> dict:
+    """The loop replay of one manifest entry (a module entry of the report)."""
+    name = entry_name(e)
+    started = time.monotonic()
+    try:
+        tmod = load_definitions(a.original, "torch")
+        fmod = load_definitions(a.converted, "jax")
+    except BaseException as exc:  # noqa: BLE001 - user code
+        return {"name": name, "status": "error", "checks": [], "examples": 0, "max_abs_err": None,
+                "max_rel_err": None, "counterexample": None, "replay": "loop",
+                "message": f"importing the definitions failed: {type(exc).__name__}: {exc}",
+                "seconds": round(time.monotonic() - started, 3)}
+    cls = (e.get("model") or {}).get("class")
+    table = next((t for t in specs.values() if t.cls == cls), None)
+    r = replay_entry(tmod, fmod, e, manifest, steps=a.steps, seed=a.seed, rtol=a.rtol, atol=a.atol,
+                     spec_table=table)
+    r["manifest"], r["replay"] = source, "loop"
+    return r
+
+
+def _jsonable_result(r: dict) -> dict:
+    """Non-finite errors become null (JSON has no NaN)."""
+    for holder in [r] + list(r.get("checks", [])):
+        for key in ("max_abs_err", "max_rel_err"):
+            v = holder.get(key)
+            holder[key] = float(v) if v is not None and np.isfinite(v) else None
+    return json.loads(json.dumps(r, default=float))
 
 
 def run_train_validation(original, converted, *, spec=None, modules=(), steps: int = 3, seed: int = 0,
                          rtol: float | None = None, atol: float | None = None, device: str = "cpu",
+                         replay: str = "auto",
                          timeout: float = 600.0, on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """Replay in a child process (user code is imported there); a loop running longer than
     ``timeout`` seconds is killed and reported as an error. Raises ``runner.Fatal``."""
-    from .runner import STARTUP_ALLOWANCE, Fatal, _error, _tail
+    from .runner import Fatal, _error, supervise
     try:   # syntactic: nothing of the user's code is imported in this process
         manifest, _ = manifest_for(original, converted)
     except (OSError, ValueError) as exc:
@@ -538,7 +575,8 @@ def run_train_validation(original, converted, *, spec=None, modules=(), steps: i
         raise Fatal(f"{original}: no training loop found (a for loop with <loss>.backward() and "
                     "<optimizer>.step() in its body)", True)
     cmd = [sys.executable, "-m", "transpiler.validate.train_steps", "--original", str(original),
-           "--converted", str(converted), "--steps", str(steps), "--seed", str(seed), "--device", device]
+           "--converted", str(converted), "--steps", str(steps), "--seed", str(seed), "--device", device,
+           "--replay", replay]
     if spec:
         cmd += ["--spec", str(spec)]
     for m in modules:
@@ -547,9 +585,6 @@ def run_train_validation(original, converted, *, spec=None, modules=(), steps: i
         cmd += ["--rtol", repr(rtol)]
     if atol is not None:
         cmd += ["--atol", repr(atol)]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     results: list[dict] = []
 
     def record(d):
@@ -558,57 +593,22 @@ def run_train_validation(original, converted, *, spec=None, modules=(), steps: i
             on_result(d)
 
     with tempfile.TemporaryDirectory(prefix="jaxport-train-") as tmp:
-        events, log_path = Path(tmp) / "events.jsonl", Path(tmp) / "log.txt"
-        events.touch()
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd + ["--out", str(events)], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=log, env=env, start_new_session=True)
-        current, started, offset, killed, plan = None, time.monotonic(), 0, False, None
-        while True:
-            rc = proc.poll()
-            with open(events, "r", encoding="utf-8") as f:
-                f.seek(offset)
-                chunk = f.read()
-            complete = chunk[:chunk.rfind("\n") + 1] if "\n" in chunk else ""
-            offset += len(complete.encode("utf-8"))
-            for line in complete.splitlines():
-                ev = json.loads(line)
-                if ev["event"] == "fatal":
-                    proc.wait()
-                    if ev.get("usage"):
-                        raise Fatal(ev["message"], True)
-                    record(_error(Path(original).stem, ev["message"]))
-                    return results
-                if ev["event"] == "plan":
-                    plan = ev["cases"]
-                elif ev["event"] == "start":
-                    current, started = ev["name"], time.monotonic()
-                elif ev["event"] == "result":
-                    record(ev["result"])
-                    current, started = None, time.monotonic()
-            if rc is not None:
-                break
-            limit = timeout if current is not None else max(timeout, STARTUP_ALLOWANCE)
-            if time.monotonic() - started > limit:
-                killed = True
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-                break
-            time.sleep(0.05)
-        if killed:
-            record(_error(current or Path(original).stem,
-                          f"timed out after {timeout:g} s (--timeout); the validation process was killed", timeout))
-        elif current is not None or plan is None:
-            tail = _tail(log_path)
-            record(_error(current or Path(original).stem,
-                          f"the validation process crashed (exit status {proc.returncode})" + (f":\n{tail}" if tail else "")))
-        done = {r["name"] for r in results}
-        for name in plan or []:
-            if name not in done:
-                record(_error(name, "not run: the validation process ended early"))
+        run = supervise(cmd, tmp, timeout, record)
+    if run.fatal is not None:
+        if run.fatal.get("usage"):
+            raise Fatal(run.fatal["message"], True)
+        record(_error(Path(original).stem, run.fatal["message"]))
+        return results
+    if run.killed:
+        record(_error(run.current or Path(original).stem,
+                      f"timed out after {timeout:g} s (--timeout); the validation process was killed", timeout))
+    elif run.current is not None or run.plan is None:
+        record(_error(run.current or Path(original).stem, f"the validation process crashed (exit status "
+                      f"{run.returncode})" + (f":\n{run.tail}" if run.tail else "")))
+    done = {r["name"] for r in results}
+    for name in run.plan or []:
+        if name not in done:
+            record(_error(name, "not run: the validation process ended early"))
     return results
 
 
