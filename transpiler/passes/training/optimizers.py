@@ -5,6 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ...names import dotted, qualify
+from ...walk import transform
 from .common import COMMA
 from .syntax import code_of, names_read
 
@@ -13,18 +14,24 @@ def inject_learning_rate(expr: cst.BaseExpression) -> cst.BaseExpression | None:
     """Wrap the call of a converted optimizer that takes ``learning_rate=`` in
     ``optax.inject_hyperparams`` (``optax.sgd(learning_rate=0.1)`` →
     ``optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)``), so a scheduler can set it."""
-    found = []
+    wrap = _InjectLearningRate()
+    out = transform(expr, wrap)
+    return out if wrap.found else None
 
-    class _Wrap(cst.CSTTransformer):
-        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
-            if found or not any(a.keyword is not None and a.keyword.value == "learning_rate" for a in updated.args):
-                return updated
-            found.append(True)
-            inject = cst.Call(func=cst.parse_expression("optax.inject_hyperparams"), args=[cst.Arg(updated.func)])
-            return updated.with_changes(func=inject)
 
-    out = expr.visit(_Wrap())
-    return out if found else None
+class _InjectLearningRate(cst.CSTTransformer):
+    """Wraps the first call that takes ``learning_rate=`` (inside out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        if self.found or not any(a.keyword is not None and a.keyword.value == "learning_rate" for a in updated.args):
+            return updated
+        self.found = True
+        inject = cst.Call(func=cst.parse_expression("optax.inject_hyperparams"), args=[cst.Arg(updated.func)])
+        return updated.with_changes(func=inject)
 
 
 def param_groups_owner(expr) -> str | None:

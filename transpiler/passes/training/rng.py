@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from ...walk import transform
 from .common import RNG_KEY
 from .syntax import bound_names, count_name
 
@@ -18,12 +19,21 @@ class RenameKeys(cst.CSTTransformer):
         return False               # leave_Arg renames the value, never the keyword
 
     def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
-        return updated.with_changes(value=original.value.visit(self))
+        return updated.with_changes(value=transform(original.value, self))
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
         if updated.value == RNG_KEY and self.keys:
             return updated.with_changes(value=self.keys.pop(0))
         return updated
+
+
+def added_keys(original: cst.CSTNode, updated: cst.CSTNode) -> int:
+    """How many more ``rng_key`` names the converted statement holds than the torch one (0
+    when it holds none)."""
+    if updated is original:
+        return 0
+    count = count_name(updated, RNG_KEY)
+    return count - count_name(original, RNG_KEY) if count else 0
 
 
 class RngMixin:
@@ -33,7 +43,7 @@ class RngMixin:
         """A random op in script code uses the free name ``rng_key`` (JP403). Where
         ``torch.manual_seed`` made ``rng_key`` a key in scope, split it before the statement:
         ``rng_key, sample_key = jax.random.split(rng_key)``, and sample with the new key."""
-        count = count_name(updated, RNG_KEY) - count_name(original, RNG_KEY)
+        count = added_keys(original, updated)
         if count <= 0 or any(isinstance(s, cst.Assign) and any(RNG_KEY in bound_names(t.target) for t in s.targets)
                              for s in updated.body):
             return updated
@@ -43,7 +53,7 @@ class RngMixin:
                 return updated      # no seed in scope: JP403 stays
             self.global_key.add(fn)
         keys = ["sample_key"] if count == 1 else [f"sample_key_{i + 1}" for i in range(count)]
-        new = updated.visit(RenameKeys(list(keys)))
+        new = transform(updated, RenameKeys(list(keys)))
         split = cst.parse_statement(f"{RNG_KEY}, {', '.join(keys)} = jax.random.split({RNG_KEY}"
                                     + (f", {count + 1})\n" if count > 1 else ")\n"))
         self._swap_pending("JP403", "JP612", "random op: its key is split from rng_key (torch.manual_seed) just before")

@@ -8,7 +8,7 @@ from ...names import dotted, qualify
 from ...walk import walk
 from .common import BATCHNORM_PREFIXES, FunctionInfo, OPTIMIZER_PREFIX, SCALERS, SCHEDULER_PREFIX
 from .optimizers import lr_write, param_groups_owner, parameter_selector
-from .syntax import calls_name, code_of
+from .syntax import calls_name, code_of, named_calls
 
 
 class ScanMixin:
@@ -16,10 +16,14 @@ class ScanMixin:
 
     def visit_Module(self, node: cst.Module) -> None:
         self.module_node = node
-        for stmt in node.body:
-            self._scan(stmt, None)
+        scan = _Scan(self)
+        walk(node, scan)
         if not self.optimizers:
-            return
+            return      # (BatchNorm and sampling in the models matter to train steps only)
+        module_calls = _ModuleCalls(self)
+        for cls in scan.classes:
+            for sub in cls.body.body:
+                walk(sub, module_calls)
         for info in self.functions.values():
             self._mark_function(info)
         changed = True
@@ -37,99 +41,8 @@ class ScanMixin:
                     if other.returns and not info.returns:
                         info.returns = changed = True
 
-    def _scan(self, stmt: cst.CSTNode, function: str | None) -> None:
-        rule = self
-
-        class _V(cst.CSTVisitor):
-            def __init__(self) -> None:
-                self.fn = function
-
-            def visit_ClassDef(self, n: cst.ClassDef) -> bool:
-                for sub in cst.ensure_type(n, cst.ClassDef).body.body:
-                    walk(sub, _BN())
-                return False
-
-            def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
-                if self.fn is None:
-                    rule.functions[n.name.value] = FunctionInfo(n)
-                    saved, self.fn = self.fn, n.name.value
-                    walk(n.body, self)
-                    self.fn = saved
-                    return False
-                return True
-
-            def visit_For(self, n: cst.For) -> None:
-                opt = param_groups_owner(n.iter)
-                if opt is not None and lr_write(n) is not None:
-                    rule.lr_written.add(opt)
-
-            def visit_Assign(self, n: cst.Assign) -> None:
-                if len(n.targets) == 1 and isinstance(n.targets[0].target, cst.Name):
-                    if parameter_selector(n.value) is not None:
-                        rule.selectors[n.targets[0].target.value] = parameter_selector(n.value)[0]
-                    elif isinstance(n.value, cst.List):
-                        rule.lists[n.targets[0].target.value] = n.value
-                if len(n.targets) != 1 or not isinstance(n.targets[0].target, cst.Name) or not isinstance(n.value, cst.Call):
-                    return
-                name = n.targets[0].target.value
-                q = qualify(n.value.func, rule.ctx.aliases) or ""
-                if q in SCALERS:
-                    rule.scalers.add(name)
-                if q.startswith(SCHEDULER_PREFIX):
-                    if n.value.args and isinstance(n.value.args[0].value, cst.Name):
-                        rule.schedulers[name] = n.value.args[0].value.value
-                        if q == "torch.optim.lr_scheduler.ReduceLROnPlateau":
-                            rule.plateau.add(name)
-                elif q.startswith(OPTIMIZER_PREFIX) and q in rule.ctx.tables.functions:
-                    model = None
-                    if n.value.args:
-                        first = n.value.args[0].value
-                        if isinstance(first, cst.Call) and isinstance(first.func, cst.Attribute) \
-                                and first.func.attr.value == "parameters" and not first.args:
-                            model = dotted(first.func.value)
-                    if model is None and n.value.args and not n.value.args[0].keyword:
-                        groups = rule._parameter_groups(n.value.args[0].value)
-                        if groups is not None:
-                            model = groups[0]
-                            rule.groups[name] = groups[1]
-                    if model is not None:
-                        rule.optimizers[name] = model
-                        rule.models.add(model)
-                        if self.fn is not None:
-                            rule.functions[self.fn].creates = True
-                elif q in rule.ctx.tables.functions and rule.ctx.tables.functions[q].key.endswith("Loss"):
-                    rule.losses.add(name)
-
-            def visit_Call(self, n: cst.Call) -> None:
-                q = qualify(n.func, rule.ctx.aliases) or ""
-                if q.startswith(BATCHNORM_PREFIXES):
-                    rule.batchnorm = True
-                if q in ("torch.manual_seed", "torch.random.manual_seed") and n.args:
-                    rule.seed_scopes.add(self.fn)
-                    if isinstance(n.args[0].value, cst.Integer):
-                        rule.seed = n.args[0].value.value
-
-        class _BN(cst.CSTVisitor):
-            def visit_Call(self, n: cst.Call) -> None:
-                q = qualify(n.func, rule.ctx.aliases) or ""
-                if q.startswith(BATCHNORM_PREFIXES):
-                    rule.batchnorm = True
-                entry = rule.ctx.tables.functions.get(q)
-                if entry is not None and "dropout" not in q and any("rng_key" in t for t in entry.templates or ()):
-                    rule.sample_stream = True    # the module draws from flax's "sample" rng stream
-
-        walk(stmt, _V())
-
     def _called_functions(self, fn: cst.FunctionDef) -> set[str]:
-        out: set[str] = set()
-
-        class _V(cst.CSTVisitor):
-            def visit_Call(self, n: cst.Call) -> None:
-                if isinstance(n.func, cst.Name):
-                    out.add(n.func.value)
-
-        walk(fn.body, _V())
-        return out
+        return {c.func.value for c in named_calls(fn.body)}
 
     def _mark_function(self, info: FunctionInfo) -> None:
         body = info.node.body
@@ -141,3 +54,92 @@ class ScanMixin:
         if any(f"{s}.step(" in text for s in self.schedulers) or (
                 ".backward(" in text and any(f"{o}.step(" in text for o in self.optimizers)):
             info.needs = info.returns = True
+
+
+class _ModuleCalls(cst.CSTVisitor):
+    """The calls in a class body: BatchNorm layers, sampling ops."""
+
+    def __init__(self, rule) -> None:
+        self.rule = rule
+
+    def visit_Call(self, n: cst.Call) -> None:
+        q = qualify(n.func, self.rule.ctx.aliases) or ""
+        if q.startswith(BATCHNORM_PREFIXES):
+            self.rule.batchnorm = True
+        entry = self.rule.ctx.tables.functions.get(q)
+        if entry is not None and "dropout" not in q and any("rng_key" in t for t in entry.templates or ()):
+            self.rule.sample_stream = True    # the module draws from flax's "sample" rng stream
+
+
+class _Scan(cst.CSTVisitor):
+    """Records on the rule what the pre-scan finds (statement by statement, nested functions
+    with the top-level function they are in)."""
+
+    def __init__(self, rule) -> None:
+        self.rule = rule
+        self.fn: str | None = None
+        self.classes: list[cst.ClassDef] = []     # their bodies are scanned when there is an optimizer
+
+    def visit_ClassDef(self, n: cst.ClassDef) -> bool:
+        self.classes.append(n)
+        return False
+
+    def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
+        if self.fn is None:
+            self.rule.functions[n.name.value] = FunctionInfo(n)
+            saved, self.fn = self.fn, n.name.value
+            walk(n.body, self)
+            self.fn = saved
+            return False
+        return True
+
+    def visit_For(self, n: cst.For) -> None:
+        opt = param_groups_owner(n.iter)
+        if opt is not None and lr_write(n) is not None:
+            self.rule.lr_written.add(opt)
+
+    def visit_Assign(self, n: cst.Assign) -> None:
+        if len(n.targets) == 1 and isinstance(n.targets[0].target, cst.Name):
+            if parameter_selector(n.value) is not None:
+                self.rule.selectors[n.targets[0].target.value] = parameter_selector(n.value)[0]
+            elif isinstance(n.value, cst.List):
+                self.rule.lists[n.targets[0].target.value] = n.value
+        if len(n.targets) != 1 or not isinstance(n.targets[0].target, cst.Name) or not isinstance(n.value, cst.Call):
+            return
+        name = n.targets[0].target.value
+        q = qualify(n.value.func, self.rule.ctx.aliases) or ""
+        if q in SCALERS:
+            self.rule.scalers.add(name)
+        if q.startswith(SCHEDULER_PREFIX):
+            if n.value.args and isinstance(n.value.args[0].value, cst.Name):
+                self.rule.schedulers[name] = n.value.args[0].value.value
+                if q == "torch.optim.lr_scheduler.ReduceLROnPlateau":
+                    self.rule.plateau.add(name)
+        elif q.startswith(OPTIMIZER_PREFIX) and q in self.rule.ctx.tables.functions:
+            model = None
+            if n.value.args:
+                first = n.value.args[0].value
+                if isinstance(first, cst.Call) and isinstance(first.func, cst.Attribute) \
+                        and first.func.attr.value == "parameters" and not first.args:
+                    model = dotted(first.func.value)
+            if model is None and n.value.args and not n.value.args[0].keyword:
+                groups = self.rule._parameter_groups(n.value.args[0].value)
+                if groups is not None:
+                    model = groups[0]
+                    self.rule.groups[name] = groups[1]
+            if model is not None:
+                self.rule.optimizers[name] = model
+                self.rule.models.add(model)
+                if self.fn is not None:
+                    self.rule.functions[self.fn].creates = True
+        elif q in self.rule.ctx.tables.functions and self.rule.ctx.tables.functions[q].key.endswith("Loss"):
+            self.rule.losses.add(name)
+
+    def visit_Call(self, n: cst.Call) -> None:
+        q = qualify(n.func, self.rule.ctx.aliases) or ""
+        if q.startswith(BATCHNORM_PREFIXES):
+            self.rule.batchnorm = True
+        if q in ("torch.manual_seed", "torch.random.manual_seed") and n.args:
+            self.rule.seed_scopes.add(self.fn)
+            if isinstance(n.args[0].value, cst.Integer):
+                self.rule.seed = n.args[0].value.value

@@ -6,9 +6,11 @@ from __future__ import annotations
 import libcst as cst
 
 from ...names import dotted, qualify
+from ...walk import transform
 from .common import COMMA, HOST_SCHEDULERS, OPTIMIZER_PREFIX, RNG_KEY, SCALERS, SCHEDULER_PREFIX, STATE
 from .optimizers import inject_learning_rate, selector_lambda
-from .syntax import add_kwarg, code_of, count_name, ends_with_return, is_docstring, method_stmt
+from .rng import added_keys
+from .syntax import add_kwarg, code_of, ends_with_return, is_docstring, method_stmt
 
 
 class Returns(cst.CSTTransformer):
@@ -48,7 +50,7 @@ class StatementsMixin:
     def _leave_simple(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
         if id(original) in self.segment_ids:
             self.segment_depth -= 1
-            if count_name(updated, RNG_KEY) > count_name(original, RNG_KEY):
+            if added_keys(original, updated) > 0:
                 self._swap_pending("JP403", "JP612", "random op in the training step: its key is split from "
                                    "the training state's key at every step")
             self.converted[id(original)] = updated
@@ -251,7 +253,7 @@ class StatementsMixin:
         updated = updated.with_changes(params=params)
         if info.returns:
             body = list(updated.body.body)
-            body = [s.visit(Returns()) for s in body]
+            body = [transform(s, Returns()) for s in body]
             if not body or not ends_with_return(body[-1]):
                 body.append(cst.parse_statement(f"return {STATE}\n"))
             updated = updated.with_changes(body=updated.body.with_changes(body=body))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ...names import dotted
+from ...walk import transform
 from .common import BUILTINS, LoopPlan, RNG_KEY, STATE
 from .optimizers import lr_write, param_groups_owner
 from .rng import RenameKeys
@@ -219,11 +220,11 @@ class StepMixin:
         replacer = ModelCall(plan.model, variables, extra, self.batchnorm, self.sample_stream, others, STATE)
         sampling = self.sample_stream or any(count_name(stmt, RNG_KEY) for stmt in segment)
         for stmt in segment:
-            new = stmt.visit(replacer)
+            new = transform(stmt, replacer)
             if count_name(new, RNG_KEY):
-                new = new.visit(RenameKeys(["sample_rng"] * count_name(new, RNG_KEY)))
+                new = transform(new, RenameKeys(["sample_rng"] * count_name(new, RNG_KEY)))
             if plan.flat:
-                new = new.visit(Flatten({v: k for k, v in plan.flat.items()}))
+                new = transform(new, Flatten({v: k for k, v in plan.flat.items()}))
             text = code_of(new.with_changes(leading_lines=[])).rstrip("\n")
             lines += ["        " + line for line in text.splitlines()]
         loss_value = code_of(self._converted_loss(plan))

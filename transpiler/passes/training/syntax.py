@@ -1,10 +1,13 @@
 """Read-only questions about libcst trees (names read and bound, calls, statement shapes)."""
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import libcst as cst
 
 from ...names import dotted
-from ...walk import walk
+from ...walk import TOKEN_TYPES, child_fields
 from .common import COMMA
 
 
@@ -12,32 +15,55 @@ def code_of(node: cst.CSTNode) -> str:
     return cst.Module([]).code_for_node(node)
 
 
+def _token_only(annotation: str | None) -> bool:
+    words = set(re.findall(r"[A-Za-z_]\w*", annotation or "")) - _TYPING_WORDS
+    return bool(words) and words <= _TOKEN_NAMES
+
+
+_TOKEN_NAMES = frozenset(t.__name__ for t in TOKEN_TYPES)
+_TYPING_WORDS = {"Sequence", "Optional", "Union", "MaybeSentinel", "None", "Literal", "typing"}
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def children(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """``node``'s children in the order libcst visits them, without the punctuation and
+    whitespace (which hold no names): the nodes a read-only visitor would be shown."""
+    cls = type(node)
+    names = _FIELDS.get(cls)
+    if names is None:
+        declared = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        names = _FIELDS[cls] = tuple(n for n in child_fields(node) if not _token_only(declared.get(n)))
+    out = []
+    for name in names:
+        value = getattr(node, name)
+        if type(value) is tuple or type(value) is list:
+            out += [item for item in value if type(item) not in TOKEN_TYPES]
+        elif isinstance(value, cst.CSTNode) and type(value) not in TOKEN_TYPES:
+            out.append(value)
+    return out
+
+
+def _names(node: cst.CSTNode, out: list[str], targets: bool) -> None:
+    """The names ``node`` holds, in visiting order, except attribute and keyword names and
+    names inside lambdas; without plain assignment targets when ``targets`` is false."""
+    t = type(node)
+    if t is cst.Name:
+        out.append(node.value)
+    elif t is cst.Attribute or t is cst.Arg:
+        _names(node.value, out, targets)
+    elif t is cst.AssignTarget and not targets:
+        if not isinstance(node.target, (cst.Name, cst.Tuple, cst.List)):
+            _names(node.target, out, targets)
+    elif t is not cst.Lambda:
+        for child in children(node):
+            _names(child, out, targets)
+
+
 def names_read(node: cst.CSTNode) -> set[str]:
     """Names a node reads (not attribute names, not keyword names)."""
-    names: set[str] = set()
-
-    class _V(cst.CSTVisitor):
-        def visit_Attribute(self, n: cst.Attribute) -> bool:
-            walk(n.value, self)
-            return False
-
-        def visit_Arg(self, n: cst.Arg) -> bool:
-            walk(n.value, self)
-            return False
-
-        def visit_AssignTarget(self, n: cst.AssignTarget) -> bool:
-            if not isinstance(n.target, (cst.Name, cst.Tuple, cst.List)):
-                walk(n.target, self)
-            return False
-
-        def visit_Lambda(self, n: cst.Lambda) -> bool:
-            return False
-
-        def visit_Name(self, n: cst.Name) -> None:
-            names.add(n.value)
-
-    walk(node, _V())
-    return names
+    out: list[str] = []
+    _names(node, out, False)
+    return set(out)
 
 
 def bound_names(target: cst.BaseExpression) -> list[str]:
@@ -53,48 +79,34 @@ def bound_names(target: cst.BaseExpression) -> list[str]:
     return []
 
 
+def _assigned(node: cst.CSTNode, out: list[str]) -> None:
+    t = type(node)
+    if t is cst.AssignTarget or t is cst.AugAssign or t is cst.AnnAssign or t is cst.For:
+        out.extend(bound_names(node.target))
+    elif t is cst.FunctionDef or t is cst.ClassDef:
+        out.append(node.name.value)
+        return
+    elif t is cst.Import:
+        for a in node.names:
+            out.append(dotted(a.asname.name) if a.asname else (dotted(a.name) or "").split(".")[0])
+        return
+    elif t is cst.ImportFrom:
+        if not isinstance(node.names, cst.ImportStar):
+            for a in node.names:
+                out.append(dotted(a.asname.name) if a.asname else dotted(a.name))
+        return
+    elif t is cst.Param:
+        out.append(node.name.value)
+    elif t is cst.Lambda:
+        return
+    for child in children(node):
+        _assigned(child, out)
+
+
 def assigned_names(stmt: cst.CSTNode) -> list[str]:
+    """The names a statement binds, in order (nested functions and classes by their name)."""
     out: list[str] = []
-
-    class _V(cst.CSTVisitor):
-        def visit_AssignTarget(self, n: cst.AssignTarget) -> None:
-            out.extend(bound_names(n.target))
-
-        def visit_AugAssign(self, n: cst.AugAssign) -> None:
-            out.extend(bound_names(n.target))
-
-        def visit_AnnAssign(self, n: cst.AnnAssign) -> None:
-            out.extend(bound_names(n.target))
-
-        def visit_For(self, n: cst.For) -> None:
-            out.extend(bound_names(n.target))
-
-        def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
-            out.append(n.name.value)
-            return False
-
-        def visit_ClassDef(self, n: cst.ClassDef) -> bool:
-            out.append(n.name.value)
-            return False
-
-        def visit_Import(self, n: cst.Import) -> bool:
-            for a in n.names:
-                out.append(dotted(a.asname.name) if a.asname else (dotted(a.name) or "").split(".")[0])
-            return False
-
-        def visit_ImportFrom(self, n: cst.ImportFrom) -> bool:
-            if not isinstance(n.names, cst.ImportStar):
-                for a in n.names:
-                    out.append(dotted(a.asname.name) if a.asname else dotted(a.name))
-            return False
-
-        def visit_Param(self, n: cst.Param) -> None:
-            out.append(n.name.value)
-
-        def visit_Lambda(self, n: cst.Lambda) -> bool:
-            return False
-
-    walk(stmt, _V())
+    _assigned(stmt, out)
     return out
 
 
@@ -108,16 +120,22 @@ def method_stmt(stmt: cst.CSTNode, method: str) -> tuple[cst.BaseExpression, cst
     return None
 
 
+def _calls(node: cst.CSTNode, out: list[cst.Call]) -> None:
+    if type(node) is cst.Call and type(node.func) is cst.Name:
+        out.append(node)
+    for child in children(node):
+        _calls(child, out)
+
+
+def named_calls(node: cst.CSTNode) -> list[cst.Call]:
+    """The calls of a plain name (``f(x)``, not ``a.f(x)``) in ``node``, in visiting order."""
+    out: list[cst.Call] = []
+    _calls(node, out)
+    return out
+
+
 def calls_name(node: cst.CSTNode, names: set[str]) -> bool:
-    hit = []
-
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, n: cst.Call) -> None:
-            if isinstance(n.func, cst.Name) and n.func.value in names:
-                hit.append(n)
-
-    walk(node, _V())
-    return bool(hit)
+    return any(c.func.value in names for c in named_calls(node))
 
 
 def loop_batch_names(loop: cst.For) -> list[str]:
@@ -153,16 +171,7 @@ def ordered_assigned(stmts) -> list[str]:
 
 
 def calls_of(stmts, model: str) -> list[cst.Call]:
-    calls: list[cst.Call] = []
-
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, n: cst.Call) -> None:
-            if isinstance(n.func, cst.Name) and n.func.value == model:
-                calls.append(n)
-
-    for s in stmts:
-        walk(s, _V())
-    return calls
+    return [c for s in stmts for c in named_calls(s) if c.func.value == model]
 
 
 def is_assigned_call(stmts, model: str) -> bool:
@@ -186,34 +195,34 @@ def ends_with_return(stmt) -> bool:
     return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[-1], cst.Return)
 
 
+def _attribute_reads(node: cst.CSTNode, name: str, attrs: list[str], bad: list) -> None:
+    t = type(node)
+    if t is cst.Call:
+        func = node.func
+        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and func.value.value == name:
+            bad.append(node)
+    elif t is cst.Attribute:
+        if isinstance(node.value, cst.Name) and node.value.value == name:
+            if node.attr.value not in attrs:
+                attrs.append(node.attr.value)
+            return
+    elif t is cst.Arg:
+        _attribute_reads(node.value, name, attrs, bad)
+        return
+    elif t is cst.Name:
+        if node.value == name:
+            bad.append(node)
+    for child in children(node):
+        _attribute_reads(child, name, attrs, bad)
+
+
 def attribute_reads(stmts, name: str) -> list[str]:
     """The attributes read on ``name`` when every read of it in ``stmts`` is ``name.attr``
     (not a call of a method); otherwise []."""
     attrs: list[str] = []
-    bad = []
-
-    class _V(cst.CSTVisitor):
-        def visit_Call(self, n: cst.Call) -> None:
-            if isinstance(n.func, cst.Attribute) and isinstance(n.func.value, cst.Name) and n.func.value.value == name:
-                bad.append(n)
-
-        def visit_Attribute(self, n: cst.Attribute) -> bool:
-            if isinstance(n.value, cst.Name) and n.value.value == name:
-                if n.attr.value not in attrs:
-                    attrs.append(n.attr.value)
-                return False
-            return True
-
-        def visit_Arg(self, n: cst.Arg) -> bool:
-            walk(n.value, self)
-            return False
-
-        def visit_Name(self, n: cst.Name) -> None:
-            if n.value == name:
-                bad.append(n)
-
+    bad: list = []
     for s in stmts:
-        walk(s, _V())
+        _attribute_reads(s, name, attrs, bad)
     return [] if bad else attrs
 
 
@@ -231,73 +240,46 @@ def _scalar_expr(expr) -> bool:
     return False
 
 
+def _scalar_bindings(node: cst.CSTNode, scope, name: str, ok: list[bool]) -> None:
+    """Appends to ``ok``, for every binding of ``name`` in ``node``, whether it binds a scalar."""
+    t = type(node)
+    if t is cst.ClassDef or (t is cst.FunctionDef and node is not scope):
+        return
+    if t is cst.Param:
+        if node.name.value == name:
+            ok.append(False)
+    elif t is cst.For or t is cst.AugAssign:
+        if name in bound_names(node.target):
+            ok.append(False)
+    elif t is cst.Assign:
+        for target in node.targets:
+            if isinstance(target.target, cst.Name) and target.target.value == name:
+                ok.append(_scalar_expr(node.value))
+            elif isinstance(target.target, cst.Tuple) and name in bound_names(target.target):
+                names = [e.value for e in target.target.elements]
+                if isinstance(node.value, cst.Tuple) and len(node.value.elements) == len(names):
+                    ok.append(all(_scalar_expr(v.value) for tn, v in zip(names, node.value.elements)
+                                  if isinstance(tn, cst.Name) and tn.value == name))
+                else:
+                    ok.append(False)
+    for child in children(node):
+        _scalar_bindings(child, scope, name, ok)
+
+
 def scalar_bound(scope, name: str) -> bool:
     """Every binding of ``name`` in ``scope`` is a Python scalar (a literal, ``int(...)``,
     ``len(...)``, a literal tuple unpacked), so it can be a static argument of train_step."""
-    found = []
-    ok = []
-
-    class _V(cst.CSTVisitor):
-        def visit_ClassDef(self, n) -> bool:
-            return False
-
-        def visit_FunctionDef(self, n) -> bool:
-            return n is scope
-
-        def visit_Param(self, n: cst.Param) -> None:
-            if n.name.value == name:
-                found.append(n)
-                ok.append(False)
-
-        def visit_For(self, n: cst.For) -> None:
-            if name in bound_names(n.target):
-                found.append(n)
-                ok.append(False)
-
-        def visit_AugAssign(self, n: cst.AugAssign) -> None:
-            if name in bound_names(n.target):
-                found.append(n)
-                ok.append(False)
-
-        def visit_Assign(self, n: cst.Assign) -> None:
-            for t in n.targets:
-                if isinstance(t.target, cst.Name) and t.target.value == name:
-                    found.append(n)
-                    ok.append(_scalar_expr(n.value))
-                elif isinstance(t.target, cst.Tuple) and name in bound_names(t.target):
-                    found.append(n)
-                    names = [e.value for e in t.target.elements]
-                    if isinstance(n.value, cst.Tuple) and len(n.value.elements) == len(names):
-                        ok.append(all(_scalar_expr(v.value) for tn, v in zip(names, n.value.elements)
-                                      if isinstance(tn, cst.Name) and tn.value == name))
-                    else:
-                        ok.append(False)
-
-    walk(scope, _V())
-    return bool(found) and all(ok)
+    ok: list[bool] = []
+    _scalar_bindings(scope, scope, name, ok)
+    return bool(ok) and all(ok)
 
 
 def count_name(node: cst.CSTNode, name: str) -> int:
-    count = [0]
-
-    class _V(cst.CSTVisitor):
-        def visit_Lambda(self, n) -> bool:
-            return False
-
-        def visit_Name(self, n: cst.Name) -> None:
-            if n.value == name:
-                count[0] += 1
-
-        def visit_Attribute(self, n: cst.Attribute) -> bool:
-            walk(n.value, self)
-            return False
-
-        def visit_Arg(self, n: cst.Arg) -> bool:
-            walk(n.value, self)
-            return False
-
-    walk(node, _V())
-    return count[0]
+    """How often ``node`` holds the name ``name`` (not as an attribute or keyword name, not
+    inside a lambda)."""
+    out: list[str] = []
+    _names(node, out, True)
+    return out.count(name)
 
 
 def is_docstring(stmt) -> bool:
