@@ -13,13 +13,18 @@ import libcst as cst
 ROOTS = ("torch",)
 
 
+_Attribute, _Name = cst.Attribute, cst.Name     # final node classes: type(...) is, not isinstance
+
+
 def dotted(node: cst.CSTNode) -> str | None:
     """``a.b.c`` for a Name/Attribute chain, else None."""
+    if type(node) is _Name:
+        return node.value
     parts: list[str] = []
-    while isinstance(node, cst.Attribute):
+    while type(node) is _Attribute:
         parts.append(node.attr.value)
         node = node.value
-    if isinstance(node, cst.Name):
+    if type(node) is _Name:
         parts.append(node.value)
         return ".".join(reversed(parts))
     return None
@@ -101,11 +106,14 @@ def collect_imports(module: cst.Module) -> AliasCollector:
 
 def qualify(node: cst.CSTNode, aliases: dict[str, str]) -> str | None:
     """The qualified torch name of a Name/Attribute chain, or None if it is not torch's."""
-    name = dotted(node)
-    if name is None:
+    parts: list[str] = []
+    while type(node) is _Attribute:
+        parts.append(node.attr.value)
+        node = node.value
+    if type(node) is not _Name:
         return None
-    head, _, rest = name.partition(".")
-    target = aliases.get(head)
-    if target is None:
-        return None
-    return f"{target}.{rest}" if rest else target
+    target = aliases.get(node.value)        # the head: only torch's aliases are in the table
+    if target is None or not parts:
+        return target
+    parts.append(target)
+    return ".".join(reversed(parts))

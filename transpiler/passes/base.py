@@ -29,10 +29,6 @@ class Rule:
         self.ctx = ctx
 
 
-def _is_statement(node: cst.CSTNode) -> bool:
-    return isinstance(node, (cst.SimpleStatementLine, cst.BaseCompoundStatement))
-
-
 def marker_lines(diags) -> list[cst.EmptyLine]:
     seen: set[str] = set()
     lines = []
@@ -69,6 +65,7 @@ class Composite(cst.CSTTransformer):
         self._helpers_present = False
         self._untouched: set[int] = set()
         self._leave_hooks: dict[str, list] = {}
+        self._kinds: dict[type, tuple[bool, list, list]] = {}
 
     def skipped_types(self) -> frozenset:
         """Token types no rule hooks: :func:`transform` need not show them to the composite."""
@@ -88,32 +85,47 @@ class Composite(cst.CSTTransformer):
             for stmt in node.body for l in getattr(stmt, "leading_lines", ()))
         return True
 
+    def _kind(self, t: type) -> tuple[bool, list, list]:
+        """(is a statement, visit hooks, leave hooks) of a node type, looked up once."""
+        kind = self._kinds.get(t)
+        if kind is None:
+            name = t.__name__
+            kind = self._kinds[t] = (issubclass(t, (cst.SimpleStatementLine, cst.BaseCompoundStatement)),
+                                     self._hooks(self._visit_hooks, "visit_", name),
+                                     self._hooks(self._leave_hooks, "leave_", name))
+        return kind
+
     def on_visit(self, node: cst.CSTNode) -> bool:
-        if isinstance(node, cst.Module):
+        t = type(node)
+        statement, visit_hooks, _ = self._kinds.get(t) or self._kind(t)
+        if t is cst.Module:
             self.visit_Module(node)
-        if _is_statement(node):
+        if statement:
             self.ctx.statement_stack.append([])
             if self._helpers_present and isinstance(node, (cst.FunctionDef, cst.ClassDef)) \
                     and node.name.value in prelude_helper_names():
                 self._untouched.add(id(node))   # no rule sees it, on the way in or out
                 return False
         descend = True
-        for hook in self._hooks(self._visit_hooks, "visit_", type(node).__name__):
+        for hook in visit_hooks:
             if hook(node) is False:
                 descend = False
         return descend
 
     def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode):
-        if id(original) in self._untouched:
+        if self._untouched and id(original) in self._untouched:
             self.ctx.statement_stack.pop()
             return updated
         result = updated
-        type_name = type(original).__name__
-        for hook in self._hooks(self._leave_hooks, "leave_", type_name):
-            result = hook(original, result)
-            if not isinstance(result, cst.CSTNode) or type(result).__name__ != type_name:
-                break
-        if _is_statement(original):
+        t = type(original)
+        statement, _, leave_hooks = self._kinds.get(t) or self._kind(t)
+        if leave_hooks:
+            type_name = t.__name__
+            for hook in leave_hooks:
+                result = hook(original, result)
+                if not isinstance(result, cst.CSTNode) or type(result).__name__ != type_name:
+                    break
+        if statement:
             pending = self.ctx.statement_stack.pop()
             if pending:
                 if isinstance(result, cst.RemovalSentinel) or (

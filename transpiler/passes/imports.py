@@ -122,10 +122,14 @@ def _is_comment_mark(stmt) -> bool:
 
 
 class _References(cst.CSTVisitor):
+    """The names a module reads (``names``: every Name but attribute names and what imports
+    bind) and those it binds at module level or by an import at any depth (``bound``)."""
+
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.bound: set[str] = set()
         self.depth = 0
+        self.attrs: set[int] = set()     # ids of attribute names (``b`` of ``a.b``): not reads
 
     def visit_Import(self, node: cst.Import) -> bool:
         for a in node.names:
@@ -138,12 +142,14 @@ class _References(cst.CSTVisitor):
                 self.bound.add(dotted(a.asname.name) if a.asname else dotted(a.name))
         return False
 
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        walk(node.value, self)
-        return False
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        self.attrs.add(id(node.attr))
 
     def visit_Name(self, node: cst.Name) -> None:
-        self.names.add(node.value)
+        if id(node) in self.attrs:
+            self.attrs.discard(id(node))     # the attribute's own name, visited right after
+        else:
+            self.names.add(node.value)
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         if self.depth == 0:
@@ -164,6 +170,17 @@ class _References(cst.CSTVisitor):
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
         if self.depth == 0 and isinstance(node.target, cst.Name):
             self.bound.add(node.target.value)   # module-level constants (helpers such as TORCH_PAD_MODES)
+
+
+class _Bindings(_References):
+    """``_References.bound`` alone: statements are walked, expressions (which bind nothing
+    the references count) are not."""
+    walk_tokens = False
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.BaseExpression):
+            return False
+        return super().on_visit(node)
 
 
 @lru_cache(maxsize=None)
@@ -266,8 +283,11 @@ def _finalize(module: cst.Module, ctx: FileContext):
     walk(module, before)
     torch_used = "torch" in before.names
     module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used), skipped_types())
-    refs = _References()
+    # The remover changes import statements only, which hold no names the references count:
+    # what the module reads is unchanged, what it binds is found again from its statements.
+    refs = _Bindings()
     walk(module, refs)
+    refs.names = before.names
     helpers = [h for h in prelude_index.closure({n for n in ctx.emits | refs.names if n not in refs.bound})
                if h.name not in refs.bound]          # already in the file (a converted file again)
     helper_names = {h.name for h in helpers}

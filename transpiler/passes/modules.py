@@ -745,10 +745,10 @@ class ModulesRule(Rule):
 
     def _init_statement(self, stmt) -> str | None:
         """A torch weight-initialisation statement in __init__, described; None otherwise."""
-        code = cst.Module([]).code_for_node(stmt)
         if isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
             q = qualify(stmt.value.func, self.ctx.aliases) or ""
             if q.startswith(INIT_STATEMENT_CALLS):
+                code = cst.Module([]).code_for_node(stmt)
                 return f"weight initialisation not converted yet ({code.strip()}); layers keep torch's default init"
             if dotted(stmt.value.func) == "self.apply":
                 return f"self.apply(...) initialisation not converted yet; layers keep torch's default init"
