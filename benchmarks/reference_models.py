@@ -1,11 +1,13 @@
 """Hand-written, idiomatic flax versions of the corpus models that ``benchmarks.train_step``
 times against jaxport's conversions.
 
-They compute what ``corpus/models/{mlp,mnist_cnn,resnet,tiny_gpt,unet,char_rnn}.py`` compute
-(same layers, widths and depths), written the way a JAX user would write them from scratch:
-channels-last images (``nn.Conv`` on NHWC, ``nn.max_pool``), ``@nn.compact``, a fused
-multi-head projection in the transformer, ``nn.RNN`` over ``nn.OptimizedLSTMCell`` for the
-LSTM, flax's default initialisers. Numerics are not meant to match torch bit for bit (e.g.
+They compute what ``corpus/models/{mlp,mnist_cnn,resnet,tiny_gpt,nano_gpt,unet,char_rnn}.py``
+compute (same layers, widths, depths and parameter tensors), written the way a JAX user would
+write the same model from scratch: channels-last images (``nn.Conv`` on NHWC,
+``nn.max_pool``), ``@nn.compact``, ``einsum`` attention over the layout the projections give
+(per-head projections where the corpus model has them, as in ``tiny_gpt.py``; one fused q/k/v
+projection where it has one, as in ``nano_gpt.py``), ``nn.RNN`` over ``nn.OptimizedLSTMCell``
+for the LSTM, flax's default initialisers. Numerics are not meant to match torch bit for bit (e.g.
 ``jax.image.resize`` for the bilinear upsampling, flax's one-bias LSTM cell); the work per
 step is the same.
 
@@ -100,33 +102,37 @@ class ResNet(nn.Module):
 # ------------------------------------------------------------------ TinyGPT (corpus tiny_gpt.py)
 
 
-class CausalSelfAttention(nn.Module):
-    num_heads: int
+def causal_mask(t: int):
+    return jnp.tril(jnp.ones((t, t), bool))
+
+
+class Head(nn.Module):
+    """One causal attention head with its own key, query and value projections, as in the
+    corpus model (its parameters are per head, so the reference keeps them per head)."""
+    head_size: int
 
     @nn.compact
     def __call__(self, x):
-        b, t, e = x.shape
-        d = e // self.num_heads
-        qkv = nn.DenseGeneral((3, self.num_heads, d), use_bias=False)(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * d ** -0.5
-        mask = jnp.tril(jnp.ones((t, t), bool))
-        logits = jnp.where(mask, logits, -jnp.inf)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return nn.DenseGeneral(e, axis=(-2, -1))(out)
+        t = x.shape[1]
+        k = nn.Dense(self.head_size, use_bias=False)(x)
+        q = nn.Dense(self.head_size, use_bias=False)(x)
+        v = nn.Dense(self.head_size, use_bias=False)(x)
+        wei = jnp.einsum("bqd,bkd->bqk", q, k) * self.head_size ** -0.5
+        wei = jax.nn.softmax(jnp.where(causal_mask(t), wei, -jnp.inf), axis=-1)
+        return wei @ v
 
 
-class GPTBlock(nn.Module):
+class TinyGPTBlock(nn.Module):
     num_heads: int
 
     @nn.compact
     def __call__(self, x):
         e = x.shape[-1]
-        x = x + CausalSelfAttention(self.num_heads)(nn.LayerNorm(epsilon=1e-5)(x))
         h = nn.LayerNorm(epsilon=1e-5)(x)
-        h = nn.Dense(e)(nn.relu(nn.Dense(4 * e)(h)))
-        return x + h
+        h = jnp.concatenate([Head(e // self.num_heads)(h) for _ in range(self.num_heads)], axis=-1)
+        x = x + nn.Dense(e)(h)
+        h = nn.LayerNorm(epsilon=1e-5)(x)
+        return x + nn.Dense(e)(nn.relu(nn.Dense(4 * e)(h)))
 
 
 class TinyGPT(nn.Module):
@@ -144,9 +150,61 @@ class TinyGPT(nn.Module):
         pos = self.param("pos_emb", nn.initializers.zeros, (1, self.block_size, self.n_embd))
         x = embed(idx) + pos[:, :t]
         for _ in range(self.n_layer):
-            x = GPTBlock(self.n_head)(x)
+            x = TinyGPTBlock(self.n_head)(x)
         x = nn.LayerNorm(epsilon=1e-5)(x)
         return embed.attend(x)
+
+
+# ------------------------------------------------------------------ GPT (corpus nano_gpt.py)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused q/k/v projection."""
+    num_heads: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        b, t, e = x.shape
+        h, d = self.num_heads, e // self.num_heads
+        q, k, v = jnp.split(nn.Dense(3 * e)(x).reshape(b, t, 3 * h, d), 3, axis=2)
+        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) * d ** -0.5
+        att = jax.nn.softmax(jnp.where(causal_mask(t), att, -jnp.inf), axis=-1)
+        att = nn.Dropout(self.dropout, deterministic=not train)(att)
+        y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, e)
+        return nn.Dropout(self.dropout, deterministic=not train)(nn.Dense(e)(y))
+
+
+class GPTBlock(nn.Module):
+    num_heads: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        e = x.shape[-1]
+        x = x + CausalSelfAttention(self.num_heads, self.dropout)(nn.LayerNorm(epsilon=1e-5)(x), train)
+        h = nn.gelu(nn.Dense(4 * e)(nn.LayerNorm(epsilon=1e-5)(x)), approximate=False)
+        return x + nn.Dropout(self.dropout, deterministic=not train)(nn.Dense(e)(h))
+
+
+class GPT(nn.Module):
+    """nanoGPT-style: token and position embeddings, fused-attention blocks, tied output."""
+    vocab_size: int = 65
+    block_size: int = 32
+    n_embd: int = 16
+    n_head: int = 2
+    n_layer: int = 2
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, idx, train: bool = False):
+        t = idx.shape[1]
+        wte = nn.Embed(self.vocab_size, self.n_embd)
+        x = wte(idx) + nn.Embed(self.block_size, self.n_embd)(jnp.arange(t))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        for _ in range(self.n_layer):
+            x = GPTBlock(self.n_head, self.dropout)(x, train)
+        return wte.attend(nn.LayerNorm(epsilon=1e-5)(x))
 
 
 # ------------------------------------------------------------------ UNet (corpus unet.py)
