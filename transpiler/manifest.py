@@ -259,7 +259,11 @@ def _find_loops(scope: Scope) -> list[tuple[ast.For, str, str]]:
         if not isinstance(stmt, ast.For):
             continue
         losses = [n for s in stmt.body if (n := _method_call(s, "backward"))]
-        nested = [] if losses else [n for s in _statements(stmt.body) if (n := _method_call(s, "backward"))]
+        inner = [s for s in _statements(stmt.body) if not any(s is d for d in stmt.body)]
+        # backward() only in an inner loop and step() only here: accumulation over micro-batches
+        # (an inner loop that steps too is the training loop itself, found on its own)
+        nested = [] if losses or any(_method_call(s, "step") for s in inner) else \
+            [n for s in inner if (n := _method_call(s, "backward"))]
         opts = [n for s in stmt.body if (n := _method_call(s, "step"))
                 and not any(_method_call(z, "zero_grad") == n for z in [])]
         zeroed = {n for s in _statements(stmt.body) if (n := _method_call(s, "zero_grad"))}
