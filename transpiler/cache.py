@@ -25,6 +25,18 @@ FORMAT = 1      # bump when the layout of a cached value changes without a sourc
 STALE_AFTER_S = 7 * 24 * 3600   # other entries of a name older than this are removed on a write
 
 
+def package_files(package: str) -> list:
+    """The files of a package's folder, sorted by name (``Path`` objects for a package on disk;
+    otherwise importlib.resources' entries, which turn the cache off)."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or ()) if spec else []
+    if len(locations) == 1 and os.path.isdir(locations[0]):
+        return sorted((p for p in Path(locations[0]).iterdir() if p.is_file()), key=lambda p: p.name)
+    from importlib import resources
+    return sorted(resources.files(package).iterdir(), key=lambda e: e.name)
+
+
 def cache_dir() -> Path | None:
     if os.environ.get("JAXPORT_NO_CACHE", "") not in ("", "0"):
         return None

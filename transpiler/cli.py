@@ -71,11 +71,14 @@ def unified_diff(record) -> list[str]:
 
 
 class _Progress:
-    """A rich progress bar with ETA on a terminal; nothing otherwise."""
+    """A rich progress bar with ETA on a terminal; nothing otherwise. The bar (and rich's
+    refresh thread) starts at the first finished file, after the workers have started: a
+    process with no other thread may fork them (transpiler/tree.py)."""
 
     def __init__(self, enabled: bool):
         self.bar = None
         self.task = None
+        self.started = False
         if enabled:
             from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -85,17 +88,18 @@ class _Progress:
                                 console=Console(stderr=True), transient=True)
 
     def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self.bar is not None:
+        if self.started:
             self.bar.__exit__(*exc)
 
     def __call__(self, done: int, total: int, record) -> None:
         if self.bar is None:
             return
+        if not self.started:
+            self.started = True
+            self.bar.__enter__()
         if self.task is None:
             self.task = self.bar.add_task("convert", total=total)
         self.bar.update(self.task, completed=done)

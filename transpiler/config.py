@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
@@ -137,6 +136,7 @@ def load(root: str) -> Settings:
     path = os.path.join(root, PYPROJECT)
     if not os.path.isfile(path):
         return Settings()
+    import tomllib
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)

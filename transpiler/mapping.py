@@ -8,10 +8,8 @@ jax.
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +127,8 @@ class Tables:
 
 def _read(name: str) -> dict[str, Any]:
     """Read ``{name}.toml`` and every ``{name}_*.toml`` (split tables), rejecting duplicate keys."""
+    import tomllib
+    from importlib import resources
     root = resources.files("mappings")
     files = sorted(f.name for f in root.iterdir()
                    if f.name == f"{name}.toml" or (f.name.startswith(f"{name}_") and f.name.endswith(".toml")))
@@ -148,9 +148,9 @@ def _read(name: str) -> dict[str, Any]:
 
 def _sources() -> list:
     """The files the tables are built from: every table and the code that reads them."""
-    root = resources.files("mappings")
+    from .cache import package_files
     here = Path(__file__).resolve().parent
-    tables = sorted((f for f in root.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
+    tables = [f for f in package_files("mappings") if f.name.endswith(".toml")]
     return [*tables, here / "mapping.py", here / "template.py"]
 
 

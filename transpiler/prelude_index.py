@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 
@@ -24,9 +23,8 @@ def _free_names(node: ast.AST) -> set[str]:
 
 
 def _prelude_files() -> list:
-    root = resources.files("transpiler.prelude")
-    return sorted((e for e in root.iterdir() if e.name.endswith(".py") and e.name != "__init__.py"),
-                  key=lambda e: e.name)
+    from .cache import package_files
+    return [e for e in package_files("transpiler.prelude") if e.name.endswith(".py") and e.name != "__init__.py"]
 
 
 def _sources() -> list:

@@ -21,7 +21,6 @@ import shutil
 import stat
 import sys
 import tempfile
-import traceback
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
@@ -406,6 +405,7 @@ def process(job: Job) -> FileRecord:
     try:
         return _process(job)
     except Exception as exc:  # a bug here must not stop the run
+        import traceback
         return _failure(job, f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc())
 
 
@@ -473,6 +473,7 @@ def convert_record(data: bytes, path: str, display: str, options: Options, keep_
         else:
             result = convert_bytes(data, path, options)
     except Exception as exc:
+        import traceback
         result = FileResult(path, "failed", data,
                             [diag.make("JP003", f"internal error: {type(exc).__name__}: {exc}")],
                             traceback=traceback.format_exc())
@@ -605,10 +606,39 @@ def _died(job: Job) -> FileRecord:
     return record
 
 
-def _mp_context():
-    """Workers start from a fresh forkserver where there is one (never fork a parent that may
-    have started threads, e.g. jax in a notebook), else from the platform's default (spawn)."""
+def _fork_is_safe() -> bool:
+    """Whether workers may be forked from this process: on Linux, with no other thread
+    running and none of the libraries that start native threads (jax, torch) imported."""
     import multiprocessing
+    import threading
+    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+            and threading.active_count() == 1
+            and not any(name in sys.modules for name in ("jax", "jaxlib", "torch", "tensorflow")))
+
+
+def _warm_for_workers() -> None:
+    """Load what every worker needs before forking them, so they inherit it."""
+    try:
+        import importlib
+        for name in WORKER_MODULES:
+            importlib.import_module(name)
+        from .mapping import load_tables
+        from .prelude_index import helpers
+        load_tables()
+        helpers()
+    except Exception:       # a worker that needs them reports the problem per file
+        pass
+
+
+def _mp_context():
+    """Workers are forked from this process where that is safe (:func:`_fork_is_safe`: the
+    CLI, a script), warm: nothing to start, import or load. Otherwise (threads running, e.g.
+    jax in a notebook: never fork those) they start from a fresh forkserver where there is
+    one, else from the platform's default (spawn)."""
+    import multiprocessing
+    if _fork_is_safe():
+        _warm_for_workers()
+        return multiprocessing.get_context("fork")
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(list(WORKER_MODULES))   # workers start with these loaded
@@ -659,9 +689,11 @@ WORKER_MODULES = ("transpiler.tree", "transpiler.pipeline", "transpiler.rewriter
 def _worker_init() -> None:
     """Workers leave Ctrl-C to the parent, which cancels the queue and stops them cleanly (no
     worker tracebacks, no file half-converted into a failure). SIGTERM still ends a worker
-    at once: its temporary file, if any, is removed by the next run."""
+    at once (a forked worker drops the SIGTERM handler it inherits from the run,
+    :class:`_TerminateAsInterrupt`): its temporary file, if any, is removed by the next run."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _TerminateAsInterrupt:
