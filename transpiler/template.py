@@ -255,6 +255,20 @@ def references(node: cst.CSTNode, params: set[str]) -> set[str]:
     return collector.found
 
 
+_TEMPLATE_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _names_in_template(node: cst.CSTNode) -> frozenset[str]:
+    """Every name a node of a parsed template reads, found once per node: template trees
+    live as long as the process (``_parse_template``'s cache), so their ids are keys."""
+    found = _TEMPLATE_NAMES.get(id(node))
+    if found is None:
+        collector = _NameCollector()
+        walk(node, collector)
+        found = _TEMPLATE_NAMES[id(node)] = frozenset(collector.found)
+    return found
+
+
 class _NotApplicable(Exception):
     pass
 
@@ -275,7 +289,7 @@ class _Render(cst.CSTTransformer):
         if node.keyword is not None:
             self.keywords.add(id(node.keyword))   # an output keyword is never a reference
         if node.keyword is not None and node.keyword.value not in self.always:
-            refs = references(node.value, self.params)
+            refs = _names_in_template(node.value) & self.params
             if any(not self.bound.supplied(r) for r in refs):
                 self.dropped.add(id(node))
                 return False
@@ -287,7 +301,7 @@ class _Render(cst.CSTTransformer):
     def leave_Arg(self, original: cst.Arg, updated: cst.Arg):
         if id(original) in self.dropped:
             return cst.RemoveFromParent()
-        refs = references(original.value, self.params)
+        refs = _names_in_template(original.value) & self.params
         if original.star == "*" and isinstance(original.value, cst.Name) and original.value.value in self.bound.varargs:
             return cst.FlattenSentinel(self.bound.varargs[original.value.value])
         if original.star == "*" and isinstance(original.value, cst.Name) and original.value.value in self.params:
