@@ -16,6 +16,14 @@ inputs from the spec and compares, in eval mode:
 The flax side always runs under ``jax.jit``. Tolerance for a float leaf with reference ``r``:
 ``|a - r| <= atol * max(1, max|r|) + rtol * |r|`` elementwise (defaults 1e-5 / 1e-5 for
 float32, 1e-2 for float16/bfloat16). ``max_rel_err`` is ``max|a - r| / max(1e-12, max|r|)``.
+
+A float check that fails is re-judged against a float64 reference (``noise_check``): the
+example's torch pass is repeated on a float64 copy of the module (same inputs, weights and
+cotangents, widened), and the check passes when flax is within ``NOISE_MULTIPLE`` (10) times
+torch's own float32 error ``max|torch32 - torch64|`` of the float64 value: the quantity is
+float32 rounding noise (a gradient whose true value is 0, such as a conv bias feeding
+InstanceNorm). Such a check keeps its measured errors and says so in its message; the
+float64 pass runs only for examples with a failed check.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import threading
 import inspect
 import itertools
 import math
+import os
 import re
 import sys
 import traceback
@@ -277,7 +286,8 @@ def compare_arrays(name: str, got, ref, ref_dtype: str | None, rtol: float | Non
 
 # --- float32 rounding noise, measured with a float64 torch reference --------------------------
 
-FLOAT64_REFERENCE = True   # re-judge failed float32 checks against a float64 torch pass
+# re-judge failed float32 checks against a float64 torch pass (JAXPORT_FLOAT64_REFERENCE=0: off)
+FLOAT64_REFERENCE = os.environ.get("JAXPORT_FLOAT64_REFERENCE", "1") not in ("0", "false", "no")
 NOISE_MULTIPLE = 10.0      # k: flax may be k times as far from float64 as torch's float32 is
 NOISE_CAP = 1e-3           # torch-vs-float64 differences above this * max(1, max|ref|): no rounding
 NOISE_NOTE = "within float32 rounding noise (float64 reference)"
@@ -1118,10 +1128,18 @@ class _Run:
                 if path.endswith("/var") and path in raw:
                     worst = max(worst, float(np.max(np.abs(_jax_to_numpy(got[path]) - raw[path]),
                                                 initial=0.0)))
-            layers = ", ".join(f"{name} (n={n}, momentum={f:g})" for name, n, f in biased_note[:4])
-            self.note(f"BatchNorm running_var: torch stores the unbiased batch variance (x n/(n-1)), "
-                      f"flax the biased one; compared against torch's update with the biased "
-                      f"variance for {layers}; raw difference from torch's running_var up to {worst:.3g}")
+            # one note for the run (the first example's layers, the worst raw difference so far)
+            self._bn_worst = max(worst, getattr(self, "_bn_worst", 0.0))
+            old = next((n for n in self.notes if n.startswith("BatchNorm running_var:")), None)
+            if old is None:
+                layers = ", ".join(f"{name} (n={n}, momentum={f:g})" for name, n, f in biased_note[:4])
+                self.notes.append(f"BatchNorm running_var: torch stores the unbiased batch variance "
+                                  f"(x n/(n-1)), flax the biased one; compared against torch's update "
+                                  f"with the biased variance for {layers}; raw difference from torch's "
+                                  f"running_var up to {self._bn_worst:.3g}")
+            else:
+                self.notes[self.notes.index(old)] = (old.rsplit(" up to ", 1)[0]
+                                                     + f" up to {self._bn_worst:.3g}")
 
     def _float64_train(self, skeleton, arrays) -> None:
         """The training-mode pass and updated statistics of a float64 copy of the torch module
