@@ -15,46 +15,41 @@ class PlanningMixin:
     def visit_For(self, node: cst.For) -> None:
         if not self.optimizers or self.class_depth or id(node) in self.plans:
             return
-        backward = [s for s in self._stmts(node) if method_stmt(s, "backward")]
-        steps = [s for s in self._stmts(node) if self._stepped(s)]
+        stmts = self._stmts(node)
+        backward = [s for s in stmts if method_stmt(s, "backward")]
+        steps = [s for s in stmts if self._stepped(s)]
         if not backward and steps:
-            inner = [s for s in self._stmts(node) if isinstance(s, cst.For)
+            inner = [s for s in stmts if isinstance(s, cst.For)
                      and any(method_stmt(t, "backward") for t in self._stmts(s))]
             if len(inner) == 1:
                 # gradient accumulation: backward() on every micro-batch of an inner loop, one step() after it
-                try:
-                    plan = self._plan(inner[0], [t for t in self._stmts(inner[0]) if method_stmt(t, "backward")],
-                                      steps, outer=node)
-                except Unsupported as exc:
-                    self.failed[id(node)] = str(exc)
-                    return
-                self.plans[id(inner[0])] = plan
-                for s in plan.segment + plan.deferred + plan.removed:
-                    self.segment_ids[id(s)] = plan
+                inner_backward = [t for t in self._stmts(inner[0]) if method_stmt(t, "backward")]
+                self._record(node, inner[0], lambda: self._plan(inner[0], inner_backward, steps, outer=node))
                 return
         if not backward and not steps:
             if calls_name(node.body, self.models):
                 self.eval_loops.add(id(node))
             return
         if self.multi and (len(backward) > 1 or len(steps) > 1):
-            try:
-                plans = self._plan_pairs(node, backward, steps)
-            except Unsupported as exc:
-                self.failed[id(node)] = str(exc)
-                return
-            self.multi_plans[id(node)] = plans
-            for plan in plans:
-                for s in plan.segment + plan.removed:
-                    self.segment_ids[id(s)] = plan
+            self._record(node, node, lambda: self._plan_pairs(node, backward, steps))
             return
+        self._record(node, node, lambda: self._plan(node, backward, steps))
+
+    def _record(self, loop: cst.For, planned: cst.For, make) -> None:
+        """Stores the plan ``make()`` returns for ``planned`` (``loop`` or its gradient-accumulation
+        loop), or a list of plans (one per model), or the reason ``loop`` is not converted."""
         try:
-            plan = self._plan(node, backward, steps)
+            found = make()
         except Unsupported as exc:
-            self.failed[id(node)] = str(exc)
+            self.failed[id(loop)] = str(exc)
             return
-        self.plans[id(node)] = plan
-        for s in plan.segment + plan.deferred + plan.removed:
-            self.segment_ids[id(s)] = plan
+        if isinstance(found, list):
+            self.multi_plans[id(planned)] = found
+        else:
+            self.plans[id(planned)] = found
+        for plan in found if isinstance(found, list) else [found]:
+            for s in plan.segment + plan.deferred + plan.removed:
+                self.segment_ids[id(s)] = plan
 
     def _plan(self, loop: cst.For, backward, steps, outer: cst.For | None = None) -> LoopPlan:
         body = list(self._stmts(loop))
