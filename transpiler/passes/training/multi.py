@@ -11,7 +11,7 @@ from .syntax import (assigned_names, bound_names, calls_name, calls_of, code_of,
 
 
 class MultiModelMixin:
-    """TrainingRule's multi methods."""
+    """Plans and rewrites loops that train several models (one train step per backward/step pair)."""
 
     def _plan_pairs(self, loop: cst.For, backward, steps) -> list[LoopPlan]:
         """A loop with one backward()/step() pair per model (a GAN: the discriminator's step,

@@ -116,7 +116,7 @@ def selector_lambda(expr) -> str | None:
 
 
 class OptimizerMixin:
-    """TrainingRule's optimizers methods."""
+    """Parameter groups of an optimizer → optax.multi_transform (JP604, JP608)."""
 
     def _parameter_groups(self, value: cst.BaseExpression):
         """``[{"params": decay, "weight_decay": 0.1}, {"params": no_decay, ...}]`` (or a name

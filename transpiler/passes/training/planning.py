@@ -10,7 +10,7 @@ from .syntax import (assigned_names, bound_names, calls_name, calls_of, code_of,
 
 
 class PlanningMixin:
-    """TrainingRule's planning methods."""
+    """Finds the training loops (visit_For) and plans their train step."""
 
     def visit_For(self, node: cst.For) -> None:
         if not self.optimizers or self.class_depth or id(node) in self.plans:

@@ -37,7 +37,7 @@ def added_keys(original: cst.CSTNode, updated: cst.CSTNode) -> int:
 
 
 class RngMixin:
-    """TrainingRule's rng methods."""
+    """Splits rng_key before script statements that sample."""
 
     def _thread_key(self, original, updated):
         """A random op in script code uses the free name ``rng_key`` (JP403). Where

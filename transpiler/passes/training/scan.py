@@ -12,7 +12,7 @@ from .syntax import calls_name, code_of, named_calls
 
 
 class ScanMixin:
-    """TrainingRule's scan methods."""
+    """The pre-scan in visit_Module, before any node is converted."""
 
     def visit_Module(self, node: cst.Module) -> None:
         self.module_node = node

@@ -33,7 +33,7 @@ class Returns(cst.CSTTransformer):
 
 
 class StatementsMixin:
-    """TrainingRule's statements methods."""
+    """The rewrites of single statements, calls, with blocks and functions."""
 
     def visit_SimpleStatementLine(self, node) -> None:
         if id(node) in self.segment_ids:

@@ -68,7 +68,7 @@ class Flatten(cst.CSTTransformer):
 
 
 class StepMixin:
-    """TrainingRule's step methods."""
+    """Emits train_step functions and rewrites the training loops around their calls."""
 
     def leave_For(self, original: cst.For, updated: cst.For):
         owner = param_groups_owner(original.iter)
