@@ -7,6 +7,7 @@ nothing is lost. Tree-level conversion (directories, copying, reports) builds on
 from __future__ import annotations
 
 import io
+import re
 import sys
 import threading
 import tokenize
@@ -83,6 +84,29 @@ def _compile_error(text: str, path: str) -> tuple[int, int, str] | None:
             return 1, 0, "code nested too deeply for Python to compile"
         except ValueError as exc:
             return 1, 0, str(exc)
+    return None
+
+
+_COMPILED: set[str] = set()     # helper texts (the same in every file) known to compile
+# What could make a module fail to compile although each of its top-level parts compiles
+# alone: a future import that may change the grammar, a module-level global statement.
+_ACROSS_PARTS = re.compile(r"barry_as_FLUFL|^[ \t]*global\b", re.MULTILINE)
+
+
+def _compile_parts_error(parts: tuple[str, ...], text: str, path: str) -> tuple[int, int, str] | None:
+    """``_compile_error(text, path)`` for a converted text made of ``parts``: the text with
+    a placeholder statement where the helpers go, then the helpers' texts, top-level
+    statements spliced in at that statement's line (see ``passes/imports.py``). If each
+    part compiles, so does the whole; compiling the helpers once per process instead of in
+    every file saves most of the check. Any failure is reported from the whole text."""
+    skeleton, *helpers = parts
+    if _ACROSS_PARTS.search(skeleton) or _compile_error(skeleton, path) is not None:
+        return _compile_error(text, path)
+    for helper in helpers:
+        if helper not in _COMPILED:
+            if _compile_error(helper, path) is not None:
+                return _compile_error(text, path)
+            _COMPILED.add(helper)
     return None
 
 
@@ -183,7 +207,8 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     if not getattr(outcome, "touched", True):
         return FileResult(path, "copied", data)
     new_text = outcome.code
-    problem = _compile_error(new_text, path)
+    parts = getattr(outcome, "compile_parts", None)
+    problem = _compile_error(new_text, path) if parts is None else _compile_parts_error(parts, new_text, path)
     if problem is not None:
         return FileResult(path, "failed", data, outcome.diagnostics + [diag.make(
             "JP004", f"converted code does not compile: {problem[2]} (output line {problem[0]})")])

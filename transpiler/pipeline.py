@@ -16,7 +16,7 @@ from .diagnostics import Diagnostic
 from .mapping import load_tables
 from .names import collect_imports
 from .passes.base import Composite
-from .passes.imports import finalize_code
+from .passes.imports import finalize_code_parts
 from .passes.modules import ModulesRule
 from .passes.ops import OpsRule
 from .walk import transform
@@ -29,6 +29,7 @@ class Outcome:
     torch_call_sites: int
     converted_call_sites: int
     touched: bool = True       # False: no torch import, the file is not a conversion candidate
+    compile_parts: tuple[str, ...] | None = None   # compiling these compiles ``code`` (imports.py)
 
 
 def mentions_torch(text: str) -> bool:
@@ -68,6 +69,7 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     if getattr(options, "layout", "nchw") == "nhwc" and any("nchw" in n.lower() for n in ctx.emits):
         ctx.report(None, "JP202", "--layout nhwc is not implemented yet: the converted model keeps "
                    "PyTorch's NCHW interface", marker=False)
-    code = finalize_code(converted, ctx)
+    code, parts = finalize_code_parts(converted, ctx)
     ctx.place_diagnostics()     # positions in the original file, found in one cheap pass
-    return Outcome(code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites)
+    return Outcome(code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites,
+                   compile_parts=parts)

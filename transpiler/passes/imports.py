@@ -220,21 +220,31 @@ _PLACEHOLDER = "__jaxport_prelude_helpers_go_here__"
 def finalize_code(module: cst.Module, ctx: FileContext) -> str:
     """``finalize(module, ctx).code``, with the helpers' text printed once per process: the
     helpers are most of a converted file, and printing a tree is the costly part."""
+    return finalize_code_parts(module, ctx)[0]
+
+
+def finalize_code_parts(module: cst.Module, ctx: FileContext) -> tuple[str, tuple[str, ...] | None]:
+    """(:func:`finalize_code`'s text, its parts): the text with one placeholder statement
+    where the helpers go, then each helper's text. The text is the first part with the
+    placeholder's line replaced by the others, all top-level statements, so Python compiles
+    it if it compiles each part (see ``api._compile_parts_error``); the helpers' parts are
+    the same in every file. None when the text was not put together that way."""
     module, body, at, helpers = _finalize(module, ctx)
     if not helpers:
-        return module.with_changes(body=body).code
+        return module.with_changes(body=body).code, None
     placeholder = cst.SimpleStatementLine(body=[cst.Expr(cst.Name(_PLACEHOLDER))])
     body[at:at] = [placeholder]
     code = module.with_changes(body=body).code
     newline, indent = module.default_newline, module.default_indent
-    text = "".join(_helper_text(h.name, newline, indent, i == 0) for i, h in enumerate(helpers))
+    texts = [_helper_text(h.name, newline, indent, i == 0) for i, h in enumerate(helpers)]
+    text = "".join(texts)
     line = _PLACEHOLDER + newline
     if code.count(_PLACEHOLDER) == 1 and code.count(line) == 1:
-        return code.replace(line, text)
+        return code.replace(line, text), (code, *texts)
     if code.count(_PLACEHOLDER) == 1 and code.endswith(_PLACEHOLDER):   # no trailing newline
-        return code[: -len(_PLACEHOLDER)] + text[: -len(newline)]
+        return code[: -len(_PLACEHOLDER)] + text[: -len(newline)], None
     body[at:at + 1] = _helper_statements(helpers, newline)           # the name is in the file
-    return module.with_changes(body=body).code
+    return module.with_changes(body=body).code, None
 
 
 def _helper_statements(helpers, newline: str) -> list[cst.BaseStatement]:
