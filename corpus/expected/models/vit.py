@@ -259,10 +259,11 @@ class LayerNormLastAxes(nn.Module):
         shape = ntuple(self.normalized_shape, 1)
         axes = tuple(range(-len(shape), 0))
         mean = jnp.mean(x, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            y = y * self.param("scale", self.scale_init, shape)
+        centred = x - mean
+        mul = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=axes, keepdims=True) + self.epsilon)
+        if self.use_scale:   # scale folded into the per-row factor: one full-size product less
+            mul = mul * self.param("scale", self.scale_init, shape)
+        y = centred * mul
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, shape)
         return y
