@@ -33,6 +33,7 @@ PREFIXES = ("torch.distributed", "torch.nn.parallel", "torch.nn.DataParallel", "
 WRAPPERS = {"torch.nn.parallel.DistributedDataParallel", "torch.nn.DataParallel",
             "torch.nn.parallel.DataParallel", "torch.nn.parallel.distributed.DistributedDataParallel"}
 CONVERT_SYNC_BN = "torch.nn.SyncBatchNorm.convert_sync_batchnorm"
+BATCHNORMS = ("TorchBatchNorm", "nn.BatchNorm")      # converted BatchNorm layers (prelude, flax)
 SAMPLER = "torch.utils.data.distributed.DistributedSampler"
 LOADERS = {"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"}
 IN_PLACE = {"torch.distributed.all_reduce": 0, "torch.distributed.reduce": 0, "torch.distributed.broadcast": 0,
@@ -382,13 +383,13 @@ class DistributedRule(Rule):
                       (["num_replicas", "rank"][:len([a for a in original.args if a.keyword is None]) - 1])
             self.ctx.report(original, "JP704", "DistributedSampler → ShardedSampler over JAX processes"
                             + (f" ({', '.join(sorted(set(ignored)))} not used)" if ignored else ""))
-        elif q == "torch.nn.SyncBatchNorm" and isinstance(updated.func, cst.Attribute) \
-                and dotted(updated.func) == "nn.BatchNorm":
+        elif q == "torch.nn.SyncBatchNorm" and dotted(updated.func) in BATCHNORMS:
+            layer = dotted(updated.func)
             if st.mode == "pmap" and _kwarg(updated, "axis_name") is None:
-                self.ctx.report(original, "JP708", 'SyncBatchNorm → nn.BatchNorm(axis_name="batch"): statistics '
+                self.ctx.report(original, "JP708", f'SyncBatchNorm → {layer}(axis_name="batch"): statistics '
                                 "over every device")
                 return _append_kwarg(updated, "axis_name", f'"{PMAP_AXIS}"')
-            self.ctx.report(original, "JP708", "SyncBatchNorm → nn.BatchNorm: over the mesh its statistics are global")
+            self.ctx.report(original, "JP708", f"SyncBatchNorm → {layer}: over the mesh its statistics are global")
         elif q in LOADERS:
             return self._loader(original, updated)
         return updated
@@ -491,10 +492,10 @@ class _PmeanBatchStats(cst.CSTTransformer):
 
 
 class _AxisName(cst.CSTTransformer):
-    """convert_sync_batchnorm under pmap: every nn.BatchNorm of the models gets the axis name."""
+    """convert_sync_batchnorm under pmap: every BatchNorm of the models gets the axis name."""
 
     def leave_Call(self, original: cst.Call, updated: cst.Call):
-        if dotted(updated.func) == "nn.BatchNorm" and _kwarg(updated, "axis_name") is None:
+        if dotted(updated.func) in BATCHNORMS and _kwarg(updated, "axis_name") is None:
             return _append_kwarg(updated, "axis_name", f'"{PMAP_AXIS}"')
         return updated
 

@@ -740,12 +740,21 @@ class _Run:
                 import flax.linen as fnn
                 a, k = _fill(skeleton, merge(floats, others))
                 extra = {"train": True} if takes_train else {}
-                with fnn.intercept_methods(_no_flax_dropout):
+                with fnn.intercept_methods(_no_flax_dropout), fnn.intercept_methods(self._plain_batchnorm):
                     out = flax_module.apply(variables, *a, **k, **extra, method=spec.method,
                                             mutable=mutable, rngs={"dropout": rng})
                 return out if mutable else (out, {})
             fn = jit(apply_train)
         return fn
+
+    def _plain_batchnorm(self, next_fun, args, kwargs, context):
+        """flax method interceptor (training-mode program): notes whether the flax module
+        has a plain flax ``nn.BatchNorm``, whose running variance is the biased one (files
+        converted by older jaxport versions; converted files use ``TorchBatchNorm``)."""
+        import flax.linen as fnn
+        if type(context.module) is fnn.BatchNorm:
+            self._biased_running_var = True
+        return next_fun(*args, **kwargs)
 
     def run_example(self, dims, args, kwargs, rng: np.random.Generator, tag: str = "") -> list[Check]:
         """Compare both modules on one input; returns this example's checks (also kept in
@@ -1008,12 +1017,9 @@ class _Run:
 
     def _train_forward(self, tag, skeleton, arrays, float_idx, floats_j, others_j):
         """One training-mode forward pass on both sides (dropout layers switched off on both,
-        so the pass is deterministic), then the updated mutable state (BatchNorm statistics).
-
-        torch's BatchNorm stores the *unbiased* batch variance in ``running_var``, flax the
-        biased one: the expected value is computed from torch's update with the biased batch
-        variance (captured by a hook), and the raw difference is reported as a note. Failed
-        checks are re-judged against the same pass of a float64 copy of the module."""
+        so the pass is deterministic), then the updated mutable state (BatchNorm statistics,
+        expected as torch stores them). Failed checks are re-judged against the same pass of
+        a float64 copy of the module."""
         import torch
 
         self.phase = "torch forward (train mode)"
@@ -1034,7 +1040,7 @@ class _Run:
     def _torch_train_pass(self, tm, skeleton, arrays, widen: bool = False):
         """torch's training-mode forward (dropout layers off; float inputs widened to float64
         with ``widen``). Returns the output and, per BatchNorm layer, its calls: (biased batch
-        variance, elements per channel, running_var before)."""
+        variance, elements per channel, running_var before), for :meth:`_expected_state`."""
         import torch
         from torch.nn.modules.batchnorm import _BatchNorm
         from torch.nn.modules.dropout import _DropoutNd
@@ -1070,10 +1076,14 @@ class _Run:
         return tout, bn_calls
 
     def _expected_state(self, tm, bn_calls, keep_float64: bool = False):
-        """torch's state after the training pass as it is (``raw``) and with the biased batch
-        variance in each BatchNorm's running_var (``expected``: what flax should hold)."""
+        """torch's state after the training pass as it is (``raw``) and as the flax module
+        should hold it (``expected``): the same, unless the flax module has a plain flax
+        ``nn.BatchNorm`` (a file converted by an older jaxport), which stores the biased batch
+        variance: then each BatchNorm's running_var is torch's update with the biased one."""
         import torch
         raw = self._numpy_state(tm, keep_float64)
+        if not getattr(self, "_biased_running_var", False):
+            return raw, raw, []
         mods = dict(tm.named_modules())
         biased_note = []
         with torch.no_grad():
@@ -1134,7 +1144,8 @@ class _Run:
             if old is None:
                 layers = ", ".join(f"{name} (n={n}, momentum={f:g})" for name, n, f in biased_note[:4])
                 self.notes.append(f"BatchNorm running_var: torch stores the unbiased batch variance "
-                                  f"(x n/(n-1)), flax the biased one; compared against torch's update "
+                                  f"(x n/(n-1)), flax's nn.BatchNorm the biased one (jaxport now "
+                                  f"converts to TorchBatchNorm, as torch); compared against torch's update "
                                   f"with the biased variance for {layers}; raw difference from torch's "
                                   f"running_var up to {self._bn_worst:.3g}")
             else:

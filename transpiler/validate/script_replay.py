@@ -529,7 +529,6 @@ def compare(torch_trace: TorchTrace, jax_trace: JaxTrace, rtol: float, atol: flo
 
     several = len(torch_trace.steps) > 1
     skipped: dict[str, int] = {}
-    running_var: dict[str, float] = {}
     worst_abs = worst_rel = 0.0
     first_fail = None
     for key in sorted(torch_trace.steps):
@@ -564,11 +563,6 @@ def compare(torch_trace: TorchTrace, jax_trace: JaxTrace, rtol: float, atol: flo
             bad, worst = [], None
             for path in sorted(ref):
                 g, r = np.asarray(got[path]), np.asarray(ref[path])
-                if path.startswith("batch_stats/") and path.endswith("/var"):
-                    # torch keeps the unbiased batch variance, flax's BatchNorm the biased one
-                    # (a known difference, README "validate"): reported, not judged
-                    running_var[path] = max(running_var.get(path, 0.0), float(np.abs(g - r).max(initial=0.0)))
-                    continue
                 if path in noisy and np.any(noisy[path]):
                     outside = np.abs(g.astype(np.float64) - r) > at * max(1.0, float(np.abs(r).max())) + rt * np.abs(r)
                     ignored = noisy[path] & outside
@@ -599,10 +593,6 @@ def compare(torch_trace: TorchTrace, jax_trace: JaxTrace, rtol: float, atol: flo
         for path, mask in excluded.items():
             if np.any(mask):
                 skipped[f"{key}:{path}"] = int(np.sum(mask))
-    if running_var:
-        result.setdefault("notes", []).append(
-            "BatchNorm running variances not judged (torch stores the unbiased batch variance, flax the biased "
-            f"one): largest difference {max(running_var.values()):.3g}")
     if skipped:
         result["noise_gradient_elements"] = skipped
         result.setdefault("notes", []).append(
