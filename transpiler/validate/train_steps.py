@@ -494,7 +494,7 @@ def child_main(argv: list[str] | None = None) -> int:
         entries = [e for e in entries if entry_name(e) in a.case]
     plan = [entry_name(e) for e in entries] if a.replay != "script" else []
     fallback: list[tuple[str, str]] = []     # (loop case, why the loop replay could not run it)
-    script_case = script_case_name(entries, a.original)
+    script_case = script_case_name(a.original)
     if a.replay == "script" and entries:
         plan = [script_case]
     emit(event="plan", cases=plan)
@@ -524,11 +524,9 @@ def child_main(argv: list[str] | None = None) -> int:
 REPLAY_MODES = ("auto", "loop", "script")
 
 
-def script_case_name(entries: list[dict], original: str) -> str:
-    """``train:<model classes>@script`` (the script's name where the manifest has no class)."""
-    models = {(e.get("model") or {}).get("class") for e in entries}
-    models = sorted(models) if models and None not in models else [Path(original).stem]
-    return f"train:{'+'.join(models)}@script"
+def script_case_name(original: str) -> str:
+    """``train:<script stem>@script``: the script replay covers every loop and model of the script."""
+    return f"train:{Path(original).stem}@script"
 
 
 def _loop_result(a, e: dict, manifest: dict, source: str, specs: dict) -> dict:
