@@ -471,7 +471,7 @@ def child_main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         emit(event="fatal", message=f"reading the training manifest failed: {exc}", usage=False)
         return 1
-    if not manifest or not manifest.get("training"):
+    if (not manifest or not manifest.get("training")) and a.replay != "script":
         emit(event="fatal", message=f"{a.original}: no training loop found (a for loop with <loss>.backward() "
                                     "and <optimizer>.step())", usage=True)
         return 2
@@ -487,7 +487,7 @@ def child_main(argv: list[str] | None = None) -> int:
         folder = str(Path(path).resolve().parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    entries = manifest["training"]
+    entries = (manifest or {}).get("training") or []
     if a.module:
         entries = [e for e in entries if entry_name(e) in a.module or (e.get("model") or {}).get("class") in a.module]
     if a.case:
@@ -495,7 +495,7 @@ def child_main(argv: list[str] | None = None) -> int:
     plan = [entry_name(e) for e in entries] if a.replay != "script" else []
     fallback: list[tuple[str, str]] = []     # (loop case, why the loop replay could not run it)
     script_case = script_case_name(a.original)
-    if a.replay == "script" and entries:
+    if a.replay == "script":
         plan = [script_case]
     emit(event="plan", cases=plan)
     for e in entries if a.replay != "script" else []:
@@ -507,7 +507,7 @@ def child_main(argv: list[str] | None = None) -> int:
             r["status"] = "skip"
             r["message"] = f"replayed by running the scripts instead ({script_case}); the loop replay: {r['message']}"
         emit(event="result", result=_jsonable_result(r))
-    if entries and (a.replay == "script" or fallback):
+    if a.replay == "script" or fallback:
         if a.replay == "auto":
             emit(event="plan", cases=plan + [script_case])
         from .script_replay import replay_scripts
@@ -569,7 +569,7 @@ def run_train_validation(original, converted, *, spec=None, modules=(), steps: i
         manifest, _ = manifest_for(original, converted)
     except (OSError, ValueError) as exc:
         raise Fatal(f"reading the training manifest failed: {exc}", True) from None
-    if not manifest or not manifest.get("training"):
+    if (not manifest or not manifest.get("training")) and replay != "script":
         raise Fatal(f"{original}: no training loop found (a for loop with <loss>.backward() and "
                     "<optimizer>.step() in its body)", True)
     cmd = [sys.executable, "-m", "transpiler.validate.train_steps", "--original", str(original),
