@@ -300,3 +300,38 @@ def test_forward_pass_may_rebind_its_input():
     assert "JP601" in codes and "JP602" not in codes
     assert "    def loss_fn(params, h=h):" in out
     assert "train_state, loss, h = train_step(train_state, h, x, y)" in out
+
+
+def test_read_only_statements_between_backward_and_step_run_after_the_step():
+    out, codes, _ = _convert("""\
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        total = 0.0
+        for i, (x, y) in enumerate(loader):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            total += loss.item()
+            if i % 10 == 0:
+                print(i, loss.item())
+            opt.step()
+        """)
+    assert "JP601" in codes and "JP602" not in codes
+    step_call = out.index("train_state, loss = train_step(train_state, x, y)")
+    assert step_call < out.index("    total += loss.item()") < out.index("        print(i, loss.item())")
+    assert ".backward()" not in out and "opt.step()" not in out
+
+
+def test_statement_seeing_gradients_between_backward_and_step_is_refused():
+    out, codes, result = _convert("""\
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for x, y in loader:
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            norm = sum(p.grad.norm() for p in model.parameters())
+            opt.step()
+        """)
+    assert "JP602" in codes and "JP601" not in codes
+    assert "a statement between backward() and step() uses model" in out
+    d = [d for d in result.diagnostics if d.code == "JP602"][0]
+    assert (d.line, d.col) == (6, 0)   # the loop

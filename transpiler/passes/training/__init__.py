@@ -17,8 +17,9 @@ A training loop is a ``for`` loop whose body holds, as direct statements, one
 optionally gradient clipping between them). The *step segment* is every plain assignment
 before ``backward()`` that calls the model or reads a value computed from it; it becomes the
 body of ``loss_fn`` inside ``train_step``. Other statements before ``backward()`` that read the
-segment's values (``total += loss.item()``) run after the call. Anything else is left as it
-was with JP602.
+segment's values (``total += loss.item()``) run after the call, and so do statements between
+``backward()`` and ``step()`` that only read the step's results (not the model, an optimizer
+or ``.grad``). Anything else is left as it was with JP602.
 
 Variants: backward() in an inner ``for _ in range(k)`` loop with step() after it (gradient
 accumulation → ``optax.MultiSteps``, JP609); one backward()/step() pair per model in one loop

@@ -5,8 +5,8 @@ import libcst as cst
 
 from ...names import dotted, qualify
 from .common import AUTOCAST, CLIP_CALLS, LoopPlan, Unsupported
-from .syntax import (assigned_names, bound_names, calls_name, calls_of, code_of, is_assigned_call, loop_batch_names,
-                     method_stmt, names_read, ordered_assigned, reads_of, target_size)
+from .syntax import (assigned_names, attribute_names, bound_names, calls_name, calls_of, code_of, is_assigned_call,
+                     loop_batch_names, method_stmt, named_calls, names_read, ordered_assigned, reads_of, target_size)
 
 
 class PlanningMixin:
@@ -94,7 +94,10 @@ class PlanningMixin:
             kind = self._clip_kind(stmt)
             if kind is None and not (method_stmt(stmt, "zero_grad") and dotted(method_stmt(stmt, "zero_grad")[0])
                                      in (optimizer, model)):
-                raise Unsupported("statements between backward() and step() other than gradient clipping")
+                reason = self._not_read_only(stmt)
+                if reason:
+                    raise Unsupported(f"a statement between backward() and step() {reason}")
+                continue     # reads the step's results (loss.item(), printing): runs after train_step
             if kind is not None:
                 clips.append((stmt, kind))
                 removed.append(stmt)
@@ -183,6 +186,24 @@ class PlanningMixin:
             self.track_ids.add(id(early))
         plan.loop_bound = set(assigned_names(outer or loop))
         return plan
+
+    def _not_read_only(self, stmt) -> str | None:
+        """Why a statement between backward() and step() cannot run after the converted train
+        step (None when it only reads the step's results: ``total += loss.item()``, printing,
+        logging). In torch it sees the gradients and the parameters before the update: it must
+        not touch a model, an optimizer, a scheduler, a GradScaler or ``.grad``, nor call a
+        function that uses the model."""
+        held = self.models | set(self.optimizers) | set(self.schedulers) | self.scalers
+        reads = names_read(stmt)
+        if reads & held:
+            return f"uses {', '.join(sorted(reads & held))} (it sees the parameters or gradients before the update)"
+        if "grad" in attribute_names(stmt):
+            return "reads .grad (the gradients exist only inside train_step)"
+        users = {f for f, info in self.functions.items() if info.needs}
+        called = {c.func.value for c in named_calls(stmt)} & users
+        if called:
+            return f"calls {', '.join(sorted(called))}(), which uses the model"
+        return None
 
     def _stmts(self, loop) -> list:
         """A loop's statements, with the bodies of ``autocast`` blocks inlined (they run in

@@ -285,3 +285,16 @@ def count_name(node: cst.CSTNode, name: str) -> int:
 def is_docstring(stmt) -> bool:
     return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Expr) \
         and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
+
+
+def attribute_names(node: cst.CSTNode) -> set[str]:
+    """The attribute names a node reads (``grad`` in ``p.grad.norm()``)."""
+    out: set[str] = set()
+
+    def visit(n):
+        if type(n) is cst.Attribute:
+            out.add(n.attr.value)
+        for child in children(n):
+            visit(child)
+    visit(node)
+    return out
