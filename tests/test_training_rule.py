@@ -335,3 +335,89 @@ def test_statement_seeing_gradients_between_backward_and_step_is_refused():
     assert "a statement between backward() and step() uses model" in out
     d = [d for d in result.diagnostics if d.code == "JP602"][0]
     assert (d.line, d.col) == (6, 0)   # the loop
+
+
+def _jp602(result):
+    return [(d.line, d.col, d.message) for d in result.diagnostics if d.code == "JP602"]
+
+
+def test_backward_on_stored_outputs_outside_a_loop_is_marked():
+    # pytorch/examples reinforce.py: log-probabilities saved while acting, the loss built later
+    out, codes, result = _convert("""\
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.saved_log_probs = []
+
+        def select_action(state):
+            probs = F.softmax(model(state), dim=-1)
+            action = probs.argmax()
+            model.saved_log_probs.append(torch.log(probs[action]))
+            return action.item()
+
+        def finish_episode(returns):
+            policy_loss = []
+            for log_prob, R in zip(model.saved_log_probs, returns):
+                policy_loss.append(-log_prob * R)
+            optimizer.zero_grad()
+            loss = torch.stack(policy_loss).sum()
+            loss.backward()
+            optimizer.step()
+        """)
+    found = _jp602(result)
+    assert [(line, col) for line, col, _ in found] == [(20, 4), (21, 4)]
+    assert found[0][2].startswith("loss.backward() not converted: the loss is built from tensors computed outside "
+                                  "this function (model.saved_log_probs): in JAX the forward pass must run inside")
+    assert found[1][2].startswith("optimizer.step() not converted: the loss is built from tensors")
+    assert "    # jaxport: JP602 loss.backward() not converted" in out
+
+
+def test_optimizer_held_by_the_module_is_marked():
+    # minimalRL: the model builds its own optimizer and trains itself in train_net()
+    out, codes, result = _convert("""\
+        class Policy(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 2)
+                self.optimizer = torch.optim.Adam(self.parameters(), lr=2e-4)
+
+            def forward(self, x):
+                return self.fc(x)
+
+            def train_net(self, s, a):
+                loss = F.cross_entropy(self.forward(s), a)
+                self.optimizer.zero_grad()
+                loss.mean().backward()
+                self.optimizer.step()
+        """)
+    found = _jp602(result)
+    assert [(line, col) for line, col, _ in found] == [(17, 8), (18, 8)]
+    assert found[0][2] == ("loss.mean().backward() not converted: the optimizer is an attribute of the module "
+                           "(self.optimizer): keep the optimizer and its state outside the flax module, and write "
+                           "the update as a jitted function of the parameters (jax.value_and_grad + optax)")
+    assert found[1][2].startswith("self.optimizer.step() not converted: the optimizer is an attribute")
+
+
+def test_train_step_function_and_while_loop_are_marked():
+    out, codes, result = _convert("""\
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def update(x, y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        def fit(x, y):
+            step = 0
+            while step < 10:
+                opt.zero_grad()
+                loss = F.mse_loss(model(x), y)
+                loss.backward()
+                opt.step()
+                step += 1
+        """)
+    found = _jp602(result)
+    assert [(line, col) for line, col, _ in found] == [(10, 4), (11, 4), (19, 8), (20, 8)]
+    assert found[0][2].startswith("loss.backward() not converted: backward() outside a for loop")
+    assert found[2][2].startswith("loss.backward() not converted: the training loop is a while loop")
+    assert "JP601" not in codes

@@ -42,6 +42,7 @@ Modules (one job each):
   schedulers, checkpoints, GradScaler/autocast, eval_step, state threading through functions).
 * ``optimizers``: learning-rate injection, parameter groups, ``param_groups`` lr writes.
 * ``rng``: keys for random ops in script code.
+* ``leftovers``: JP602 with a reason on every backward() / optimizer step() left unconverted.
 * ``rule``: ``TrainingRule``, the mixins put together.
 """
 from __future__ import annotations

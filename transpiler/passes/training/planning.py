@@ -42,6 +42,7 @@ class PlanningMixin:
             found = make()
         except Unsupported as exc:
             self.failed[id(loop)] = str(exc)
+            self._covered(loop)
             return
         if isinstance(found, list):
             self.multi_plans[id(planned)] = found

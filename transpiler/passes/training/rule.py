@@ -5,6 +5,7 @@ import libcst as cst
 
 from ..base import Rule
 from .common import FunctionInfo, LoopPlan, STATE
+from .leftovers import LeftoversMixin
 from .multi import MultiModelMixin
 from .optimizers import OptimizerMixin
 from .planning import PlanningMixin
@@ -15,7 +16,7 @@ from .step import StepMixin
 
 
 class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, StatementsMixin, OptimizerMixin,
-                   RngMixin, Rule):
+                   RngMixin, LeftoversMixin, Rule):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.models: set[str] = set()
@@ -47,6 +48,10 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
         self.sample_stream = False                # a module samples (torch.randn_like in forward)
         self.global_key: set[str] = set()         # functions that split the module-level rng_key
         self.track_ids: set[int] = set()          # statements whose converted form leave_For looks for
+        self.covered: set[int] = set()            # backward()/step() statements of loops reported JP602
+        self.held: dict[str, str] = {}            # optimizer attribute of a class (self.optimizer) → class
+        self.def_stack: list[cst.FunctionDef] = []
+        self.class_stack: list[cst.ClassDef] = []
 
     @property
     def multi(self) -> bool:
@@ -69,12 +74,15 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
+        self.def_stack.append(node)
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.class_depth += 1
+        self.class_stack.append(node)
 
     def leave_ClassDef(self, original, updated):
         self.class_depth -= 1
+        self.class_stack.pop()
         return updated
 
     def _function(self) -> str | None:

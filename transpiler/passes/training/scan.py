@@ -16,6 +16,7 @@ class ScanMixin:
 
     def visit_Module(self, node: cst.Module) -> None:
         self.module_node = node
+        self._scan_held(node)
         scan = _Scan(self)
         walk(node, scan)
         if not self.optimizers:

@@ -40,6 +40,7 @@ class StatementsMixin:
             self.segment_depth += 1
 
     def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):
+        self._check_leftover(original)
         result = self._leave_simple(original, updated)
         if id(original) in self.track_ids:
             first = result.nodes[0] if isinstance(result, cst.FlattenSentinel) and result.nodes else result
@@ -227,6 +228,8 @@ class StatementsMixin:
 
     def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef):
         name = self.function_stack.pop() if self.function_stack else None
+        if self.def_stack:
+            self.def_stack.pop()
         if self.function_stack or self.class_depth or name is None:
             return updated
         if name in self.global_key:
