@@ -87,17 +87,22 @@ def cached(name: str, sources: Callable[[], list], build: Callable[[], T]) -> T:
     return value
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (other processes see the old file or the new)."""
+    fd, tmp = tempfile.mkstemp(prefix=".jaxport-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def _store(directory: Path, path: Path, name: str, value) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        _write(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
         _remove_stale(directory, f"{name}-*.pickle", path)
     except Exception:
         pass
@@ -152,14 +157,7 @@ def cached_text(group: str, sources: Callable[[], list], name: str, build: Calla
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale(directory, f"{group}-*", path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=".text-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(name.encode() + b"\0" + text.encode("utf-8"))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        _write(path, name.encode() + b"\0" + text.encode("utf-8"))
     except Exception:
         pass
     return text
