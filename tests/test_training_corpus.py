@@ -40,6 +40,7 @@ SCRIPTS = {
     "char_rnn.py": (["--epochs", "2"], 16),
     "reinforce_bandit.py": (["--steps", "8"], 8),
     "seq2seq_attention.py": (["--steps", "6"], 6),
+    "actor_critic.py": (["--updates", "6", "--horizon", "16"], 6),
 }
 
 # What must decrease in the subprocess run, when not the loss (a policy-gradient loss does not)
@@ -53,7 +54,7 @@ def _file(case: str) -> str:
 # Scripts that sample: torch's and JAX's generators differ, so the comparison run makes the
 # noise equal on both sides (normal noise → the same fixed pattern, permutations → identity)
 # and compares the deterministic rest; the subprocess run keeps the real sampling.
-NOISE_FREE = {"vae.py", "gan.py", "reinforce_bandit.py"}
+NOISE_FREE = {"vae.py", "gan.py", "reinforce_bandit.py", "actor_critic.py"}
 
 
 def _pattern(lib, shape, dtype):
@@ -128,7 +129,8 @@ RUN_FAST = {"mlp_regression.py"}   # the others run the same code paths; subproc
 def test_converted_script_runs(name, tmp_path):
     converted = _convert(_file(name), tmp_path)
     argv = [a for a in SCRIPTS[name][0]] + (["--epochs", "2"] if name == "resnet_bn.py" else []) \
-        + (["--steps", "40"] if name == "reinforce_bandit.py" else [])
+        + (["--steps", "40"] if name == "reinforce_bandit.py" else []) \
+        + (["--updates", "40"] if name == "actor_critic.py" else [])
     proc = subprocess.run([sys.executable, "-W", "ignore", converted, *argv], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -421,3 +421,118 @@ def test_train_step_function_and_while_loop_are_marked():
     assert found[0][2].startswith("loss.backward() not converted: backward() outside a for loop")
     assert found[2][2].startswith("loss.backward() not converted: the training loop is a while loop")
     assert "JP601" not in codes
+
+
+def test_one_loss_stepping_two_models_is_one_joint_train_step():
+    # actor-critic: one summed loss, one backward(), each model's optimizer stepped
+    out, codes, result = _convert("""\
+        def main():
+            actor = nn.Linear(4, 3)
+            critic = nn.Linear(4, 1)
+            actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-2)
+            critic_opt = torch.optim.SGD(critic.parameters(), lr=1e-2)
+            for x, r in loader:
+                values = critic(x).squeeze(-1)
+                advantage = r - values.detach()
+                logp = F.log_softmax(actor(x), dim=-1)[:, 0]
+                loss = -(logp * advantage).mean() + 0.5 * F.mse_loss(values, r)
+                actor_opt.zero_grad()
+                critic_opt.zero_grad()
+                loss.backward()
+                total = loss.item()
+                actor_opt.step()
+                critic_opt.step()
+        """)
+    assert "JP601" in codes and "JP602" not in codes
+    assert "@jax.jit\ndef train_step(actor_state, critic_state, x, r):" in out
+    assert "    def loss_fn(actor_params, critic_params):" in out
+    assert ('critic_state.apply_fn({"params": critic_params}, x, train=True, rngs={"dropout": critic_dropout_rng})'
+            in out)
+    assert ("loss, (actor_grads, critic_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(actor_state.params, "
+            "critic_state.params)") in out
+    assert "actor_state = actor_state.apply_gradients(grads=actor_grads, rng=actor_rng)" in out
+    assert "critic_state = critic_state.apply_gradients(grads=critic_grads, rng=critic_rng)" in out
+    assert "actor_state, critic_state, loss = train_step(actor_state, critic_state, x, r)\n" in out
+    assert out.index("train_step(actor_state, critic_state, x, r)\n") < out.index("total = loss.item()")
+    assert ".backward()" not in out and "_opt.step()" not in out
+    compile(out, "s.py", "exec")
+
+
+def test_joint_step_missing_a_models_forward_is_refused():
+    out, codes, result = _convert("""\
+        def main():
+            actor = nn.Linear(4, 3)
+            critic = nn.Linear(4, 1)
+            actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-2)
+            critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+            for x in loader:
+                loss = actor(x).sum()
+                loss.backward()
+                actor_opt.step()
+                critic_opt.step()
+        """)
+    assert "JP601" not in codes
+    assert "# jaxport: JP602 training loop not converted: no forward pass of critic before backward()" in out
+
+
+def test_sampling_function_called_from_a_seeded_function_takes_a_key():
+    out, codes, result = _convert("""\
+        from torch.distributions import Categorical
+
+        def draw(logits):
+            return Categorical(logits=logits).sample()
+
+        def main():
+            torch.manual_seed(0)
+            a = draw(torch.zeros(3))
+            b = draw(torch.ones(3))
+        """)
+    assert "JP403" not in codes and "JP612" in codes
+    assert "def draw(logits, rng_key=None):" in out
+    assert "    rng_key, sample_key = jax.random.split(rng_key)\n    a = draw(jnp.zeros(3), rng_key=sample_key)" in out
+    assert "    rng_key, sample_key = jax.random.split(rng_key)\n    b = draw(jnp.ones(3), rng_key=sample_key)" in out
+    ns = {}
+    exec(compile(out, "s.py", "exec"), ns)
+    ns["main"]()
+
+
+def test_sampling_function_with_an_unseeded_caller_keeps_jp403():
+    out, codes, result = _convert("""\
+        from torch.distributions import Categorical
+
+        def draw(logits):
+            return Categorical(logits=logits).sample()
+
+        def main():
+            torch.manual_seed(0)
+            a = draw(torch.zeros(3))
+
+        def other():
+            return draw(torch.zeros(3))
+        """)
+    assert "JP403" in codes and "def draw(logits):" in out
+
+
+def test_model_called_in_a_function_without_its_state_is_marked():
+    # several models: their TrainStates are locals of the function building the optimizers
+    out, codes, result = _convert("""\
+        def rollout(actor, x):
+            with torch.no_grad():
+                return actor(x).argmax(-1)
+
+        def main():
+            actor = nn.Linear(4, 3)
+            critic = nn.Linear(4, 1)
+            actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-2)
+            critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+            for x in loader:
+                a = rollout(actor, x)
+                loss = actor(x).sum() + critic(x).sum()
+                loss.backward()
+                actor_opt.step()
+                critic_opt.step()
+        """)
+    found = [(d.line, d.col, d.message) for d in result.diagnostics if d.code == "JP606"]
+    assert [(line, col) for line, col, _ in found] == [(7, 15)]
+    assert found[0][2].startswith("actor(...) in rollout(): with several models the training states are not passed")
+    assert "# jaxport: JP606 actor(...) in rollout()" in out

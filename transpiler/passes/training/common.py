@@ -58,6 +58,7 @@ class LoopPlan:
     loop_bound: set[str] = field(default_factory=set)  # names the training loop(s) bind
     flat: dict[str, str] = field(default_factory=dict)  # static parameter → the attribute read it replaces
     early: cst.SimpleStatementLine | None = None       # a no_grad model call before the step: create the state there
+    joint: list[tuple[str, str]] = field(default_factory=list)  # (model, optimizer) stepped on one loss (actor-critic)
 
 
 @dataclass

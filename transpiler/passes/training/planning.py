@@ -30,6 +30,9 @@ class PlanningMixin:
             if calls_name(node.body, self.models):
                 self.eval_loops.add(id(node))
             return
+        if self.multi and len(backward) == 1 and len(steps) > 1:
+            self._record(node, node, lambda: self._plan_joint(node, backward[0], steps))
+            return
         if self.multi and (len(backward) > 1 or len(steps) > 1):
             self._record(node, node, lambda: self._plan_pairs(node, backward, steps))
             return

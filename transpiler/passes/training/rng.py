@@ -5,7 +5,7 @@ import libcst as cst
 
 from ...walk import transform
 from .common import RNG_KEY
-from .syntax import bound_names, count_name
+from .syntax import add_kwarg, bound_names, count_name, with_param
 
 
 class RenameKeys(cst.CSTTransformer):
@@ -48,7 +48,7 @@ class RngMixin:
                              for s in updated.body):
             return updated
         fn = self._function()
-        if fn not in self.seed_scopes:
+        if fn not in self.seed_scopes and fn not in self.keyed:
             if None not in self.seed_scopes or fn is None:
                 return updated      # no seed in scope: JP403 stays
             self.global_key.add(fn)
@@ -60,3 +60,20 @@ class RngMixin:
         self.ctx.emits.add("jax")
         return cst.FlattenSentinel([split.with_changes(leading_lines=updated.leading_lines),
                                     new.with_changes(leading_lines=[])])
+
+    def _key_argument(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        """A call of a function that takes a key (``keyed``) passes ``rng_key=rng_key``; the
+        statement's split (``_thread_key``) then gives it a fresh key of its own."""
+        if isinstance(original.func, cst.Name) and original.func.value in self.keyed and not self.class_depth \
+                and not any(a.keyword is not None and a.keyword.value == RNG_KEY for a in updated.args):
+            return add_kwarg(updated, RNG_KEY, cst.Name(RNG_KEY))
+        return updated
+
+    def _key_parameter(self, name: str, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        """``def sample_actions(logits)`` → ``def sample_actions(logits, rng_key=None)``."""
+        if name not in self.keyed:
+            return updated
+        params = with_param(updated.params, RNG_KEY)
+        self.ctx.report(original, "JP612", f"{name}() samples: it takes a PRNG key (rng_key), split by each caller "
+                        "from its torch.manual_seed key just before the call")
+        return updated.with_changes(params=params)

@@ -19,6 +19,7 @@ class ScanMixin:
         self._scan_held(node)
         scan = _Scan(self)
         walk(node, scan)
+        self._keyed_functions(scan)
         if not self.optimizers:
             return      # (BatchNorm and sampling in the models matter to train steps only)
         module_calls = _ModuleCalls(self)
@@ -41,6 +42,31 @@ class ScanMixin:
                         info.needs = changed = True
                     if other.returns and not info.returns:
                         info.returns = changed = True
+
+    def _keyed_functions(self, scan: "_Scan") -> None:
+        """Functions with random ops (or calls of such functions) that every caller calls from
+        a scope seeded with ``torch.manual_seed`` (a key in scope) or from another such
+        function: they take a new ``rng_key`` parameter, split by the caller before the call
+        (with a module-level seed, functions split the global key instead)."""
+        if None in self.seed_scopes:
+            return
+        sampling = set(scan.sampling)
+        changed = True
+        while changed:
+            changed = False
+            for caller_fn in list(self.functions):
+                if caller_fn not in sampling and any(c in sampling for c in scan.calls.get(caller_fn, ())):
+                    sampling.add(caller_fn)
+                    changed = True
+        keyed = {f for f in sampling if f not in self.seed_scopes and f in self.functions and scan.callers.get(f)}
+        changed = True
+        while changed:
+            changed = False
+            for f in list(keyed):
+                if not scan.callers[f] <= (self.seed_scopes | keyed) - {None}:
+                    keyed.discard(f)
+                    changed = True
+        self.keyed = keyed
 
     def _called_functions(self, fn: cst.FunctionDef) -> set[str]:
         return {c.func.value for c in named_calls(fn.body)}
@@ -80,9 +106,14 @@ class _Scan(cst.CSTVisitor):
         self.rule = rule
         self.fn: str | None = None
         self.classes: list[cst.ClassDef] = []     # their bodies are scanned when there is an optimizer
+        self.sampling: set[str] = set()           # top-level functions holding a random op
+        self.calls: dict[str, set[str]] = {}      # function → the names it calls
+        self.callers: dict[str, set] = {}         # name → the functions (None: module) calling it
 
     def visit_ClassDef(self, n: cst.ClassDef) -> bool:
         self.classes.append(n)
+        for call in named_calls(n.body):     # a method calling a sampling function has no key to give it
+            self.callers.setdefault(call.func.value, set()).add(f"class {n.name.value}")
         return False
 
     def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
@@ -138,6 +169,13 @@ class _Scan(cst.CSTVisitor):
 
     def visit_Call(self, n: cst.Call) -> None:
         q = qualify(n.func, self.rule.ctx.aliases) or ""
+        if isinstance(n.func, cst.Name):
+            self.callers.setdefault(n.func.value, set()).add(self.fn)
+            if self.fn is not None:
+                self.calls.setdefault(self.fn, set()).add(n.func.value)
+        entry = self.rule.ctx.tables.functions.get(q)
+        if self.fn is not None and entry is not None and any("rng_key" in t for t in entry.templates or ()):
+            self.sampling.add(self.fn)
         if q.startswith(BATCHNORM_PREFIXES):
             self.rule.batchnorm = True
         if q in ("torch.manual_seed", "torch.random.manual_seed") and n.args:

@@ -10,7 +10,7 @@ from ...walk import transform
 from .common import COMMA, HOST_SCHEDULERS, OPTIMIZER_PREFIX, RNG_KEY, SCALERS, SCHEDULER_PREFIX, STATE
 from .optimizers import inject_learning_rate, selector_lambda
 from .rng import added_keys
-from .syntax import add_kwarg, code_of, ends_with_return, is_docstring, method_stmt
+from .syntax import add_kwarg, code_of, ends_with_return, is_docstring, method_stmt, with_param
 
 
 class Returns(cst.CSTTransformer):
@@ -186,6 +186,7 @@ class StatementsMixin:
         return updated
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        updated = self._key_argument(original, updated)
         if not self.optimizers or self.class_depth:
             return updated
         func = original.func
@@ -202,6 +203,13 @@ class StatementsMixin:
                 return add_kwarg(updated, STATE, cst.Name(STATE))
         if isinstance(func, cst.Name) and func.value in self.models and not self.segment_depth:
             fn = self._function()
+            if self.multi and fn is not None and fn in self.functions and not self.functions[fn].creates \
+                    and any(info.creates for info in self.functions.values()):   # (module-level states are globals)
+                st = self._state(func.value)
+                self.ctx.report(original, "JP606", f"{func.value}(...) in {fn}(): with several models the training "
+                                f"states are not passed to functions, and {st} does not exist here: call the model "
+                                f"where its optimizer is built, or pass {st} in (created before this call) and use "
+                                f"eval_step({st}, ...)")
             if fn is not None and self.mode.get(fn) == "train":
                 self.ctx.report(original, "JP606", f"{func.value}(...) in training mode outside the training step "
                                 "is evaluated in eval mode (dropout off, BatchNorm running statistics)")
@@ -232,6 +240,7 @@ class StatementsMixin:
             self.def_stack.pop()
         if self.function_stack or self.class_depth or name is None:
             return updated
+        updated = self._key_parameter(name, original, updated)
         if name in self.global_key:
             decl = cst.parse_statement(f"global {RNG_KEY}\n")
             body = list(updated.body.body)
@@ -240,17 +249,7 @@ class StatementsMixin:
         info = self.functions.get(name)
         if info is None or info.creates or not info.needs or self.multi:
             return updated
-        params = updated.params
-        state_param = cst.Param(cst.Name(STATE), default=cst.Name("None"),
-                                equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
-                                                      whitespace_after=cst.SimpleWhitespace("")))
-        if params.star_arg not in (cst.MaybeSentinel.DEFAULT, None) or params.kwonly_params or params.star_kwarg:
-            params = params.with_changes(kwonly_params=[*params.kwonly_params, state_param])
-        else:
-            plist = list(params.params)
-            if plist:
-                plist[-1] = plist[-1].with_changes(comma=COMMA)
-            params = params.with_changes(params=[*plist, state_param])
+        params = with_param(updated.params, STATE)
         self.ctx.report(original, "JP605", f"{name}() takes the training state"
                         + (" and returns it" if info.returns else ""))
         updated = updated.with_changes(params=params)

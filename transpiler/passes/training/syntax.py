@@ -298,3 +298,16 @@ def attribute_names(node: cst.CSTNode) -> set[str]:
             visit(child)
     visit(node)
     return out
+
+
+def with_param(params: cst.Parameters, name: str) -> cst.Parameters:
+    """``params`` with ``name=None`` added last (keyword-only after ``*args`` or ``*``)."""
+    param = cst.Param(cst.Name(name), default=cst.Name("None"),
+                      equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                            whitespace_after=cst.SimpleWhitespace("")))
+    if params.star_arg not in (cst.MaybeSentinel.DEFAULT, None) or params.kwonly_params or params.star_kwarg:
+        return params.with_changes(kwonly_params=[*params.kwonly_params, param])
+    plist = list(params.params)
+    if plist:
+        plist[-1] = plist[-1].with_changes(comma=COMMA)
+    return params.with_changes(params=[*plist, param])
