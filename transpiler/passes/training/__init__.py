@@ -23,11 +23,15 @@ or ``.grad``). Anything else is left as it was with JP602.
 
 Variants: backward() in an inner ``for _ in range(k)`` loop with step() after it (gradient
 accumulation → ``optax.MultiSteps``, JP609); one backward()/step() pair per model in one loop
-(a GAN → one train step per optimizer, a TrainState per model named ``<model>_state``);
+(a GAN → one train step per optimizer, a TrainState per model named ``<model>_state``); one
+backward() and a step() per model (an actor-critic's summed loss → one train step taking every
+model's state, ``jax.value_and_grad`` over their parameters, each optimizer on its own state);
 ``with torch.no_grad():`` blocks in the loop are host code (a rollout); ``autocast`` blocks are
 inlined and the GradScaler calls unwrapped (JP613). Parameter groups become
 ``optax.multi_transform`` (JP608), writes to ``param_groups[...]["lr"]`` ``set_optimizer_lr``
-(JP610), random ops in script code take keys split from the ``torch.manual_seed`` key (JP612).
+(JP610), random ops in script code take keys split from the ``torch.manual_seed`` key (JP612); a function
+that samples and is called only from seeded scopes takes an ``rng_key`` parameter, split by its
+callers.
 
 Modules (one job each):
 
