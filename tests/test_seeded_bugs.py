@@ -178,8 +178,8 @@ def class_span(text: str, cls: str) -> tuple[int, int]:
 
 
 def mutate(text: str, where: str, old: str, new: str) -> str:
-    if where == PRELUDE:
-        lo, hi = 0, text.index("\nclass ")
+    if where == PRELUDE:   # the helpers (classes among them) end where the source's first class starts
+        lo, hi = 0, min(text.index(f"\nclass {b[1]}(") for b in BUGS)
     else:
         lo, hi = class_span(text, where)
     block = text[lo:hi]

@@ -38,6 +38,7 @@ SCRIPT_REPLAYED: dict[str, str] = {
     "char_rnn.py": "hidden",                 # out, hidden = model(x, hidden)
     "reinforce_bandit.py": "",               # actions sampled from a Categorical in the loop
     "seq2seq_attention.py": "cannot infer 0 model inputs",   # batches from make_batch(...) in the loop
+    "actor_critic.py": "names not found in the setup",      # one loss, two optimizers; sampled actions
 }
 
 
@@ -82,9 +83,11 @@ def test_corpus_script_replays_three_steps(name, tmp_path):
         by_model: dict = {}
         for c in steps:
             by_model.setdefault(c["name"].split(":")[1] if c["name"].count(":") == 2 else "", []).append(c)
-        for checks in by_model.values():
-            assert [c["step"] for c in checks] == [1, 1, 2, 2, 3, 3]
-            assert {c["name"].rsplit(":", 1)[1] for c in checks} == {"loss", "params"}
+        for checks in by_model.values():   # every model: its parameters after each of its 3 steps
+            assert [c["step"] for c in checks if c["name"].endswith(":params")] == [1, 2, 3]
+        # the losses: with each model's steps, or (one summed loss stepping two optimizers) with one
+        losses = [c for c in steps if c["name"].endswith(":loss")]
+        assert len(losses) >= 3 and sorted({c["step"] for c in losses}) == [1, 2, 3]
         assert len(m["train_steps"]) == 3 * len(by_model) and m["examples"] == 3
         print(name, m["replay"], [(s["torch_loss"], s["jax_loss"], s["param_max_abs_err"]) for s in m["train_steps"]])
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,12 @@ def might_train(text: str) -> bool:
 def _src(text: str, node: ast.AST) -> str:
     seg = ast.get_source_segment(text, node)
     return seg if seg is not None else ast.unparse(node)
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines with their ends, split at \\r\\n, \\r and \\n only (as the ast module does, unlike
+    ``str.splitlines``, which also splits at form feeds and other separators)."""
+    return re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -347,6 +354,7 @@ class _Side:
 
     def __init__(self, text: str):
         self.text = text
+        self._lines: list[bytes] | None = None
         self.tree = ast.parse(text)
         self.aliases = _aliases(self.tree)
         self.scopes = _scopes(self.tree)
@@ -370,7 +378,21 @@ class _Side:
         return names
 
     def src(self, node: ast.AST) -> str:
-        return _src(self.text, node)
+        """The source text of ``node`` (what ``ast.get_source_segment`` returns, without
+        splitting the whole file into lines on every call)."""
+        if self._lines is None:
+            self._lines = [line.encode("utf-8") for line in _split_lines(self.text)]
+        end_lineno, end_col = getattr(node, "end_lineno", None), getattr(node, "end_col_offset", None)
+        if end_lineno is None or end_col is None or not hasattr(node, "lineno"):
+            return ast.unparse(node)
+        first, last, lines = node.lineno - 1, end_lineno - 1, self._lines
+        try:
+            if first == last:
+                return lines[first][node.col_offset:end_col].decode("utf-8")
+            return (lines[first][node.col_offset:] + b"".join(lines[first + 1:last])
+                    + lines[last][:end_col]).decode("utf-8")
+        except (IndexError, UnicodeDecodeError):
+            return _src(self.text, node)
 
     def assignments(self, scope: Scope, name: str, before: int | None = None) -> list[ast.stmt]:
         out = []
