@@ -99,15 +99,23 @@ _SKIPPED: dict[frozenset, frozenset] = {}
 
 def skipped_types(*hook_owners) -> frozenset[type]:
     """The token types none of ``hook_owners`` (visitors, rules) has a ``visit_``/``leave_``
-    hook for."""
+    hook for (cached per tuple of owner classes: passes walk small subtrees many times)."""
+    classes = tuple(type(owner) for owner in hook_owners)
+    found = _SKIPPED_BY_CLASSES.get(classes)
+    if found is not None:
+        return found
     hooked: set[str] = set()
-    for owner in hook_owners:
-        hooked |= _own_hooks(type(owner))
+    for cls in classes:
+        hooked |= _own_hooks(cls)
     key = frozenset(n.split("_", 1)[1] for n in hooked)
     found = _SKIPPED.get(key)
     if found is None:
         found = _SKIPPED[key] = frozenset(t for t in TOKEN_TYPES if t.__name__ not in key)
+    _SKIPPED_BY_CLASSES[classes] = found
     return found
+
+
+_SKIPPED_BY_CLASSES: dict[tuple[type, ...], frozenset] = {}
 
 
 def walk(node: CSTNode, visitor: cst.CSTVisitor) -> None:
