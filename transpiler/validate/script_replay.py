@@ -92,10 +92,9 @@ class Sampling:
         self.calls[name] = self.calls.get(name, 0) + 1
 
 
-def _size(size) -> tuple:
-    if len(size) == 1 and isinstance(size[0], (tuple, list)) or (len(size) == 1 and hasattr(size[0], "__len__")):
-        return tuple(size[0])
-    return tuple(size)
+def _size(size: tuple) -> tuple:
+    """torch's ``*size`` arguments: ``randn(2, 3)`` or ``randn((2, 3))`` / ``randn(torch.Size(...))``."""
+    return tuple(size[0]) if len(size) == 1 and hasattr(size[0], "__len__") else tuple(size)
 
 
 @contextlib.contextmanager
