@@ -248,8 +248,9 @@ def _parens(node: cst.BaseExpression) -> cst.BaseExpression:
     return node
 
 
-def references(node: cst.CSTNode, params: set[str]) -> set[str]:
-    """The parameters among ``params`` that ``node`` reads."""
+def references(node: cst.CSTNode, params: set[str] | None = None) -> set[str]:
+    """The names among ``params`` that ``node`` reads (every name it reads without
+    ``params``; attribute names and keywords are not reads)."""
     collector = _NameCollector(params)
     walk(node, collector)
     return collector.found

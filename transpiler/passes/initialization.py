@@ -21,6 +21,7 @@ import libcst as cst
 
 from ..names import dotted, qualify
 from ..render import render_call
+from ..template import references
 from ..walk import transform, walk
 
 METHOD_FORMS = {"normal_", "uniform_", "fill_", "zero_"}
@@ -364,27 +365,8 @@ def _record_constant(stmt, constants: dict, module_names: set[str]) -> None:
             if isinstance(small, cst.Assign) and len(names) == 1 == len(targets) \
                     and small.value is not None:
                 value = transform(small.value, _InlineNames(constants))
-                if _names_in(value) <= {"self", *module_names}:
+                if references(value) <= {"self", *module_names}:
                     constants[names[0]] = value
-
-
-def _names_in(expr: cst.CSTNode) -> set[str]:
-    found: set[str] = set()
-
-    class _V(cst.CSTVisitor):
-        def visit_Attribute(self, node: cst.Attribute) -> bool:
-            walk(node.value, self)
-            return False
-
-        def visit_Arg(self, node: cst.Arg) -> bool:
-            walk(node.value, self)
-            return False
-
-        def visit_Name(self, node: cst.Name) -> None:
-            found.add(node.value)
-
-    walk(expr, _V())
-    return found
 
 
 class _InlineNames(cst.CSTTransformer):
@@ -437,7 +419,7 @@ def _is_isinstance_of(test, var: str) -> bool:
 
 
 def _reads_self(expr: cst.BaseExpression) -> bool:
-    return "self" in _names_in(expr)
+    return "self" in references(expr)
 
 
 def _class_name_binding(stmt, var: str) -> str | None:
