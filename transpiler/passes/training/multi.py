@@ -9,8 +9,7 @@ from ...walk import transform
 from .common import LoopPlan, RNG_KEY, Unsupported
 from .rng import RenameKeys
 from .syntax import (assigned_names, bound_names, calls_name, calls_of, code_of, count_name, loop_batch_names,
-                     method_stmt,
-                     names_read, ordered_assigned)
+                     method_stmt, names_read, ordered_assigned)
 
 
 class JointModelCall(cst.CSTTransformer):
@@ -34,6 +33,30 @@ class JointModelCall(cst.CSTTransformer):
 
 class MultiModelMixin:
     """Plans and rewrites loops that train several models (one train step per backward/step pair)."""
+
+    def _check_several_models(self) -> None:
+        """What every loop training several models needs (raises Unsupported)."""
+        if self.batchnorm:
+            raise Unsupported("several models with BatchNorm in one loop")
+        fn = self._function()
+        if fn is not None and fn in self.functions and not self.functions[fn].creates:
+            raise Unsupported("several models trained in a function that does not build their optimizers")
+
+    def _zero_grads(self, body) -> list:
+        """The ``X.zero_grad()`` statements of ``body`` on an optimizer or a model."""
+        return [x for x in body if method_stmt(x, "zero_grad") and dotted(method_stmt(x, "zero_grad")[0])
+                in (set(self.optimizers) | self.models)]
+
+    def _check_forward_statement(self, x) -> None:
+        """A statement of a forward pass moved into a train step: one plain assignment, no
+        ``.item()``, models called with plain positional arguments (raises Unsupported)."""
+        small = x.body[0] if isinstance(x, cst.SimpleStatementLine) and len(x.body) == 1 else None
+        if not (isinstance(small, cst.Assign) and all(bound_names(t.target) for t in small.targets)) \
+                or ".item()" in code_of(small.value):
+            raise Unsupported("the forward pass is not made of plain assignments")
+        for call in [c for m in self.models for c in calls_of([x], m)]:
+            if any(a.keyword is not None or a.star for a in call.args):
+                raise Unsupported("model called with keyword or starred arguments")
 
     def _plan_pairs(self, loop: cst.For, backward, steps) -> list[LoopPlan]:
         """A loop with one backward()/step() pair per model (a GAN: the discriminator's step,
@@ -63,16 +86,11 @@ class MultiModelMixin:
             removed_all |= {id(b_stmt), id(s_stmt)}
         if len({p[3] for p in pairs}) != len(pairs):
             raise Unsupported("one optimizer stepped twice in a loop")
-        if self.batchnorm:
-            raise Unsupported("several models with BatchNorm in one loop")
-        zero = [x for x in body if method_stmt(x, "zero_grad") and dotted(method_stmt(x, "zero_grad")[0])
-                in (set(self.optimizers) | self.models)]
+        self._check_several_models()
+        zero = self._zero_grads(body)
         removed_all |= {id(x) for x in zero}
         step_at = {self.optimizers[p[3]]: body.index(p[1]) for p in pairs}
         plans, claimed = [], set()
-        fn = self._function()
-        if fn is not None and fn in self.functions and not self.functions[fn].creates:
-            raise Unsupported("several models trained in a function that does not build their optimizers")
         for b_stmt, s_stmt, loss_expr, optimizer in pairs:
             model = self.optimizers[optimizer]
             b_index = body.index(b_stmt)
@@ -81,16 +99,10 @@ class MultiModelMixin:
             if not segment or not calls_of(segment, model):
                 raise Unsupported(f"no forward pass of {model} before its backward()")
             for x in segment:
-                small = x.body[0] if isinstance(x, cst.SimpleStatementLine) and len(x.body) == 1 else None
-                if not (isinstance(small, cst.Assign) and all(bound_names(t.target) for t in small.targets)) \
-                        or ".item()" in code_of(small.value):
-                    raise Unsupported("the forward pass of a step is not made of plain assignments")
+                self._check_forward_statement(x)
                 for m in self.models:
                     if calls_name(x, {m}) and m in step_at and body.index(x) < step_at[m] < b_index:
                         raise Unsupported(f"{m} is stepped between its forward pass and the backward() that uses it")
-                for call in calls_of([x], model) + [c for m in self.models for c in calls_of([x], m)]:
-                    if any(a.keyword is not None or a.star for a in call.args):
-                        raise Unsupported("model called with keyword or starred arguments")
             removed = [b_stmt, s_stmt] + [z for z in zero if z not in claimed]
             claimed |= set(removed)
             plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=[],
@@ -176,17 +188,12 @@ class MultiModelMixin:
         models = [self.optimizers[o] for o in optimizers]
         if len(set(optimizers)) != len(optimizers) or len(set(models)) != len(models):
             raise Unsupported("one optimizer or model stepped twice on one backward()")
-        if self.batchnorm:
-            raise Unsupported("several models with BatchNorm in one loop")
-        fn = self._function()
-        if fn is not None and fn in self.functions and not self.functions[fn].creates:
-            raise Unsupported("several models trained in a function that does not build their optimizers")
+        self._check_several_models()
         b_index = body.index(b_stmt)
         last = max(body.index(s) for s in steps)
         if min(body.index(s) for s in steps) < b_index:
             raise Unsupported("step() before backward()")
-        zero = [x for x in body if method_stmt(x, "zero_grad") and dotted(method_stmt(x, "zero_grad")[0])
-                in (set(self.optimizers) | self.models)]
+        zero = self._zero_grads(body)
         for x in body[b_index + 1:last]:
             if x in steps or x in zero:
                 continue
@@ -203,13 +210,7 @@ class MultiModelMixin:
             if not calls_of(segment, m):
                 raise Unsupported(f"no forward pass of {m} before backward(): the loss does not depend on it")
         for x in segment:
-            small = x.body[0] if isinstance(x, cst.SimpleStatementLine) and len(x.body) == 1 else None
-            if not (isinstance(small, cst.Assign) and all(bound_names(t.target) for t in small.targets)) \
-                    or ".item()" in code_of(small.value):
-                raise Unsupported("the forward pass is not made of plain assignments")
-            for call in [c for m in self.models for c in calls_of([x], m)]:
-                if any(a.keyword is not None or a.star for a in call.args):
-                    raise Unsupported("model called with keyword or starred arguments")
+            self._check_forward_statement(x)
         assigned = set(ordered_assigned(segment))
         later = set()
         for x in body:
