@@ -57,40 +57,15 @@ def _file(case: str) -> str:
 NOISE_FREE = {"vae.py", "gan.py", "reinforce_bandit.py", "actor_critic.py"}
 
 
-def _pattern(lib, shape, dtype):
-    """Deterministic stand-in for normal noise, the same numbers in torch and JAX."""
-    n = int(np.prod(shape))
-    if lib is torch:
-        return torch.sin(torch.arange(n, dtype=torch.float32) * 0.7).reshape(tuple(shape)).to(dtype)
-    return lib.sin(lib.arange(n, dtype=lib.float32) * 0.7).reshape(tuple(shape)).astype(dtype)
-
-
-def _torch_size(size):
-    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else tuple(size)
-
-
 @contextlib.contextmanager
 def _noise_free(enabled: bool):
+    """The validator's stand-ins for every sampler, on both sides (script_replay.equal_draws)."""
     if not enabled:
         yield
         return
-    import jax
-    import jax.numpy as jnp
-    saved = (torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation,
-             torch.distributions.Categorical.sample, jax.random.categorical)
-    # categorical draws → the most likely class
-    torch.distributions.Categorical.sample = lambda self, sample_shape=torch.Size(): self.logits.argmax(-1)
-    jax.random.categorical = lambda key, logits, axis=-1, shape=None: jnp.argmax(logits, axis)
-    torch.randn = lambda *size, **kw: _pattern(torch, _torch_size(size), kw.get("dtype") or torch.float32)
-    torch.randn_like = lambda x, **kw: _pattern(torch, x.shape, x.dtype)
-    torch.randperm = lambda n, **kw: torch.arange(n)
-    jax.random.normal = lambda key, shape=(), dtype=jnp.float32: _pattern(jnp, shape, dtype)
-    jax.random.permutation = lambda key, x, **kw: jnp.arange(x) if isinstance(x, int) else x
-    try:
+    from transpiler.validate.script_replay import equal_draws
+    with equal_draws():
         yield
-    finally:
-        (torch.randn, torch.randn_like, torch.randperm, jax.random.normal, jax.random.permutation,
-         torch.distributions.Categorical.sample, jax.random.categorical) = saved
 
 
 def _convert(name: str, tmp_path) -> str:

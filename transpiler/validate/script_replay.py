@@ -239,6 +239,15 @@ def _jax_patches(sampling: Sampling):
             standin("bernoulli", bernoulli)]
 
 
+@contextlib.contextmanager
+def equal_draws(sampling: Sampling | None = None):
+    """torch's and JAX's samplers (and torch's functional dropouts, the identity) replaced by
+    the same deterministic stand-ins, for the duration of the block."""
+    sampling = sampling or Sampling()
+    with _patched(_torch_patches(sampling) + _jax_patches(sampling)):
+        yield sampling
+
+
 # ============================================================================ running a script
 
 def run_script(path: str | Path, workdir: str, label: str) -> str:
