@@ -533,6 +533,7 @@ def compare(torch_trace: TorchTrace, jax_trace: JaxTrace, rtol: float, atol: flo
     """Fill ``result`` (a module entry of the validation report) with one loss and one
     parameter check per model and step."""
     from .harness import _tree_paths, compare_arrays
+    from .train_steps import compare_state
     from .weights import load_torch_state
 
     several = len(torch_trace.steps) > 1
@@ -567,25 +568,18 @@ def compare(torch_trace: TorchTrace, jax_trace: JaxTrace, rtol: float, atol: flo
             floor = NOISE_GRADIENT * max((float(np.abs(g).max()) for g in grads.values() if np.size(g)), default=0.0)
             for path, g in grads.items():
                 noisy[path] = noisy.get(path, False) | (np.abs(np.asarray(g)) <= floor)
-            p_abs = p_rel = 0.0
-            bad, worst = [], None
-            for path in sorted(ref):
-                g, r = np.asarray(got[path]), np.asarray(ref[path])
+
+            def judged(path, g, r):
                 if path in noisy and np.any(noisy[path]):
                     outside = np.abs(g.astype(np.float64) - r) > at * max(1.0, float(np.abs(r).max())) + rt * np.abs(r)
                     ignored = noisy[path] & outside
                     excluded[path] = excluded.get(path, False) | ignored
                     g = np.where(ignored, r, g)
-                c = compare_arrays(path, g, r, "float32", rt, at)
-                if worst is None or c.max_abs_err > worst.max_abs_err:
-                    worst = c
-                p_abs, p_rel = max(p_abs, c.max_abs_err), max(p_rel, c.max_rel_err)
-                if c.status != "pass":
-                    bad.append(c)
-            checks.append({"name": f"train_step[{k}]:{label}params", "status": "fail" if bad else "pass",
-                           "max_abs_err": p_abs, "max_rel_err": p_rel, "kind": "train_step", "step": k,
-                           "message": (f"{len(bad)}/{len(ref)} array(s) differ; {bad[0].name}: {bad[0].message}"
-                                       if bad else f"worst {worst.name}" if worst else "")})
+                return g
+
+            params = compare_state(f"train_step[{k}]:{label}params", got, ref, rt, at, k, judged)
+            p_abs, p_rel = params["max_abs_err"], params["max_rel_err"]
+            checks.append(params)
             result["checks"] += checks
             result["train_steps"].append({"step": k, "model": key, "torch_losses": t.losses, "jax_losses": j.losses,
                                           "torch_loss": sum(t.losses) if t.losses else None,
