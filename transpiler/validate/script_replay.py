@@ -570,11 +570,12 @@ def compare(torch_trace: TorchTrace, jax_trace: JaxTrace, rtol: float, atol: flo
                 noisy[path] = noisy.get(path, False) | (np.abs(np.asarray(g)) <= floor)
 
             def judged(path, g, r):
+                """Elements whose gradient was rounding noise are not compared (set to torch's
+                value); those of them that differ beyond the tolerance are counted."""
                 if path in noisy and np.any(noisy[path]):
                     outside = np.abs(g.astype(np.float64) - r) > at * max(1.0, float(np.abs(r).max())) + rt * np.abs(r)
-                    ignored = noisy[path] & outside
-                    excluded[path] = excluded.get(path, False) | ignored
-                    g = np.where(ignored, r, g)
+                    excluded[path] = excluded.get(path, False) | (noisy[path] & outside)
+                    g = np.where(noisy[path], r, g)
                 return g
 
             params = compare_state(f"train_step[{k}]:{label}params", got, ref, rt, at, k, judged)
