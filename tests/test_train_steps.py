@@ -33,10 +33,10 @@ CORPUS = ROOT / "corpus" / "training"
 SCRIPT_REPLAYED: dict[str, str] = {
     "gpt_accum.py": "inner loop",            # backward() in a micro-batch loop, step() after it
     "gan.py": "cannot infer 0 model inputs",  # two optimizers; the batch is sampled noise
-    "vae.py": "",                           # batches sliced from a tensor in the loop, randn_like noise
+    "vae.py": "xb = data[perm[i:i + args.batch]]",   # batches sliced from a tensor in the loop
     "amp_checkpoint.py": "GradScaler",
     "char_rnn.py": "hidden",                 # out, hidden = model(x, hidden)
-    "reinforce_bandit.py": "",               # actions sampled from a Categorical in the loop
+    "reinforce_bandit.py": "names not found in the setup",   # actions sampled in the loop
     "seq2seq_attention.py": "cannot infer 0 model inputs",   # batches from make_batch(...) in the loop
     "actor_critic.py": "names not found in the setup",      # one loss, two optimizers; sampled actions
 }
@@ -377,3 +377,17 @@ def test_script_replay_reports_a_script_that_cannot_run(tmp_path):
     assert code == 1, log
     [m] = report["modules"]
     assert m["status"] == "error" and "RuntimeError: broken on purpose" in m["message"], m
+
+
+def test_manifest_source_segments_match_the_ast_module():
+    """The manifest's line table gives every node the text ast.get_source_segment gives it
+    (CRLF and CR line ends, a form feed, which str.splitlines would split at, non-ASCII)."""
+    import ast
+    from transpiler.manifest import _Side
+    text = ("x = 'é'\r\ny = (1 +\r\n     2)\x0cz = 3\rw = [\n    'ü', f(a=1,\n"
+            "           b='∂')]\nfor i in range(3):\n    loss = w[i] * 2\n")
+    side = _Side(text)
+    nodes = [n for n in ast.walk(side.tree) if hasattr(n, "end_col_offset")]
+    assert len(nodes) > 20
+    for node in nodes:
+        assert side.src(node) == ast.get_source_segment(text, node), ast.dump(node)
