@@ -384,7 +384,7 @@ def test_manifest_source_segments_match_the_ast_module():
     (CRLF and CR line ends, a form feed, which str.splitlines would split at, non-ASCII)."""
     import ast
     from transpiler.manifest import _Side
-    text = ("x = 'é'\r\ny = (1 +\r\n     2)\x0cz = 3\rw = [\n    'ü', f(a=1,\n"
+    text = ("x = 'é'\r\ny = (1 +\r\n     2)\n\x0cz = (3, '\x0c')\rw = [\n    'ü', f(a=1,\n"
             "           b='∂')]\nfor i in range(3):\n    loss = w[i] * 2\n")
     side = _Side(text)
     nodes = [n for n in ast.walk(side.tree) if hasattr(n, "end_col_offset")]
