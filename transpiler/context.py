@@ -45,6 +45,16 @@ class FileContext:
     init_plan: object | None = None            # initialization.InitPlan, set by the modules pass
     # diagnostics whose position is found at the end: (index in diagnostics, node)
     _unplaced: list = field(default_factory=list)
+    # --layout nhwc (passes/layout.py): calls rendered with their entry's ``to_nhwc`` form
+    channels_last: set[int] = field(default_factory=set)
+    # rebuilt node → the original node it stands for (diagnostics point at the original)
+    node_aliases: dict = field(default_factory=dict)
+
+    def alias_rebuilt(self, moved: dict) -> None:
+        """Diagnostics reported at a rebuilt node (a key of ``moved``) are placed at the
+        original node it stands for. Keeps the rebuilt nodes alive (their ids are keys)."""
+        for new, old in moved.items():
+            self.node_aliases[id(new)] = (new, self.node_aliases.get(id(old), (None, old))[1])
 
     def in_constructor(self) -> bool:
         """Inside ``__init__`` of a converted module or a helper it calls (→ ``setup``)."""
@@ -90,6 +100,8 @@ class FileContext:
         """Record a diagnostic at ``node``. Its line and column are filled in by
         :meth:`place_diagnostics` once the file is done (one cheap pass for all of them)."""
         d = diag.make(code, message, 1, 0)
+        if node is not None and self.node_aliases and id(node) in self.node_aliases:
+            node = self.node_aliases[id(node)][1]
         if node is not None:
             rng = self._known(node)
             if rng is not None:

@@ -47,19 +47,27 @@ class Entry:
     example: str | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    nhwc_templates: tuple[str, ...] = ()   # ``to_nhwc``: the channels-last form (--layout nhwc)
+
+    def channels_last(self) -> "Entry":
+        """This entry rendering its ``to_nhwc`` templates (itself when it has none)."""
+        if not self.nhwc_templates:
+            return self
+        from dataclasses import replace
+        return replace(self, templates=self.nhwc_templates)
 
     @property
     def emits(self) -> set[str]:
         names: set[str] = set()
         sig = self.sig or Signature(())
-        for t in self.templates:
+        for t in (*self.templates, *self.nhwc_templates):
             names |= emitted_roots(t, sig)
         return names
 
 
 _KNOWN_KEYS = {"sig", "to", "always", "keep", "value", "ignore", "exact", "note", "rewriter", "unsupported",
                "receiver", "returns", "call", "params", "params_converter", "example", "inputs", "input",
-               "expect", "init", "tolerance", "skip_example", "train", "nhwc"}
+               "expect", "init", "tolerance", "skip_example", "train", "nhwc", "to_nhwc"}
 
 
 def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
@@ -85,7 +93,13 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
     if returns not in RETURNS or (returns != "tensor" and table != "tensor_methods"):
         raise MappingError(f"{where}: 'returns' is one of {list(RETURNS)}, on tensor methods only")
     params = {p.name for p in sig.params} if sig else set()
-    for t in templates:
+    to_nhwc = raw.get("to_nhwc", ())
+    nhwc_templates = (to_nhwc,) if isinstance(to_nhwc, str) else tuple(to_nhwc)
+    if nhwc_templates and (table not in ("layers", "functions") or sig is None or not templates
+                           or not all(isinstance(t, str) for t in nhwc_templates)):
+        raise MappingError(f"{where}: 'to_nhwc' (a template or a list of them) goes with 'sig' and "
+                           "'to' on layers and functions only")
+    for t in (*templates, *nhwc_templates):
         try:
             template_names(t)
         except TemplateError as exc:
@@ -106,7 +120,7 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
         receiver=raw.get("receiver", "tensor"), returns=returns,
         call=raw.get("call", "plain"), params=dict(raw.get("params", {})),
         params_converter=raw.get("params_converter"), example=raw.get("example"),
-        inputs=inputs, extra=extra,
+        inputs=inputs, extra=extra, nhwc_templates=nhwc_templates,
     )
 
 

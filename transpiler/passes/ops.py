@@ -137,6 +137,8 @@ class OpsRule(Rule):
             self.ctx.call_site(True)
             self.ctx.report(original, "JP105", f"{q} stays on torch: {entry.keep}")
             return updated.with_changes(func=qualified_expr(q))
+        if self.ctx.channels_last and id(original) in self.ctx.channels_last:
+            entry = entry.channels_last()       # --layout nhwc (passes/layout.py)
         result = render_call(entry, updated.args, call=updated)
         plan = self.ctx.init_plan
         if result.expr is not None and plan is not None and id(original) in plan.call_overrides:
