@@ -181,7 +181,9 @@ class LeftoversMixin:
         """What the loss is computed from in ``scope``: the stored values it reads
         (``policy.saved_log_probs``, ``self.data``) and whether a forward pass is among its sources."""
         bindings: list = []
-        _small_statements(scope.body if hasattr(scope, "body") else scope, bindings)
+        body = scope.body if hasattr(scope, "body") else scope
+        for stmt in body if isinstance(body, (list, tuple)) else [body]:   # a Module's body is a sequence
+            _small_statements(stmt, bindings)
         needed = set(names_read(loss))
         sources = [loss]
         changed = True
