@@ -24,7 +24,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ..names import dotted, qualify
-from ..walk import walk
+from ..walk import skipped_types, transform, walk
 from .base import Rule
 from .training import STATE
 
@@ -242,7 +242,7 @@ def prepare(module: cst.Module, ctx) -> cst.Module:
     st.wrappers, st.samplers = uses.wrappers, uses.samplers
     ctx.distributed = st
     transformer = _Prepare(ctx, st)
-    out = module.visit(transformer)
+    out = transform(module, transformer, skipped_types(transformer))
     if transformer.moved:
         # diagnostics the rules report at rebuilt nodes (a loop whose no_sync() block was
         # opened) must point at the user's lines: give the rebuilt nodes the originals' places
@@ -684,7 +684,7 @@ def finish(module: cst.Module, ctx) -> cst.Module:
         return module
     module = module.with_changes(body=body)
     sites = _CallSites(steps, st.mode, functions - set(steps))
-    module = module.visit(sites)
+    module = transform(module, sites)
     ctx.emits |= sites.emits
     names = ", ".join(sorted(steps))
     if st.mode == "pmap":
