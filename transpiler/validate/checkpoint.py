@@ -173,6 +173,7 @@ def convert_checkpoint(checkpoint: str | Path, original: str | Path, cls_name: s
     import numpy as np
     import torch
 
+    from .channels_last import to_flax_inputs
     from .harness import _fill, _split_arrays, _to_jax, _tuplify, _unfreeze, load_module_from_path
     from .infer import NotInferable, infer_spec, init_hint, required_init_args
     from .spec import SpecError, draw_inputs, parse_spec_file, smallest_dims
@@ -230,11 +231,13 @@ def convert_checkpoint(checkpoint: str | Path, original: str | Path, cls_name: s
         sk, arrs = _split_arrays(draw_inputs(table, rng, dims))
         args, kw = _fill(sk, [_to_jax(a) for a in arrs])
         method = table.method
+    # channels-last conversions (--layout nhwc) take their images (N, H, W, C)
+    args, kw = to_flax_inputs(fcls, method, tuple(args), kw)
     names = ["params", "dropout", *table.rngs]
     rngs = dict(zip(names, jax.random.split(jax.random.PRNGKey(0), len(names))))
     shapes = _unfreeze(jax.eval_shape(lambda r: flax_module.init(r, *args, **kw, method=method), rngs))
     try:
-        variables = state_dict_to_variables(state_dict, torch_module, shapes)
+        variables = state_dict_to_variables(state_dict, torch_module, shapes, fcls)
     except WeightTransferError as exc:
         raise CheckpointError(str(exc)) from None
     write_variables(variables, out, fmt)

@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .channels_last import to_flax_inputs, to_torch_outputs
 from .spec import (ModuleSpec, SpecError, as_module_spec, draw_dims, draw_inputs, draw_value,
                    parse_spec_file)
 
@@ -524,6 +525,14 @@ class _Run:
         """``compare_arrays``, added to the checks; a float failure with finite errors is kept
         (``key`` names the quantity) for the float64 re-judgement of this example."""
         check = compare_arrays(name, got, ref, dt, rtol, atol)
+        if (check.status == "fail" and check.message.startswith("shape mismatch")
+                and got is not None and ref is not None and np.ndim(got) == 4 and np.ndim(ref) == 4):
+            g, r = np.shape(got), np.shape(ref)
+            if g == (r[0], r[2], r[3], r[1]):
+                check.message += (" (flax's array is torch's channels-last: see the flax class's "
+                                  "jaxport_layout['returns'])")
+            elif r == (g[0], g[2], g[3], g[1]):
+                check.message += " (torch's array is flax's channels-last)"
         self.add(check)
         if (check.status == "fail" and self.float64_reference and math.isfinite(check.max_abs_err)
                 and got is not None and ref is not None and _is_float(np.asarray(ref))):
@@ -585,18 +594,24 @@ class _Run:
         names = ["params", "dropout", *spec.rngs]
         rngs = dict(zip(names, jax.random.split(key, len(names))))
         # only shapes are needed: every leaf is overwritten by the transfer
+        # (channels-last classes: torch's NCHW images transposed, channels_last.py)
         if spec.method and spec.init_inputs is not None:
             sk, arrs = _split_arrays(tuple(draw_value(x, rng, dims) for x in spec.init_inputs))
             init_args = _fill(sk, [_to_jax(x) for x in arrs])
+            init_args, _ = to_flax_inputs(self.flax_cls, None, tuple(init_args), {})
             variables = jax.eval_shape(lambda r: self.flax_module.init(r, *init_args), rngs)
         else:
             a, k = _fill(skeleton, jarrays)
+            a, k = to_flax_inputs(self.flax_cls, spec.method, tuple(a), k)
             variables = jax.eval_shape(
                 lambda r: self.flax_module.init(r, *a, **k, method=spec.method), rngs)
         variables = _unfreeze(variables)
         self.phase = "transferring weights"
-        transfer = self.transfer or default_transfer()
-        self.transfer = transfer
+        if self.transfer is None or self.transfer is default_transfer():
+            # the default transfer, told the converted class (channels-last Dense rows)
+            self._default_transfer = True
+            self.transfer = functools.partial(default_transfer(), flax_class=self.flax_cls)
+        transfer = self.transfer
         self.variables = _unfreeze(transfer(self.torch_module, variables))
         unfilled = [p for p, v in _tree_paths(self.variables).items()
                     if isinstance(v, jax.ShapeDtypeStruct)]
@@ -714,8 +729,10 @@ class _Run:
 
         def apply(variables, floats, others):
             a, k = _fill(skeleton, merge(floats, others))
+            a, k = to_flax_inputs(self.flax_cls, spec.method, tuple(a), k)
             extra = {"train": False} if takes_train else {}
-            return flax_module.apply(variables, *a, **k, **extra, method=spec.method)
+            return to_torch_outputs(self.flax_cls,
+                                    flax_module.apply(variables, *a, **k, **extra, method=spec.method))
 
         jit = functools.partial(jax.jit, compiler_options=_compiler_options())
         if kind == "forward":
@@ -739,11 +756,14 @@ class _Run:
             def apply_train(variables, floats, others, rng):
                 import flax.linen as fnn
                 a, k = _fill(skeleton, merge(floats, others))
+                a, k = to_flax_inputs(self.flax_cls, spec.method, tuple(a), k)
                 extra = {"train": True} if takes_train else {}
                 with fnn.intercept_methods(_no_flax_dropout), fnn.intercept_methods(self._plain_batchnorm):
                     out = flax_module.apply(variables, *a, **k, **extra, method=spec.method,
                                             mutable=mutable, rngs={"dropout": rng})
-                return out if mutable else (out, {})
+                if mutable:
+                    return to_torch_outputs(self.flax_cls, out[0]), out[1]
+                return to_torch_outputs(self.flax_cls, out), {}
             fn = jit(apply_train)
         return fn
 
@@ -841,6 +861,9 @@ class _Run:
 
         if grads:
             if g_params is None:
+                if any(c.status == "fail" and c.message.startswith("shape mismatch") for c in self.current):
+                    self.note("gradients not compared: output shapes differ")
+                    raise _Failed
                 self.phase = "flax gradients (jit)"
                 self._jit("grad", skeleton, float_idx)(
                     flax_params, floats_j, others_j, jcts, rest)  # raises the real problem
@@ -922,10 +945,9 @@ class _Run:
         through the transfer, as numpy arrays (no device arrays are built when the transfer is
         the default one, which then keeps float64 values with ``keep_float64``; another
         transfer casts them to the flax dtypes, a rounding far below the noise it measures)."""
-        from . import weights
-        if self.transfer is weights.load_torch_state:
+        if getattr(self, "_default_transfer", False):
             try:
-                return _numpy_default_transfer(module, self.variables, keep_float64)
+                return _numpy_default_transfer(module, self.variables, keep_float64, self.flax_cls)
             except AttributeError:   # weights' internals changed: the public path below
                 pass
         tree = _unfreeze(self.transfer(module, self.variables))
@@ -1277,13 +1299,14 @@ def _compiler_options() -> dict | None:
     return _compiler_options_cache[0]
 
 
-def _numpy_default_transfer(module, variables, keep_float64: bool = False) -> dict[str, np.ndarray]:
+def _numpy_default_transfer(module, variables, keep_float64: bool = False,
+                            flax_class=None) -> dict[str, np.ndarray]:
     """``weights.load_torch_state`` without building jax arrays: the same visit and the same
     problems, numpy leaves cast to the flax leaf dtypes (float leaves stay float64 with
     ``keep_float64``: the float64 reference)."""
     from .weights import WeightTransferError, _Transfer
-    t = _Transfer(variables)
-    t.visit(module, (), "")
+    t = _Transfer(variables, flax_class)
+    t.visit(module, (), "", flax_class)
     problems = list(t.problems) + [p for tid, p in t.unplaced if tid not in t.consumed]
     problems += [f"flax leaf {'/'.join(k)} has no torch counterpart" for k in t.leaves if k not in t.filled]
     if problems:

@@ -13,16 +13,25 @@ The flax tree follows the conversion's naming conventions (see DESIGN.md):
 
 Every leaf is shape-checked, every flax leaf must be filled and every torch tensor consumed
 (``num_batches_tracked`` excepted); otherwise ``WeightTransferError`` lists the paths.
+
+Channels-last conversions (``--layout nhwc``): given the converted class (``flax_class``), a
+class that declares ``jaxport_layout["flatten_rows"]`` (the root, or the converted class of
+the same name as a torch submodule, found in the converted file) has the rows of those Dense
+kernels permuted from torch's (C, H, W) flatten order to (H, W, C)
+(``channels_last.rows_to_flax``; paths relative to the declaring class).
 """
 from __future__ import annotations
 
 import copy
 import importlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from .channels_last import (LayoutContractError, channel_count, class_in_namespace, class_layout,
+                            rows_to_flax)
 from .layouts import LayoutError, apply_layout, parse_param_spec
 
 Key = tuple[str, ...]          # (collection, *path)
@@ -112,7 +121,10 @@ def flax_children(module):
 
 
 class _Transfer:
-    def __init__(self, flax_variables: Mapping):
+    def __init__(self, flax_variables: Mapping, flax_class=None):
+        self.flax_class = flax_class
+        module = sys.modules.get(getattr(flax_class, "__module__", None) or "")
+        self.namespace = vars(module) if module is not None else None
         self.leaves = _flatten(flax_variables)
         self.prefixes = {key[1:i] for key in self.leaves for i in range(2, len(key) + 1)}
         self.variables = flax_variables
@@ -148,7 +160,12 @@ class _Transfer:
         if tensor is not None:
             self.consumed.add(id(tensor))
 
-    def visit(self, module, path: Key, prefix: str) -> None:
+    def visit(self, module, path: Key, prefix: str, flax_class=None) -> None:
+        self._visit(module, path, prefix)
+        if flax_class is not None:
+            self.flatten_rows(flax_class, path)
+
+    def _visit(self, module, path: Key, prefix: str) -> None:
         entry = layer_entry(module)
         if entry is not None and entry.params_converter:
             self.convert(module, entry, path, prefix)
@@ -184,7 +201,36 @@ class _Transfer:
                 if key in self.leaves:
                     self.put(key, _to_numpy(tensor), source, tensor)
         for name, torch_name, child in flax_children(module):
-            self.visit(child, path + (self.name(path, name),), f"{prefix}{torch_name}.")
+            self.visit(child, path + (self.name(path, name),), f"{prefix}{torch_name}.",
+                       class_in_namespace(self.namespace, child))
+
+    def flatten_rows(self, flax_class, path: Key) -> None:
+        """Permute the kernels named in ``flax_class.jaxport_layout["flatten_rows"]`` (its
+        module sits at ``path``; its children are filled already)."""
+        try:
+            layout = class_layout(flax_class)
+        except LayoutContractError as exc:
+            self.problems.append(str(exc))
+            return
+        if layout is None:
+            return
+        for dense, layer in layout.flatten_rows.items():
+            where = f"{layout.cls_name}.jaxport_layout['flatten_rows'][{dense!r}]"
+            key = ("params",) + path + tuple(dense.split("/")) + ("kernel",)
+            if key not in self.leaves:
+                self.problems.append(f"{where}: the flax variables have no leaf {_show(key)}")
+                continue
+            channels = channel_count(self.leaves, path + tuple(layer.split("/")))
+            if channels is None:
+                self.problems.append(f"{where}: no kernel, bias or scale at {_show(('params',) + path + tuple(layer.split('/')))} "
+                                     f"gives the channel count")
+                continue
+            if key not in self.filled:
+                continue                     # its own problem is reported already
+            try:
+                self.filled[key] = rows_to_flax(self.filled[key], channels)
+            except ValueError as exc:
+                self.problems.append(f"{where}: {exc}")
 
     def convert(self, module, entry, path: Key, prefix: str) -> None:
         subtrees = {}
@@ -229,15 +275,26 @@ class _Transfer:
         return build(self.variables, ())
 
 
-def load_torch_state(torch_module, flax_variables: Mapping) -> dict:
+def load_torch_state(torch_module, flax_variables: Mapping, flax_class=None) -> dict:
     """A copy of ``flax_variables`` (from ``model.init`` or ``jax.eval_shape``; only shapes and
-    dtypes are read) filled with ``torch_module``'s parameters and buffers."""
-    transfer = _Transfer(flax_variables)
-    transfer.visit(torch_module, (), "")
+    dtypes are read) filled with ``torch_module``'s parameters and buffers. ``flax_class`` (the
+    converted class, or an instance of it) is needed for channels-last conversions: its
+    ``jaxport_layout`` and those of the classes of its converted file say which Dense kernels
+    read flattened channels-last maps."""
+    flax_class = _as_class(flax_class)
+    transfer = _Transfer(flax_variables, flax_class)
+    transfer.visit(torch_module, (), "", flax_class)
     return transfer.result()
 
 
-def state_dict_to_variables(state_dict: Mapping, torch_module, flax_variables: Mapping) -> dict:
+def _as_class(flax_class):
+    if flax_class is None or isinstance(flax_class, type):
+        return flax_class
+    return type(flax_class)
+
+
+def state_dict_to_variables(state_dict: Mapping, torch_module, flax_variables: Mapping,
+                            flax_class=None) -> dict:
     """Like ``load_torch_state`` for a checkpoint's ``state_dict`` (a ``module.`` prefix left
     by DataParallel/DDP is removed). ``torch_module`` gives the structure; it is not modified."""
     own = set(torch_module.state_dict())
@@ -248,4 +305,4 @@ def state_dict_to_variables(state_dict: Mapping, torch_module, flax_variables: M
         module.load_state_dict(dict(state_dict), strict=True)
     except RuntimeError as exc:
         raise WeightTransferError([f"checkpoint does not fit {type(torch_module).__name__}: {exc}"]) from None
-    return load_torch_state(module, flax_variables)
+    return load_torch_state(module, flax_variables, flax_class)
