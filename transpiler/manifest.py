@@ -30,6 +30,8 @@ import ast
 import json
 import math
 import re
+from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +82,43 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
+_BLOCKS = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
+def _walk_statements(tree: ast.AST):
+    """The statements of ``tree`` at any depth, in ``ast.walk``'s (breadth-first) order; the
+    expressions around them, which hold no statements, are not entered."""
+    todo = deque([tree])
+    while todo:
+        node = todo.popleft()
+        yield node
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if type(value) is list:
+                todo.extend(v for v in value if isinstance(v, _BLOCKS))
+
+
+def _walk_lines(tree: ast.AST, lines: list[int]):
+    """``ast.walk(tree)`` (same order) without the subtrees that lie wholly outside the
+    sorted line numbers ``lines``."""
+    todo = deque([tree])
+    last = len(lines)
+    while todo:
+        node = todo.popleft()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            lo = getattr(child, "lineno", None)
+            if lo is not None:
+                hi = getattr(child, "end_lineno", None) or lo
+                i = bisect_left(lines, lo)
+                if i == last or lines[i] > hi:
+                    continue
+            todo.append(child)
+
+
 def _aliases(tree: ast.Module) -> dict[str, str]:
     out: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in _walk_statements(tree):   # imports are statements
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.asname:
@@ -303,9 +339,15 @@ def _loop_problem(loop: ast.For) -> str | None:
     return None
 
 
-def _arguments(tree: ast.Module) -> dict[str, Any]:
+def _arguments(tree: ast.Module, text: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for node in ast.walk(tree):
+    if text is None:
+        nodes = ast.walk(tree)
+    else:   # only the lines that say add_argument can hold such a call
+        if "add_argument" not in text:
+            return out
+        nodes = _walk_lines(tree, [i for i, line in enumerate(_split_lines(text), 1) if "add_argument" in line])
+    for node in nodes:
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "add_argument" and node.args):
             continue
@@ -961,26 +1003,28 @@ def build_manifest(original: str, converted: str | None, path: str = "<string>")
         orig = _Side(original)
     except (SyntaxError, ValueError, RecursionError):
         return None
+    found = [(scope, *loop) for scope in orig.scopes.values() for loop in _find_loops(scope)]
+    if not found:
+        return None
     conv = None
     if converted is not None:
         try:
             conv = _Side(converted)
         except (SyntaxError, ValueError, RecursionError):
             conv = None
-    arguments = _arguments(orig.tree)
+    arguments = _arguments(orig.tree, orig.text)
     loops = []
-    for scope in orig.scopes.values():
-        for loop, loss, opt in _find_loops(scope):
-            problem = _loop_problem(loop)
-            if problem:
-                loops.append({"function": scope.name, "line": loop.lineno, "loss": loss, "optimizer": opt,
-                              "problems": [problem]})
-                continue
-            try:
-                loops.append(_analyse_loop(orig, conv, scope, loop, loss, opt, arguments))
-            except (StopIteration, AttributeError, TypeError, KeyError, IndexError, RecursionError) as exc:
-                loops.append({"function": scope.name, "line": loop.lineno,
-                              "problems": [f"analysis failed: {type(exc).__name__}: {exc}"]})
+    for scope, loop, loss, opt in found:
+        problem = _loop_problem(loop)
+        if problem:
+            loops.append({"function": scope.name, "line": loop.lineno, "loss": loss, "optimizer": opt,
+                          "problems": [problem]})
+            continue
+        try:
+            loops.append(_analyse_loop(orig, conv, scope, loop, loss, opt, arguments))
+        except (StopIteration, AttributeError, TypeError, KeyError, IndexError, RecursionError) as exc:
+            loops.append({"function": scope.name, "line": loop.lineno,
+                          "problems": [f"analysis failed: {type(exc).__name__}: {exc}"]})
     if not loops:
         return None
     loops.sort(key=lambda e: e["line"])
