@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.tree_util.register_pytree_node_class
@@ -393,8 +394,9 @@ def torch_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mo
 
 def torch_avg_pool(x, n, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                    divisor_override=None):
-    """``F.avg_pool{n}d`` on channels-first input, with torch's divisor rules."""
-    total, pads = _pool(x, n, kernel_size, stride, padding, 1, ceil_mode, jnp.zeros((), x.dtype), jax.lax.add)
+    """``F.avg_pool{n}d`` on channels-first input, with torch's divisor rules (a NumPy zero as
+    the initial value, so that ``reduce_window`` is a differentiable window sum under ``jit``)."""
+    total, pads = _pool(x, n, kernel_size, stride, padding, 1, ceil_mode, np.zeros((), x.dtype), jax.lax.add)
     if divisor_override:
         return total / divisor_override
     kernel = _tuple(kernel_size, n)
@@ -407,7 +409,7 @@ def torch_avg_pool(x, n, kernel_size, stride=None, padding=0, ceil_mode=False, c
     else:
         ones = jnp.ones(spatial, x.dtype)
         extra = pads
-    counts = jax.lax.reduce_window(ones, jnp.zeros((), x.dtype), jax.lax.add, kernel, stride_, extra)
+    counts = jax.lax.reduce_window(ones, np.zeros((), x.dtype), jax.lax.add, kernel, stride_, extra)
     return total / counts
 
 
