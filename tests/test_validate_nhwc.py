@@ -270,3 +270,64 @@ def test_jaxport_weights_permutes_rows(tmp_path):
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+# --- the training-loop replay (jaxport validate --train-steps) ------------------------------------
+
+NHWC_NET = '''
+from typing import ClassVar
+
+
+class Net(nn.Module):
+    jaxport_layout: ClassVar[dict] = {"inputs": ("x",), "returns": False,
+                                      "flatten_rows": {"fc1": "conv2"}}
+    dropout: float = 0.25
+
+    def setup(self):
+        self.conv1 = nn.Conv(4, (3, 3), padding=((0, 0), (0, 0)))
+        self.conv2 = nn.Conv(8, (3, 3), padding=((0, 0), (0, 0)))
+        self.dropout1 = nn.Dropout(rate=self.dropout)
+        self.fc1 = nn.Dense(16)
+        self.fc2 = nn.Dense(10)
+
+    def __call__(self, x, train: bool = False):
+        x = jax.nn.relu(self.conv1(x))
+        x = jax.nn.relu(self.conv2(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self.dropout1(x, deterministic=not train)
+        x = x.reshape(x.shape[0], -1)
+        x = jax.nn.relu(self.fc1(x))
+        x = self.fc2(x)
+        return jax.nn.log_softmax(x, axis=1)
+'''
+
+CORPUS_TRAINING = Path(__file__).resolve().parent.parent / "corpus" / "training"
+EXPECTED_TRAINING = CORPUS_TRAINING.parent / "expected" / "training"
+
+
+def _replay_mnist(tmp_path, net_src: str) -> dict:
+    import re
+
+    from transpiler.validate.train_steps import load_definitions, manifest_for, replay_entry
+    text = (EXPECTED_TRAINING / "mnist_steplr.py").read_text(encoding="utf-8")
+    text, n = re.subn(r"(?ms)^class Net\(nn\.Module\):.*?(?=^@jax\.jit)", net_src.lstrip() + "\n\n", text)
+    assert n == 1
+    converted = tmp_path / "mnist_steplr_nhwc.py"
+    converted.write_text(text, encoding="utf-8")
+    original = CORPUS_TRAINING / "mnist_steplr.py"
+    manifest, _ = manifest_for(original, converted)
+    entry = manifest["training"][0]
+    return replay_entry(load_definitions(original, "torch"), load_definitions(converted, "jax"), entry,
+                        manifest, steps=2, seed=0, rtol=None, atol=None)
+
+
+def test_loop_replay_feeds_channels_last_batches(tmp_path):
+    r = _replay_mnist(tmp_path, NHWC_NET)
+    assert r["status"] == "pass", r
+    assert "Net is channels-last: the converted loop gets data as (N, H, W, C)" in r["message"]
+    assert [s["step"] for s in r["train_steps"]] == [1, 2]
+
+
+def test_loop_replay_wrong_flatten_rows_fails(tmp_path):
+    r = _replay_mnist(tmp_path, NHWC_NET.replace('"flatten_rows": {"fc1": "conv2"}', '"flatten_rows": {}'))
+    assert r["status"] == "fail" and r["message"].startswith("step 1 fails"), r

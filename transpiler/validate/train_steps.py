@@ -352,15 +352,23 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
     _prepare(jns, jside, arguments, entry, "jax")
     for p, c in (jside.get("aliases") or {}).items():
         jns[p] = jns[c]
+    fcls = _flax_model_class(jns, jside, entry)
+    images = _channels_last_inputs(fcls, fmod, batches)
+    if images:
+        notes.append(f"{fcls.__name__} is channels-last: the converted loop gets "
+                     f"{', '.join(images)} as (N, H, W, C)")
     first = batches.batch(0)
     for n, a in first.items():
-        jns[n] = _to_jax(a)
+        jns[n] = _to_jax(_batch_for_jax(n, a, images))
     if not jside.get("create_train_state"):
         raise ReplayError("the converted loop has no create_train_state call")
     state = _eval(jside["create_train_state"], jns, "jax create_train_state")
     template = _params_tree(state)
+    bound = getattr(getattr(state, "apply_fn", None), "__self__", None)
+    if bound is not None and isinstance(bound, fnn.Module):
+        fcls = type(bound)
     try:
-        loaded = load_torch_state(initial, template)
+        loaded = load_torch_state(initial, template, fcls)
     except Exception as exc:  # noqa: BLE001
         raise ReplayError(f"weight transfer: {exc}") from exc
     state = state.replace(params=loaded["params"], opt_state=state.tx.init(loaded["params"]),
@@ -387,7 +395,7 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
         t_loss = float(tns[tside["loss"]].detach())
         # jax
         for n, a in batch.items():
-            jns[n] = _to_jax(a)
+            jns[n] = _to_jax(_batch_for_jax(n, a, images))
         if index:
             jns[index] = k - 1
         jns[jside["state"]] = state
@@ -403,7 +411,7 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
         # compare
         rt, at = rtol * k, atol * k    # errors compound over steps: the tolerance grows with k
         lc = compare_arrays(f"train_step[{k}]:loss", np.float32(j_loss), np.float32(t_loss), "float32", rt, at)
-        ref = _tree_paths(load_torch_state(model, _params_tree(state))["params"], "params")
+        ref = _tree_paths(load_torch_state(model, _params_tree(state), fcls)["params"], "params")
         got = _tree_paths(state.params, "params")
         params = compare_state(f"train_step[{k}]:params", got, ref, rt, at, k)
         checks = [
@@ -427,6 +435,48 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
         notes.append(f"the per-epoch scheduler steps after every {EPOCH_STEPS} step(s)")
     result["status"] = "fail" if first_fail else "pass"
     result["message"] = "; ".join(([first_fail] if first_fail else []) + notes)
+
+
+# names of the converter's script-boundary helpers: a converted file that calls one of them
+# turns the data loader's (N, C, H, W) batches channels-last itself
+BOUNDARY_HELPERS = ("to_nhwc", "nchw_to_nhwc", "batch_to_nhwc", "to_channels_last")
+
+
+def _flax_model_class(jns: dict, jside: dict, entry: dict):
+    """The converted model class of the loop: the class of the JAX setup's model object, else
+    the converted class of the torch model's class name (None when neither is found)."""
+    import flax.linen as fnn
+    obj = jns.get(jside.get("model") or (entry.get("model") or {}).get("name") or "")
+    if isinstance(obj, fnn.Module):
+        return type(obj)
+    name = ((entry.get("model") or {}).get("class") or "").rsplit(".", 1)[-1]
+    found = jns.get(name)
+    return found if isinstance(found, type) and issubclass(found, fnn.Module) else None
+
+
+def _channels_last_inputs(fcls, fmod, batches: "Batches") -> list[str]:
+    """The batch inputs the replay gives the converted loop channels-last: the 4-D inputs
+    when the model declares channels-last image inputs (``jaxport_layout``, --layout nhwc)
+    and the converted file does not transpose the loader's batches itself
+    (``BOUNDARY_HELPERS``). The torch side always gets (N, C, H, W)."""
+    from .channels_last import class_layout
+    layout = class_layout(fcls)
+    if layout is None or not layout.inputs:
+        return []
+    try:
+        text = Path(fmod.__file__).read_text(encoding="utf-8")
+    except (OSError, TypeError, AttributeError):
+        text = ""
+    if any(f"{h}(" in text for h in BOUNDARY_HELPERS):
+        return []
+    shown = batches.inputs_for(0)
+    return [n for n in batches.inputs if getattr(shown.get(n), "ndim", 0) == 4]
+
+
+def _batch_for_jax(name: str, array: np.ndarray, images: list[str]) -> np.ndarray:
+    if name in images and array.ndim == 4:
+        return np.ascontiguousarray(np.transpose(array, (0, 2, 3, 1)))
+    return array
 
 
 def compare_state(name: str, got: dict, ref: dict, rtol: float, atol: float, step: int,
