@@ -331,3 +331,44 @@ def test_loop_replay_feeds_channels_last_batches(tmp_path):
 def test_loop_replay_wrong_flatten_rows_fails(tmp_path):
     r = _replay_mnist(tmp_path, NHWC_NET.replace('"flatten_rows": {"fc1": "conv2"}', '"flatten_rows": {}'))
     assert r["status"] == "fail" and r["message"].startswith("step 1 fails"), r
+
+
+def _boundary_script(tmp_path, net_src: str = NHWC_NET) -> Path:
+    """The converted mnist_steplr with a channels-last Net and a loop that turns the loader's
+    (N, C, H, W) batches channels-last itself (a script boundary, as `to_nhwc` names it)."""
+    import re
+    text = (EXPECTED_TRAINING / "mnist_steplr.py").read_text(encoding="utf-8")
+    text, n = re.subn(r"(?ms)^class Net\(nn\.Module\):.*?(?=^@jax\.jit)",
+                      "def to_nhwc(x):\n    return jnp.transpose(x, (0, 2, 3, 1))\n\n\n" + net_src.lstrip() + "\n\n",
+                      text)
+    assert n == 1
+    old = "        data, target = to_jax(data), to_jax(target)\n        if train_state is None:"
+    assert text.count(old) == 1
+    text = text.replace(old, "        data, target = to_nhwc(to_jax(data)), to_jax(target)\n        if train_state is None:")
+    old = "        data, target = to_jax(data), to_jax(target)\n        output = eval_step"
+    assert text.count(old) == 1
+    text = text.replace(old, "        data, target = to_nhwc(to_jax(data)), to_jax(target)\n        output = eval_step")
+    converted = tmp_path / "mnist_steplr_nhwc.py"
+    converted.write_text(text, encoding="utf-8")
+    return converted
+
+
+@pytest.mark.parametrize("replay", ["loop", "script"])
+def test_replays_of_a_script_with_its_own_boundary(tmp_path, replay):
+    """The loop replay gives such a loop torch's batches (it transposes them itself); the script
+    replay runs the script as written; both start the flax Net from torch's weights with the
+    Dense rows permuted."""
+    import json
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    converted = _boundary_script(tmp_path)
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(root / "cli.py"), "validate", str(CORPUS_TRAINING / "mnist_steplr.py"),
+                           str(converted), "--train-steps", "2", "--replay", replay, "--json", str(report)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    data = json.loads(report.read_text()) if report.is_file() else {}
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [m] = data["modules"]
+    assert m["status"] == "pass" and m["replay"] == replay, m
+    assert "channels-last" not in m["message"]          # no transposition by the replay

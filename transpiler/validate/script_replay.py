@@ -395,6 +395,7 @@ class JaxTrace:
     updates: dict[str, list[JaxUpdate]] = field(default_factory=dict)
     loaded: list[str] = field(default_factory=list)
     output: str = ""
+    classes: dict[str, type] = field(default_factory=dict)   # model key -> converted flax class
 
 
 def _multi_steps_count(opt_state) -> int | None:
@@ -464,12 +465,13 @@ def trace_jax(converted: str | Path, torch_trace: TorchTrace, workdir: str, samp
         if module is not None:
             key = _key(type(module).__name__, seen, id(module))
             initial = torch_trace.initial.get(key)
+            trace.classes[key] = type(module)     # channels-last classes: flatten_rows
             if initial is not None:
                 variables = {"params": params}
                 if kwargs.get("batch_stats"):
                     variables["batch_stats"] = kwargs["batch_stats"]
                 try:
-                    loaded = load_torch_state(initial, variables)
+                    loaded = load_torch_state(initial, variables, type(module))
                 except Exception as exc:  # noqa: BLE001
                     raise ScriptError(f"weight transfer into {key}: {type(exc).__name__}: {exc}") from None
                 params = loaded["params"]
@@ -562,9 +564,10 @@ def compare(torch_trace: TorchTrace, jax_trace: JaxTrace, rtol: float, atol: flo
                                "max_rel_err": lc.max_rel_err, "kind": "train_step", "step": k,
                                "message": lc.message or f"torch {', '.join(f'{v:.8g}' for v in tl)}, "
                                                         f"jax {', '.join(f'{v:.8g}' for v in jl)}"})
-            ref = _tree_paths(load_torch_state(t.snapshot, j.variables))
+            fcls = jax_trace.classes.get(key)
+            ref = _tree_paths(load_torch_state(t.snapshot, j.variables, fcls))
             got = _tree_paths(j.variables)
-            grads = _tree_paths(load_torch_state(t.gradients, j.variables)["params"], "params")
+            grads = _tree_paths(load_torch_state(t.gradients, j.variables, fcls)["params"], "params")
             floor = NOISE_GRADIENT * max((float(np.abs(g).max()) for g in grads.values() if np.size(g)), default=0.0)
             for path, g in grads.items():
                 noisy[path] = noisy.get(path, False) | (np.abs(np.asarray(g)) <= floor)

@@ -353,24 +353,36 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
     for p, c in (jside.get("aliases") or {}).items():
         jns[p] = jns[c]
     fcls = _flax_model_class(jns, jside, entry)
-    images = _channels_last_inputs(fcls, fmod, batches)
+    model_images = _channels_last_inputs(fcls, batches)
+    images = [] if _transposes_itself(fmod) else model_images
     if images:
         notes.append(f"{fcls.__name__} is channels-last: the converted loop gets "
                      f"{', '.join(images)} as (N, H, W, C)")
-    first = batches.batch(0)
-    for n, a in first.items():
-        jns[n] = _to_jax(_batch_for_jax(n, a, images))
     if not jside.get("create_train_state"):
         raise ReplayError("the converted loop has no create_train_state call")
-    state = _eval(jside["create_train_state"], jns, "jax create_train_state")
-    template = _params_tree(state)
-    bound = getattr(getattr(state, "apply_fn", None), "__self__", None)
-    if bound is not None and isinstance(bound, fnn.Module):
-        fcls = type(bound)
-    try:
-        loaded = load_torch_state(initial, template, fcls)
-    except Exception as exc:  # noqa: BLE001
-        raise ReplayError(f"weight transfer: {exc}") from exc
+    first = batches.batch(0)
+    # create_train_state shapes the model on the first batch: in the model's layout (a loop that
+    # transposes the batches itself calls it after that), else as the loader gives it
+    attempts = [model_images, []] if model_images else [[]]
+    failure = None
+    for attempt, layout_of_first in enumerate(attempts):
+        for n, a in first.items():
+            jns[n] = _to_jax(_batch_for_jax(n, a, layout_of_first))
+        try:
+            state = _eval(jside["create_train_state"], jns, "jax create_train_state")
+            template = _params_tree(state)
+            bound = getattr(getattr(state, "apply_fn", None), "__self__", None)
+            if bound is not None and isinstance(bound, fnn.Module):
+                fcls = type(bound)
+            try:
+                loaded = load_torch_state(initial, template, fcls)
+            except Exception as exc:  # noqa: BLE001
+                raise ReplayError(f"weight transfer: {exc}") from exc
+            break
+        except ReplayError as exc:
+            failure = failure or exc
+            if attempt + 1 == len(attempts):
+                raise failure from None
     state = state.replace(params=loaded["params"], opt_state=state.tx.init(loaded["params"]),
                           **({"batch_stats": loaded["batch_stats"]} if "batch_stats" in loaded else {}))
     sched_t, sched_j = tside.get("scheduler_step"), jside.get("scheduler_step")
@@ -454,23 +466,25 @@ def _flax_model_class(jns: dict, jside: dict, entry: dict):
     return found if isinstance(found, type) and issubclass(found, fnn.Module) else None
 
 
-def _channels_last_inputs(fcls, fmod, batches: "Batches") -> list[str]:
-    """The batch inputs the replay gives the converted loop channels-last: the 4-D inputs
-    when the model declares channels-last image inputs (``jaxport_layout``, --layout nhwc)
-    and the converted file does not transpose the loader's batches itself
-    (``BOUNDARY_HELPERS``). The torch side always gets (N, C, H, W)."""
+def _channels_last_inputs(fcls, batches: "Batches") -> list[str]:
+    """The batch inputs a channels-last model (``jaxport_layout``, --layout nhwc) takes as
+    (N, H, W, C): its 4-D inputs. The torch side always gets (N, C, H, W)."""
     from .channels_last import class_layout
     layout = class_layout(fcls)
     if layout is None or not layout.inputs:
         return []
+    shown = batches.inputs_for(0)
+    return [n for n in batches.inputs if getattr(shown.get(n), "ndim", 0) == 4]
+
+
+def _transposes_itself(fmod) -> bool:
+    """The converted file turns the loader's (N, C, H, W) batches channels-last itself (it
+    calls one of ``BOUNDARY_HELPERS``): its loop then gets the batches as torch's does."""
     try:
         text = Path(fmod.__file__).read_text(encoding="utf-8")
     except (OSError, TypeError, AttributeError):
-        text = ""
-    if any(f"{h}(" in text for h in BOUNDARY_HELPERS):
-        return []
-    shown = batches.inputs_for(0)
-    return [n for n in batches.inputs if getattr(shown.get(n), "ndim", 0) == 4]
+        return False
+    return any(f"{h}(" in text for h in BOUNDARY_HELPERS)
 
 
 def _batch_for_jax(name: str, array: np.ndarray, images: list[str]) -> np.ndarray:
