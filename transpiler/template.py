@@ -29,7 +29,7 @@ from typing import Sequence
 
 import libcst as cst
 
-from .walk import transform, walk
+from .walk import skipped_types, transform, walk
 
 POSITIONAL = "positional"   # may be given positionally or by keyword
 VAR_POSITIONAL = "var_positional"
@@ -275,6 +275,27 @@ class _NotApplicable(Exception):
 
 
 class _Render(cst.CSTTransformer):
+    # hooks by node type, looked up once per process (libcst's own dispatch formats and
+    # looks up each hook's name at every node)
+    _VISITS: dict[type, object] = {}
+    _LEAVES: dict[type, object] = {}
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        t = type(node)
+        try:
+            hook = self._VISITS[t]
+        except KeyError:
+            hook = self._VISITS[t] = getattr(_Render, f"visit_{t.__name__}", None)
+        return hook is None or hook(self, node) is not False
+
+    def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode):
+        t = type(original)
+        try:
+            hook = self._LEAVES[t]
+        except KeyError:
+            hook = self._LEAVES[t] = getattr(_Render, f"leave_{t.__name__}", None)
+        return updated if hook is None else hook(self, original, updated)
+
     def __init__(self, sig: Signature, bound: Bound, always: frozenset[str], strict: bool):
         self.sig = sig
         self.bound = bound
@@ -297,6 +318,8 @@ class _Render(cst.CSTTransformer):
         return True
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        if _commas_fixed(updated.args):
+            return updated
         return updated.with_changes(args=_fix_commas(updated.args))
 
     def leave_Arg(self, original: cst.Arg, updated: cst.Arg):
@@ -314,18 +337,24 @@ class _Render(cst.CSTTransformer):
             missing = [r for r in refs if not self.bound.supplied(r)]
             if missing and original.keyword.value not in self.always:
                 return cst.RemoveFromParent()
-        return updated.with_changes(keyword=original.keyword,
-                                    value=_strip_parens_if_sole(updated.value))
+        value = _strip_parens_if_sole(updated.value)
+        if updated.keyword is original.keyword and value is updated.value:
+            return updated
+        return updated.with_changes(keyword=original.keyword, value=value)
 
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
         # the attribute name is never a parameter reference
-        return updated.with_changes(attr=original.attr, value=_parens(updated.value))
+        value = _parens(updated.value)
+        if updated.attr is original.attr and value is updated.value:
+            return updated
+        return updated.with_changes(attr=original.attr, value=value)
 
     def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
         folded = _fold(updated)          # (0.9, 0.999)[0] → 0.9
         if folded is not updated:
             return folded
-        return updated.with_changes(value=_parens(updated.value))
+        value = _parens(updated.value)
+        return updated if value is updated.value else updated.with_changes(value=value)
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
         name = original.value
@@ -338,7 +367,7 @@ class _Render(cst.CSTTransformer):
             return updated  # spliced by leave_Arg
         if self.strict or param is None or param.default is None:
             raise _NotApplicable(name)
-        return cst.parse_expression(param.default)
+        return _parsed_expression(param.default)
 
     def leave_BinaryOperation(self, original, updated):
         return _fold(updated)
@@ -358,6 +387,27 @@ def _strip_parens_if_sole(node: cst.BaseExpression) -> cst.BaseExpression:
                                         cst.BooleanOperation, cst.IfExp)):
         return node.with_changes(lpar=[], rpar=[])
     return node
+
+
+@lru_cache(maxsize=None)
+def _parsed_expression(text: str) -> cst.BaseExpression:
+    """``cst.parse_expression(text)`` once per text (trees are immutable, so shared)."""
+    return cst.parse_expression(text)
+
+
+def _commas_fixed(args: Sequence[cst.Arg]) -> bool:
+    """Whether :func:`_fix_commas` would print ``args`` as they are."""
+    last = len(args) - 1
+    for i, arg in enumerate(args):
+        comma = arg.comma
+        if i == last:
+            if comma is not cst.MaybeSentinel.DEFAULT:
+                return False
+        elif not (type(comma) is cst.Comma and type(comma.whitespace_before) is cst.SimpleWhitespace
+                  and comma.whitespace_before.value == "" and type(comma.whitespace_after) is cst.SimpleWhitespace
+                  and comma.whitespace_after.value == " "):
+            return False
+    return True
 
 
 def _fix_commas(args: Sequence[cst.Arg]) -> list[cst.Arg]:
@@ -431,7 +481,10 @@ def _fold(node: cst.BaseExpression) -> cst.BaseExpression:
         text = repr(value)
     else:
         return node
-    return cst.parse_expression(text)
+    return _parsed_expression(text)
+
+
+_RENDER_SKIP = skipped_types(_Render(Signature(()), Bound(), frozenset(), False))
 
 
 def render(template: str, sig: Signature, bound: Bound, always: frozenset[str] = frozenset(),
@@ -439,7 +492,7 @@ def render(template: str, sig: Signature, bound: Bound, always: frozenset[str] =
     """Render one template; None when ``strict`` and a referenced parameter was not passed."""
     tree = _parse_template(template)
     try:
-        out = transform(tree, _Render(sig, bound, always, strict))
+        out = transform(tree, _Render(sig, bound, always, strict), _RENDER_SKIP)
     except _NotApplicable:
         return None
     assert isinstance(out, cst.BaseExpression)

@@ -191,7 +191,11 @@ def transform(node: CSTNode, transformer: cst.CSTTransformer, skip: frozenset | 
     """``node.visit(transformer)``: the same ``on_visit``/``on_leave`` calls in the same order
     (except on the token types in ``skip``; by default those the transformer has no hooks
     for), and the same result. A node none of whose children changed is passed to
-    ``on_leave`` as itself (libcst passes an equal copy)."""
+    ``on_leave`` as itself (libcst passes an equal copy). A transformer whose class has a
+    ``fused_transform(node, skip)`` method (the rules' composite) does the walk itself."""
+    fused = getattr(type(transformer), "fused_transform", None)
+    if fused is not None:
+        return fused(transformer, node, skip)
     if skip is None:
         skip = frozenset() if type(transformer).on_visit is not cst.CSTTransformer.on_visit \
             or type(transformer).on_leave is not cst.CSTTransformer.on_leave else skipped_types(transformer)

@@ -13,6 +13,7 @@ from typing import Sequence
 import libcst as cst
 
 from ..context import FileContext
+from .. import walk as _walk
 from ..walk import skipped_types, transform, walk  # noqa: F401  (the passes' tree walks)
 
 MARKER_PREFIX = "# jaxport: "
@@ -135,3 +136,84 @@ class Composite(cst.CSTTransformer):
                 else:
                     result = _with_markers(result, marker_lines(pending))
         return result
+
+    def fused_transform(self, node: cst.CSTNode, skip: frozenset | None = None):
+        """``transform(node, self, skip)`` (:func:`transpiler.walk.transform`, which hands a
+        composite to this method; ``skip`` by default :meth:`skipped_types`) with
+        :meth:`on_visit` and :meth:`on_leave` inlined: the same hook calls in the same order
+        and the same result, with less work per node."""
+        if skip is None:
+            skip = self.skipped_types()
+        kinds, kind_of = self._kinds, self._kind
+        fields_of, child_fields, is_node_type = _walk._FIELDS, _walk.child_fields, _walk._is_node_type
+        replay = _walk._Replay
+        ctx, untouched = self.ctx, self._untouched
+        module_type, defs = cst.Module, (cst.FunctionDef, cst.ClassDef)
+        removal, flatten, node_base = cst.RemovalSentinel, cst.FlattenSentinel, cst.CSTNode
+
+        def rec(node):
+            t = type(node)
+            statement, visit_hooks, leave_hooks = kinds.get(t) or kind_of(t)
+            # -- on_visit
+            if t is module_type:
+                self.visit_Module(node)
+            descend = True
+            if statement:
+                ctx.statement_stack.append([])
+                if self._helpers_present and isinstance(node, defs) \
+                        and node.name.value in prelude_helper_names():
+                    untouched.add(id(node))   # no rule sees it, on the way in or out
+                    descend = False
+            if descend:
+                for hook in visit_hooks:
+                    if hook(node) is False:
+                        descend = False
+            # -- children
+            updated = node
+            if descend:
+                changed = None
+                for name in fields_of.get(t) or child_fields(node):
+                    value = getattr(node, name)
+                    vt = type(value)
+                    if vt is tuple or vt is list:
+                        for item in value:
+                            if type(item) not in skip:
+                                result = rec(item)
+                                if result is not item:
+                                    if changed is None:
+                                        changed = {}
+                                    changed[id(item)] = result
+                    elif vt not in skip and is_node_type(vt):
+                        result = rec(value)
+                        if result is not value:
+                            if changed is None:
+                                changed = {}
+                            changed[id(value)] = result
+                if changed:
+                    updated = node._visit_and_replace_children(replay(changed))
+            # -- on_leave
+            if untouched and id(node) in untouched:
+                ctx.statement_stack.pop()
+                return updated
+            result = updated
+            if leave_hooks:
+                type_name = t.__name__
+                for hook in leave_hooks:
+                    result = hook(node, result)
+                    rt = type(result)
+                    if rt is not t and (not isinstance(result, node_base) or rt.__name__ != type_name):
+                        break
+            if statement:
+                pending = ctx.statement_stack.pop()
+                if pending:
+                    if isinstance(result, removal) or (isinstance(result, flatten) and not result.nodes):
+                        if ctx.statement_stack:
+                            ctx.statement_stack[-1].extend(pending)
+                    else:
+                        result = _with_markers(result, marker_lines(pending))
+            if type(result) is not t and not isinstance(result, (node_base, removal, flatten)):
+                raise cst.CSTValidationError("Expected a node of type CSTNode or a RemovalSentinel, "
+                                             f"but got a return value of {type(result).__name__}")
+            return result
+
+        return rec(node)
