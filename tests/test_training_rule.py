@@ -416,11 +416,11 @@ def test_train_step_function_and_while_loop_are_marked():
                 opt.step()
                 step += 1
         """)
+    # update() is a single-step function (converted, see test_single_step_function_*); the while loop is not
     found = _jp602(result)
-    assert [(line, col) for line, col, _ in found] == [(10, 4), (11, 4), (19, 8), (20, 8)]
-    assert found[0][2].startswith("loss.backward() not converted: backward() outside a for loop")
-    assert found[2][2].startswith("loss.backward() not converted: the training loop is a while loop")
-    assert "JP601" not in codes
+    assert [(line, col) for line, col, _ in found] == [(19, 8), (20, 8)]
+    assert found[0][2].startswith("loss.backward() not converted: the training loop is a while loop")
+    assert [(d.line, d.col) for d in result.diagnostics if d.code == "JP601"] == [(7, 0)]
 
 
 def test_one_loss_stepping_two_models_is_one_joint_train_step():
@@ -536,3 +536,138 @@ def test_model_called_in_a_function_without_its_state_is_marked():
     assert [(line, col) for line, col, _ in found] == [(7, 15)]
     assert found[0][2].startswith("actor(...) in rollout(): with several models the training states are not passed")
     assert "# jaxport: JP606 actor(...) in rollout()" in out
+
+
+def test_single_step_function_threads_the_state_through_its_callers():
+    # the tutorial shape: train(input, target) makes one step and returns (output, loss.item())
+    out, codes, result = _convert("""\
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        crit = nn.MSELoss()
+
+        def train(input, target):
+            opt.zero_grad()
+            output = model(input)
+            loss = crit(output, target)
+            loss.backward()
+            opt.step()
+            return output, loss.item()
+
+        def run(batches):
+            for x, y in batches:
+                output, loss = train(x, y)
+                print(loss)
+        """)
+    assert "JP602" not in codes and "JP601" in codes
+    assert "def train(input, target, train_state=None):\n    input, target = to_jax(input), to_jax(target)\n" \
+           "    if train_state is None:\n        train_state = create_train_state(model, opt, " \
+           "jax.random.PRNGKey(0), input)\n    train_state, loss, output = train_step(train_state, input, target)\n" \
+           "    return train_state, output, loss.item()\n" in out
+    assert "def run(batches, train_state=None):" in out
+    assert "        train_state, output, loss = train(x, y, train_state=train_state)\n" in out
+    assert "def train_step(train_state, input, target):" in out
+    assert ".backward()" not in out and "zero_grad" not in out
+
+
+def test_single_step_function_returning_one_value_is_unpacked_in_parentheses():
+    out, codes, _ = _convert("""\
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            out = model(x)
+            loss = F.mse_loss(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            result = (loss.item(), out)
+            return result
+
+        for x, y in loader:
+            l, o = step(x, y)
+        """)
+    assert "JP601" in codes and "JP602" not in codes
+    assert "    return train_state, result\n" in out
+    assert "    train_state, (l, o) = step(x, y, train_state=train_state)\n" in out
+
+
+def test_single_step_function_called_inside_an_expression_is_marked():
+    out, codes, result = _convert("""\
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        total = 0.0
+        for x, y in loader:
+            total += step(x, y)
+        """)
+    found = _jp602(result)
+    assert [(line, col) for line, col, _ in found] == [(10, 4), (11, 4)]
+    assert found[0][2] == ("loss.backward() not converted: backward() outside a for loop, in a single-step function "
+                           "not converted: step is used other than as a call that is a statement or an assignment's "
+                           "value (its calls must take and return the training state)")
+    assert "JP601" not in codes
+
+
+def test_trainer_class_keeps_the_state_on_the_instance():
+    # the DDP tutorial's Trainer: a plain class holding model and optimizer; _run_batch steps once
+    out, codes, result = _convert("""\
+        class Trainer:
+            def __init__(self, model, optimizer):
+                self.model = model
+                self.optimizer = optimizer
+
+            def _run_batch(self, source, targets):
+                self.optimizer.zero_grad()
+                output = self.model(source)
+                loss = F.cross_entropy(output, targets)
+                loss.backward()
+                self.optimizer.step()
+
+            def _run_epoch(self, data):
+                for source, targets in data:
+                    self._run_batch(source, targets)
+
+            def save(self, path):
+                torch.save(self.model.module.state_dict(), path)
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        Trainer(model, opt)._run_epoch(loader)
+        """)
+    assert "JP602" not in codes and "JP601" in codes
+    assert "        self.optimizer = optimizer\n        self.train_state = None\n" in out
+    assert "    def _run_batch(self, source, targets):\n        source, targets = to_jax(source), to_jax(targets)\n" \
+           "        if self.train_state is None:\n            self.train_state = create_train_state(self.model, " \
+           "self.optimizer, jax.random.PRNGKey(0), source)\n        self.train_state, loss = " \
+           "train_step(self.train_state, source, targets)\n" in out
+    assert "save_checkpoint(model_variables(self.train_state), path)" in out
+    assert "self._run_batch(source, targets)\n" in out     # callers unchanged
+    assert ".backward()" not in out and "zero_grad" not in out
+
+
+def test_trainer_class_stepping_two_optimizers_is_marked():
+    out, codes, result = _convert("""\
+        class Trainer:
+            def __init__(self, actor, critic):
+                self.actor, self.critic = actor, critic
+                self.a_opt = torch.optim.Adam(actor.parameters())
+                self.c_opt = torch.optim.Adam(critic.parameters())
+
+            def update(self, s, r):
+                loss = (self.critic(s) - r).pow(2).mean()
+                self.c_opt.zero_grad()
+                loss.backward()
+                self.c_opt.step()
+                a_loss = -self.critic(self.actor(s)).mean()
+                self.a_opt.zero_grad()
+                a_loss.backward()
+                self.a_opt.step()
+        """)
+    found = _jp602(result)
+    assert [line for line, _, _ in found] == [14, 15, 18, 19]
+    assert all("the class Trainer holds the optimizer, and the class steps 2 optimizers (a_opt, c_opt)" in m
+               for _, _, m in found)
+    assert "JP601" not in codes

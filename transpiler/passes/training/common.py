@@ -59,6 +59,22 @@ class LoopPlan:
     flat: dict[str, str] = field(default_factory=dict)  # static parameter → the attribute read it replaces
     early: cst.SimpleStatementLine | None = None       # a no_grad model call before the step: create the state there
     joint: list[tuple[str, str]] = field(default_factory=list)  # (model, optimizer) stepped on one loss (actor-critic)
+    state: str = STATE                                 # where the step's caller keeps the state (self.train_state)
+    function: bool = False                             # the segment is a function's body (a single-step function)
+    scope: cst.CSTNode | None = None                   # the function (or method) the segment is in
+    trainer: str | None = None                         # the plain class holding model and optimizer (self.model)
+    self_attrs: list[str] = field(default_factory=list)  # self.X values the segment reads (static arguments)
+
+
+@dataclass
+class TrainerInfo:
+    """A plain (not nn.Module) class holding a model and its optimizer as attributes."""
+    name: str
+    optimizer: str = ""          # "self.optimizer"
+    model: str = ""              # "self.model"
+    init: cst.FunctionDef | None = None
+    methods: set[str] = field(default_factory=set)
+    problem: str | None = None   # why its steps are not converted (JP602)
 
 
 @dataclass

@@ -122,6 +122,8 @@ class LeftoversMixin:
         if name is not None:
             return name
         receiver = found[0]
+        if self.trainer is not None and dotted(receiver) == self.trainer.optimizer and not found[1].args:
+            return self.trainer.optimizer
         if isinstance(receiver, cst.Attribute) and receiver.attr.value in self.held and not found[1].args:
             return dotted(receiver) or receiver.attr.value
         return None
@@ -144,6 +146,8 @@ class LeftoversMixin:
         self.ctx.report(original, "JP602", f"{what} not converted: {reason}")
 
     def _leftover_reason(self, stmt, scope, optimizer: str | None = None) -> str:
+        if self.trainer is not None and self.trainer.problem:
+            return f"the class {self.trainer.name} holds the optimizer, and {self.trainer.problem}"
         reasons = []
         cls = self.class_stack[-1].name.value if self.class_stack else None
         held = [a for a, c in self.held.items() if c == cls] if cls else []
@@ -168,6 +172,9 @@ class LeftoversMixin:
         if loops and isinstance(loops[-1], cst.While):
             return ("the training loop is a while loop: only a for loop holding zero_grad / forward / backward / "
                     "step becomes a jitted train_step")
+        failed = self.function_failed.get(id(scope))
+        if not loops and failed:
+            return f"backward() outside a for loop, in a single-step function not converted: {failed}"
         if not loops:
             return ("backward() outside a for loop: only a for loop whose body holds zero_grad / forward / "
                     "backward / step becomes a jitted train_step — move this code into the training loop, or "

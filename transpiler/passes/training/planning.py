@@ -4,8 +4,9 @@ from __future__ import annotations
 import libcst as cst
 
 from ...names import dotted, qualify
-from .common import AUTOCAST, CLIP_CALLS, LoopPlan, Unsupported
-from .syntax import (assigned_names, attribute_names, bound_names, calls_name, calls_of, code_of, is_assigned_call,
+from .common import AUTOCAST, CLIP_CALLS, LoopPlan, STATE, Unsupported
+from .syntax import (assigned_names, attribute_names, bound_names, calls_name, calls_of, children, code_of, count_name,
+                     is_assigned_call, model_calls,
                      loop_batch_names, method_stmt, named_calls, names_read, ordered_assigned, reads_of, target_size)
 
 
@@ -13,6 +14,17 @@ class PlanningMixin:
     """Finds the training loops (visit_For) and plans their train step."""
 
     def visit_For(self, node: cst.For) -> None:
+        if self._in_trainer():
+            if not any(method_stmt(s, "backward") for s in self._stmts(node)) and not any(
+                    self._stepped(s) for s in self._stmts(node)):
+                if calls_name(node.body, {self.trainer.model}):
+                    self.eval_loops.add(id(node))
+                return
+            if id(node) not in self.plans:
+                self._record(node, node, lambda: self._plan(node, [s for s in self._stmts(node)
+                                                                   if method_stmt(s, "backward")],
+                                                            [s for s in self._stmts(node) if self._stepped(s)]))
+            return
         if not self.optimizers or self.class_depth or id(node) in self.plans:
             return
         stmts = self._stmts(node)
@@ -55,6 +67,56 @@ class PlanningMixin:
             for s in plan.segment + plan.deferred + plan.removed:
                 self.segment_ids[id(s)] = plan
 
+    def _plan_function(self, node: cst.FunctionDef) -> None:
+        """A function (or a trainer's method) whose own body holds one backward() and one
+        optimizer step(), not in a loop: a single-step function called from a loop elsewhere.
+        Its body is planned like a loop body; the state is threaded through the function (a
+        ``train_state`` parameter, returned first) or kept on the trainer instance."""
+        if len(self.def_stack) != 1 or (self.class_depth and not self._in_trainer()):
+            return
+        if not self.class_depth and not self.optimizers:
+            return
+        stmts = self._stmts(node)
+        backward = [s for s in stmts if method_stmt(s, "backward")]
+        steps = [s for s in stmts if self._stepped(s)]
+        if not backward and not steps:
+            return
+        try:
+            if not self.class_depth and self.multi:
+                raise Unsupported("several models with their own optimizers (their training states are not "
+                                  "passed to functions)")
+            if not self.class_depth:
+                info = self.functions.get(node.name.value)
+                if info is not None and not info.creates:
+                    why = self._call_sites(node.name.value)
+                    if why:
+                        raise Unsupported(why)
+            plan = self._plan(node, backward, steps)
+        except Unsupported as exc:
+            self.function_failed[id(node)] = str(exc)
+            return
+        plan.function = True
+        self.plans[id(node)] = plan
+        for s in plan.segment + plan.deferred + plan.removed:
+            self.segment_ids[id(s)] = plan
+
+    def _call_sites(self, name: str) -> str | None:
+        """Why the calls of a single-step function cannot take and return the state (None when
+        every use of its name is a call that is a statement or an assignment's value)."""
+        uses = count_name(self.module_node, name) - 1     # (the def's own name)
+        calls = 0
+        for node in _walk(self.module_node):
+            if isinstance(node, cst.SimpleStatementLine) and len(node.body) == 1:
+                small = node.body[0]
+                value = small.value if isinstance(small, cst.Expr) else \
+                    small.value if isinstance(small, cst.Assign) and len(small.targets) == 1 else None
+                if isinstance(value, cst.Call) and isinstance(value.func, cst.Name) and value.func.value == name:
+                    calls += 1
+        if uses != calls:
+            return (f"{name} is used other than as a call that is a statement or an assignment's value "
+                    "(its calls must take and return the training state)")
+        return None
+
     def _plan(self, loop: cst.For, backward, steps, outer: cst.For | None = None) -> LoopPlan:
         body = list(self._stmts(loop))
         if len(backward) != 1:
@@ -67,7 +129,7 @@ class PlanningMixin:
         if b_call.args:
             raise Unsupported("backward() with arguments (retain_graph, gradient)")
         optimizer = self._stepped(s_stmt)
-        model = self.optimizers[optimizer]
+        model = self._pairs()[optimizer]
         b_index = body.index(b_stmt)
         accumulate = None
         if outer is None:
@@ -168,6 +230,10 @@ class PlanningMixin:
             raise Unsupported("the model's inputs are computed inside the forward pass")
         plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=deferred,
                         removed=removed, clips=clips, loss=loss_expr)
+        if self._in_trainer():
+            plan.trainer, plan.state = self.trainer.name, "self." + STATE
+            clip_args = [a.value for stmt, _ in clips for a in stmt.body[0].value.args[1:]]
+            plan.self_attrs = self._self_reads(segment + clip_args, model, optimizer)
         plan.init_args = list(call.args)
         reads = reads_of(segment)
         # outputs: segment names read after the segment
@@ -182,14 +248,50 @@ class PlanningMixin:
         loss_name = dotted(loss_expr) if isinstance(loss_expr, cst.Name) else None
         outputs = [n for n in ordered_assigned(segment) if n in later and n != loss_name]
         plan.outputs = [loss_name or "loss_value", *outputs]
-        plan.boundary = loop_batch_names(loop)
+        function = isinstance(loop, cst.FunctionDef)
+        plan.boundary = [] if function else loop_batch_names(loop)
         plan.local = self._local_names(outer or loop)
         plan.accumulate = accumulate
         plan.early = early
         if early is not None:
             self.track_ids.add(id(early))
-        plan.loop_bound = set(assigned_names(outer or loop))
+        plan.loop_bound = set(assigned_names(loop.body if function else (outer or loop)))
+        plan.scope = self._scope_node()
         return plan
+
+    def _self_reads(self, segment, model: str, optimizer: str) -> list[str]:
+        """The ``self.X`` values a trainer's step segment reads besides calling the model (a
+        loss module, a coefficient): static arguments of train_step."""
+        out: list[str] = []
+        model_funcs = {id(c.func) for s in segment for c in model_calls(s, {model})}
+
+        def visit(n, parent_attr: bool):
+            if isinstance(n, cst.Attribute) and isinstance(n.value, cst.Name) and n.value.value == "self":
+                if id(n) in model_funcs:
+                    return
+                text = dotted(n)
+                if text in (model, optimizer) or n.attr.value in self.trainer.methods:
+                    raise Unsupported(f"the forward pass uses {text} other than by calling the model")
+                if parent_attr:
+                    raise Unsupported(f"the forward pass reads an attribute of {text}")
+                if n.attr.value not in out:
+                    out.append(n.attr.value)
+                return
+            if isinstance(n, cst.Name) and n.value == "self":
+                raise Unsupported("the forward pass uses self other than through its attributes")
+            if isinstance(n, cst.Attribute):
+                visit(n.value, True)
+                return
+            if isinstance(n, cst.Call):
+                visit(n.func, False)
+                for a in n.args:
+                    visit(a.value, False)
+                return
+            for child in children(n):
+                visit(child, False)
+        for stmt in segment:
+            visit(stmt, False)
+        return out
 
     def _not_read_only(self, stmt) -> str | None:
         """Why a statement between backward() and step() cannot run after the converted train
@@ -199,6 +301,12 @@ class PlanningMixin:
         function that uses the model."""
         held = self.models | set(self.optimizers) | set(self.schedulers) | self.scalers
         reads = names_read(stmt)
+        if self._in_trainer():
+            mine = {self.trainer.model, self.trainer.optimizer}
+            used = sorted({d for a in _walk(stmt) if isinstance(a, cst.Attribute)
+                           and (d := dotted(a)) is not None and any(d == m or d.startswith(m + ".") for m in mine)})
+            if used:
+                return f"uses {', '.join(used)} (it sees the parameters or gradients before the update)"
         if reads & held:
             return f"uses {', '.join(sorted(reads & held))} (it sees the parameters or gradients before the update)"
         if "grad" in attribute_names(stmt):
@@ -233,9 +341,10 @@ class PlanningMixin:
         m = method_stmt(stmt, "step")
         if m is None:
             return None
-        if dotted(m[0]) in self.optimizers and not m[1].args:
+        pairs = self._pairs()
+        if dotted(m[0]) in pairs and not m[1].args:
             return dotted(m[0])
-        if dotted(m[0]) in self.scalers and len(m[1].args) == 1 and dotted(m[1].args[0].value) in self.optimizers:
+        if dotted(m[0]) in self.scalers and len(m[1].args) == 1 and dotted(m[1].args[0].value) in pairs:
             return dotted(m[1].args[0].value)
         return None
 
@@ -256,8 +365,20 @@ class PlanningMixin:
         return CLIP_CALLS.get(qualify(value.func, self.ctx.aliases) or "")
 
     def _local_names(self, loop: cst.For) -> set[str]:
+        if self._in_trainer():
+            method = self.def_stack[0]
+            return set(assigned_names(method.params)) | set(assigned_names(method.body))
         fn = self._function()
         if fn is not None and fn in self.functions:
             return set(assigned_names(self.functions[fn].node.params)) | set(assigned_names(self.functions[fn].node.body))
         # module-level loop: names bound by the loop itself
         return set(assigned_names(loop))
+
+
+def _walk(node: cst.CSTNode):
+    """Every node of ``node`` (depth first)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(children(n)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ..base import Rule
-from .common import FunctionInfo, LoopPlan, STATE
+from .common import FunctionInfo, LoopPlan, STATE, TrainerInfo
 from .leftovers import LeftoversMixin
 from .multi import MultiModelMixin
 from .optimizers import OptimizerMixin
@@ -13,10 +13,11 @@ from .rng import RngMixin
 from .scan import ScanMixin
 from .statements import StatementsMixin
 from .step import StepMixin
+from .trainer import TrainerMixin
 
 
 class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, StatementsMixin, OptimizerMixin,
-                   RngMixin, LeftoversMixin, Rule):
+                   RngMixin, LeftoversMixin, TrainerMixin, Rule):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.models: set[str] = set()
@@ -53,6 +54,10 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
         self.held: dict[str, str] = {}            # optimizer attribute of a class (self.optimizer) → class
         self.def_stack: list[cst.FunctionDef] = []
         self.class_stack: list[cst.ClassDef] = []
+        self.trainers: dict[str, TrainerInfo] = {}   # plain classes holding a model and its optimizer
+        self.trainer: TrainerInfo | None = None      # the one whose body is being converted
+        self.function_failed: dict[int, str] = {}    # id(single-step function) → why it is not converted
+        self.step_callers: dict[str, str] = {}       # single-step function → why its calls cannot be threaded
 
     @property
     def multi(self) -> bool:
@@ -68,6 +73,8 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
         return self._state(self.optimizers.get(optimizer)) if optimizer else STATE
 
     def _scope_node(self):
+        if self._in_trainer():
+            return self.def_stack[0]
         fn = self._function()
         if fn is not None and fn in self.functions:
             return self.functions[fn].node
@@ -76,14 +83,19 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
         self.def_stack.append(node)
+        self._plan_function(node)
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.class_depth += 1
         self.class_stack.append(node)
+        if self.class_depth == 1:
+            self.trainer = self.trainers.get(node.name.value)
 
     def leave_ClassDef(self, original, updated):
         self.class_depth -= 1
         self.class_stack.pop()
+        if not self.class_depth:
+            self.trainer = None
         return updated
 
     def _function(self) -> str | None:

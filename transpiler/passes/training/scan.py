@@ -17,6 +17,7 @@ class ScanMixin:
     def visit_Module(self, node: cst.Module) -> None:
         self.module_node = node
         self._scan_held(node)
+        self._scan_trainers(node)
         scan = _Scan(self)
         walk(node, scan)
         self._keyed_functions(scan)

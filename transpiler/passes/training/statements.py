@@ -10,7 +10,7 @@ from ...walk import transform
 from .common import COMMA, HOST_SCHEDULERS, OPTIMIZER_PREFIX, RNG_KEY, SCALERS, SCHEDULER_PREFIX, STATE
 from .optimizers import inject_learning_rate, selector_lambda
 from .rng import added_keys
-from .syntax import add_kwarg, code_of, ends_with_return, is_docstring, method_stmt, with_param
+from .syntax import add_kwarg, assigned_names, calls_name, code_of, ends_with_return, is_docstring, method_stmt, with_param
 
 
 class Returns(cst.CSTTransformer):
@@ -62,6 +62,8 @@ class StatementsMixin:
             updated = self._thread_key(original, updated)
             if isinstance(updated, cst.FlattenSentinel):
                 return updated
+        if self._in_trainer() and len(original.body) == 1:
+            return self._trainer_statement(original, updated)
         if self.class_depth or len(original.body) != 1:
             return updated
         stmt = original.body[0]
@@ -143,6 +145,8 @@ class StatementsMixin:
                     if wrapped is not None:
                         value = wrapped
                 new = updated.with_changes(body=[updated.body[0].with_changes(value=value)])
+                if not self._scope_trains():
+                    return new      # a function that only builds (and returns) the optimizer
                 return cst.FlattenSentinel([new, cst.parse_statement(f"{self._opt_state(name)} = None\n")])
             q = qualify(stmt.value.func, self.ctx.aliases) if isinstance(stmt.value, cst.Call) else None
             if name in self.schedulers and q in HOST_SCHEDULERS and isinstance(updated.body[0], cst.Assign) \
@@ -159,6 +163,22 @@ class StatementsMixin:
                 opt = self.schedulers[name]
                 return cst.FlattenSentinel([updated, cst.parse_statement(f"{opt} = {name}.optimizer\n")])
         return self._thread_calls(original, updated)
+
+    def _scope_trains(self) -> bool:
+        """Whether the function being converted (True at module level) trains, evaluates or
+        checkpoints a model, or calls a function that does: it needs the state it creates."""
+        fn = self._function()
+        if fn is None or fn not in self.functions:
+            return True
+        body = self.functions[fn].node.body
+        text = code_of(body)
+        if calls_name(body, self.models) or ".backward(" in text or any(
+                f"{m}.state_dict(" in text or f"{m}.load_state_dict(" in text for m in self.models | set(self.optimizers)):
+            return True
+        if any(f"{s}.step(" in text for s in self.schedulers):
+            return True
+        return any(self.functions[c].needs for c in self._called_functions(self.functions[fn].node)
+                   if c in self.functions and c != fn)
 
     def _thread_calls(self, original, updated):
         """``train(...)`` of a state-changing function → ``state = train(..., state=state)``."""
@@ -180,6 +200,10 @@ class StatementsMixin:
             return updated.with_changes(body=[cst.Assign(targets=[cst.AssignTarget(cst.Name(STATE))], value=new.value)])
         if isinstance(new, cst.Assign):
             target = new.targets[0].target
+            if isinstance(target, (cst.Tuple, cst.List)) and not (isinstance(target, cst.Tuple) and target.lpar) \
+                    and not _returns_flat_tuple(info.node, len(target.elements)):
+                target = target.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()]) \
+                    if isinstance(target, cst.Tuple) else target
             elements = [cst.Element(cst.Name(STATE)), cst.Element(target)]
             return updated.with_changes(body=[new.with_changes(
                 targets=[cst.AssignTarget(cst.Tuple(elements, lpar=[], rpar=[]))])])
@@ -187,6 +211,8 @@ class StatementsMixin:
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         updated = self._key_argument(original, updated)
+        if self._in_trainer():
+            return self._trainer_call(original, updated)
         if not self.optimizers or self.class_depth:
             return updated
         func = original.func
@@ -235,6 +261,11 @@ class StatementsMixin:
         return cst.FlattenSentinel(stmts)
 
     def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef):
+        plan = self.plans.get(id(original))
+        if plan is not None and plan.function:
+            updated = self._leave_step_function(original, updated, plan)
+        if self._in_trainer() and original is self.trainer.init:
+            updated = self._trainer_init(original, updated)
         name = self.function_stack.pop() if self.function_stack else None
         if self.def_stack:
             self.def_stack.pop()
@@ -260,3 +291,45 @@ class StatementsMixin:
                 body.append(cst.parse_statement(f"return {STATE}\n"))
             updated = updated.with_changes(body=updated.body.with_changes(body=body))
         return updated
+
+    def _leave_step_function(self, original: cst.FunctionDef, updated: cst.FunctionDef, plan) -> cst.FunctionDef:
+        """A single-step function: its body with the segment replaced by the train_step call,
+        its array parameters converted by to_jax first."""
+        params = set(assigned_names(original.params))
+        stmts = list(updated.body.body)
+        at = 1 if stmts and is_docstring(stmts[0]) else 0
+        body = self._emit_step(original, stmts[at:], plan, boundary=[])
+        boundary = [n for n in plan.inputs if n in params and n not in plan.static and n != "self"]
+        if boundary:
+            self.ctx.emits.add("to_jax")
+            names, values = ", ".join(boundary), ", ".join(f"to_jax({n})" for n in boundary)
+            first = body[0] if body else None
+            lead = first.leading_lines if first is not None else []
+            if first is not None:
+                body[0] = first.with_changes(leading_lines=[])
+            body.insert(0, cst.parse_statement(f"{names} = {values}\n").with_changes(leading_lines=lead))
+        where = f"{plan.trainer}.{original.name.value}" if plan.trainer else original.name.value
+        kept = f"; the state is kept in {plan.state}" if plan.trainer else ""
+        self.ctx.report(original, "JP601", f"single-step function {where}() → jitted {plan.step_name}(state, ...) "
+                        f"with jax.value_and_grad and optax{kept}")
+        return updated.with_changes(body=updated.body.with_changes(body=[*stmts[:at], *body]))
+
+
+def _returns_flat_tuple(fn: cst.FunctionDef, size: int) -> bool:
+    """Every ``return`` of ``fn`` (not of nested functions) returns an unparenthesised tuple of
+    ``size`` values (which ``Returns`` extends with the state: the caller unpacks them all)."""
+    found: list[bool] = []
+
+    class Visitor(cst.CSTVisitor):
+        def visit_FunctionDef(self, node) -> bool:
+            return node is fn
+
+        def visit_Lambda(self, node) -> bool:
+            return False
+
+        def visit_Return(self, node) -> None:
+            v = node.value
+            found.append(isinstance(v, cst.Tuple) and not v.lpar and len(v.elements) == size
+                         and not any(isinstance(e, cst.StarredElement) for e in v.elements))
+    fn.visit(Visitor())
+    return bool(found) and all(found)

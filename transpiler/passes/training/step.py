@@ -6,6 +6,7 @@ import libcst as cst
 from ...names import dotted
 from ...walk import transform
 from .common import BUILTINS, LoopPlan, RNG_KEY, STATE
+from .common import STATE as STATE_NAME
 from .optimizers import lr_write, param_groups_owner
 from .rng import RenameKeys
 from .syntax import (assigned_names, attribute_reads, calls_of, code_of, count_name, loop_batch_names, method_stmt,
@@ -33,21 +34,22 @@ class ModelCall(cst.CSTTransformer):
         self.others, self.state = others or {}, state
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
-        if not isinstance(original.func, cst.Name):
+        callee = dotted(original.func)
+        if callee is None:
             return updated
         args = ", ".join(code_of(a.value) for a in updated.args)
-        other = self.others.get(original.func.value)
+        other = self.others.get(callee)
         if other is not None:   # another model: applied with its own (here constant) parameters
             return cst.parse_expression(f'{other}.apply_fn({{"params": {other}.params}}, {args}, train=True, '
                                         f'rngs={self.rngs})')
-        if original.func.value != self.model:
+        if callee != self.model:
             return updated
         return cst.parse_expression(f'{self.state}.apply_fn({self.variables}, {args}, train=True, '
                                     f'rngs={self.rngs}{self.extra})')
 
     def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
-        if self.batchnorm and isinstance(original.value, cst.Call) and isinstance(original.value.func, cst.Name) \
-                and original.value.func.value == self.model and len(updated.targets) == 1:
+        if self.batchnorm and isinstance(original.value, cst.Call) and dotted(original.value.func) == self.model \
+                and len(updated.targets) == 1:
             target = updated.targets[0].target
             return updated.with_changes(targets=[cst.AssignTarget(cst.Tuple(
                 [cst.Element(target), cst.Element(cst.Name("updates"))], lpar=[], rpar=[]))])
@@ -100,6 +102,16 @@ class StepMixin:
         plan = self.plans.get(id(original))
         if plan is None:
             return updated
+        body = self._emit_step(original, list(updated.body.body), plan)
+        self.ctx.report(original, "JP601", f"training loop → jitted {plan.step_name}(state, ...) with "
+                        "jax.value_and_grad and optax")
+        return updated.with_changes(body=updated.body.with_changes(body=body))
+
+    def _emit_step(self, original, stmts: list, plan: LoopPlan, boundary: list[str] | None = None) -> list:
+        """The statements of a training loop's body (or of a single-step function's body)
+        with the step segment replaced by the train_step call; the train_step source is queued
+        for the module. ``boundary``: names converted by ``to_jax`` first (default: the loop's
+        batch names)."""
         name = self._step_name()
         plan.step_name = name
         self._inputs(plan)
@@ -109,19 +121,21 @@ class StepMixin:
                 if id(s) in self.converted}
         first = self.converted.get(id(plan.segment[0]))
         body: list[cst.BaseStatement] = []
-        if plan.boundary:
-            names = ", ".join(plan.boundary)
-            values = ", ".join(f"to_jax({n})" for n in plan.boundary)
+        boundary = plan.boundary if boundary is None else boundary
+        if boundary:
+            names = ", ".join(boundary)
+            values = ", ".join(f"to_jax({n})" for n in boundary)
             body.append(cst.parse_statement(f"{names} = {values}\n"))
             self.ctx.emits.add("to_jax")
         init_args = ", ".join(code_of(a.value) for a in converted_args(plan, self.converted))
         tx = plan.optimizer
         if plan.accumulate is not None:
             tx = self._accumulating(original, plan)
-        call_args = ", ".join([STATE, *(plan.flat.get(n, n) for n in plan.inputs)])
-        outputs = ", ".join([STATE, *plan.outputs])
+        state = plan.state
+        call_args = ", ".join([state, *(plan.flat.get(n, n) for n in plan.inputs)])
+        outputs = ", ".join([state, *plan.outputs])
         call_block = [
-            cst.parse_statement(f"if {STATE} is None:\n    {STATE} = create_train_state({plan.model}, {tx}, "
+            cst.parse_statement(f"if {state} is None:\n    {state} = create_train_state({plan.model}, {tx}, "
                                 f"jax.random.PRNGKey({self.seed}), {init_args})\n"),
             cst.parse_statement(f"{outputs} = {name}({call_args})\n"),
         ]
@@ -129,7 +143,7 @@ class StepMixin:
         deferred = [self.converted[id(s)] for s in plan.deferred if id(s) in self.converted]
         placed = False
         early = self.converted.get(id(plan.early)) if plan.early is not None else None
-        for stmt in updated.body.body:
+        for stmt in stmts:
             inner = stmt.body[0] if isinstance(stmt, cst.SimpleStatementLine) and stmt.body else None
             if early is not None and inner is early.body[0]:
                 body.append(call_block.pop(0).with_changes(leading_lines=stmt.leading_lines))
@@ -144,9 +158,7 @@ class StepMixin:
             body.append(stmt)
         if not placed:
             body += call_block + deferred
-        self.ctx.report(original, "JP601", f"training loop → jitted {name}(state, ...) with "
-                        "jax.value_and_grad and optax")
-        return updated.with_changes(body=updated.body.with_changes(body=body))
+        return body
 
     def _accumulating(self, original, plan: LoopPlan) -> str:
         """``optax.MultiSteps`` summing the gradients of ``k`` micro-batches (torch's
@@ -179,11 +191,16 @@ class StepMixin:
                     reads.append(n)
             assigned |= set(assigned_names(stmt))
         states = {self._state(m) for m in self.models}
-        inputs = [n for n in reads if n in plan.local and n not in BUILTINS and n != STATE and n not in states]
+        if plan.trainer is not None:   # self.X values: static arguments (self_X)
+            reads = [n for n in reads if n != "self"]
+            for a in plan.self_attrs:
+                plan.flat[f"self_{a}"] = f"self.{a}"
+        inputs = [n for n in reads if n in plan.local and (n not in BUILTINS or plan.function) and n != STATE
+                  and n not in states]   # (a function's parameter may shadow a builtin: input)
         static = [n for n in inputs if n in self.losses]
         traced = []
         segment = [self.converted.get(id(s), s) for s in plan.segment]
-        scope = self._scope_node()
+        scope = plan.scope if plan.scope is not None else self._scope_node()
         for n in inputs:
             if n in static:
                 continue
@@ -200,6 +217,8 @@ class StepMixin:
                 static.append(n)    # a Python number fixed before the loop (shapes need it static)
             else:
                 traced.append(n)
+        if plan.trainer is not None:
+            static += [k for k in plan.flat if k.startswith("self_") and k not in static]
         plan.static = static
         plan.inputs = traced + static
 
@@ -211,12 +230,13 @@ class StepMixin:
         return name
 
     def _train_step_source(self, plan: LoopPlan) -> str:
-        STATE = self._state(plan.model)   # noqa: N806 (the plan's state; train_state with one model)
+        STATE = self._state(plan.model) if plan.trainer is None else STATE_NAME   # noqa: N806 (the plan's state)
         segment = [self.converted[id(s)] for s in plan.segment]
         variables = '{"params": params, "batch_stats": ' + STATE + '.batch_stats}' if self.batchnorm else '{"params": params}'
         extra = ', mutable=["batch_stats"]' if self.batchnorm else ""
         lines = []
-        others = {m: self._state(m) for m in self.models if m != plan.model} if self.multi else {}
+        others = {m: self._state(m) for m in self.models if m != plan.model} if self.multi and plan.trainer is None \
+            else {}
         replacer = ModelCall(plan.model, variables, extra, self.batchnorm, self.sample_stream, others, STATE)
         sampling = self.sample_stream or any(count_name(stmt, RNG_KEY) for stmt in segment)
         for stmt in segment:
@@ -253,6 +273,9 @@ class StepMixin:
         for stmt, kind in ([] if plan.accumulate is not None else plan.clips):
             call = self.converted[id(stmt)].body[0]
             value = call.value if isinstance(call, (cst.Expr, cst.Assign)) else None
+            if isinstance(value, cst.Call) and value.args and plan.flat:
+                value = value.with_changes(args=[value.args[0], *(transform(a, Flatten(
+                    {v: k for k, v in plan.flat.items()})) for a in value.args[1:])])
             if isinstance(value, cst.Call) and value.args:
                 args = [value.args[0].with_changes(value=cst.Name("grads")), *value.args[1:]]
                 text = code_of(value.with_changes(args=args))

@@ -134,8 +134,25 @@ def named_calls(node: cst.CSTNode) -> list[cst.Call]:
     return out
 
 
+def _any_calls(node: cst.CSTNode, out: list[cst.Call]) -> None:
+    if type(node) is cst.Call:
+        out.append(node)
+    for child in children(node):
+        _any_calls(child, out)
+
+
+def model_calls(node: cst.CSTNode, names: set[str]) -> list[cst.Call]:
+    """The calls in ``node`` whose callee is one of ``names``: plain (``model(x)``) or dotted
+    (``self.model(x)``) names."""
+    if not any("." in n for n in names):
+        return [c for c in named_calls(node) if c.func.value in names]
+    out: list[cst.Call] = []
+    _any_calls(node, out)
+    return [c for c in out if dotted(c.func) in names]
+
+
 def calls_name(node: cst.CSTNode, names: set[str]) -> bool:
-    return any(c.func.value in names for c in named_calls(node))
+    return bool(model_calls(node, names))
 
 
 def loop_batch_names(loop: cst.For) -> list[str]:
@@ -171,14 +188,13 @@ def ordered_assigned(stmts) -> list[str]:
 
 
 def calls_of(stmts, model: str) -> list[cst.Call]:
-    return [c for s in stmts for c in named_calls(s) if c.func.value == model]
+    return [c for s in stmts for c in model_calls(s, {model})]
 
 
 def is_assigned_call(stmts, model: str) -> bool:
     for s in stmts:
         small = s.body[0]
-        if isinstance(small, cst.Assign) and isinstance(small.value, cst.Call) \
-                and isinstance(small.value.func, cst.Name) and small.value.func.value == model:
+        if isinstance(small, cst.Assign) and isinstance(small.value, cst.Call) and dotted(small.value.func) == model:
             return True
     return False
 
