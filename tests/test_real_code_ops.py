@@ -40,3 +40,23 @@ def test_avg_pool2d_is_differentiable_under_jit():
     tf(xt).backward()
     got = jax.jit(jax.grad(jf))(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(got), xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_cat_stack_clamp_passed_as_functions():
+    # lucidrains-style: map(partial(torch.cat, dim=-1), pairs), partial(torch.clamp, min=, max=)
+    src = ("from functools import partial\n"
+           "import torch\n\n\n"
+           "def f(a, b, x):\n"
+           "    k, v = map(partial(torch.cat, dim=-1), ((a, b), (b, a)))\n"
+           "    s = list(map(partial(torch.stack, dim=1), [(a, b)]))[0]\n"
+           "    clip = partial(torch.clamp, min=-0.5, max=0.5)\n"
+           "    both = partial(torch.concat, dim=0)((a, b))\n"
+           "    return k - v, s, clip(x), both, partial(torch.clip, max=0.1)(x)\n")
+    tf, jf, r = load(src, "f")
+    assert not [d for d in r.diagnostics if d.code == "JP103"]
+    rng = np.random.default_rng(1)
+    a, b, x = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3), (2, 3), (4,)))
+    want = tf(*map(torch.tensor, (a, b, x)))
+    got = jax.jit(jf)(a, b, x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w.numpy(), rtol=1e-6)

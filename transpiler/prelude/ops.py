@@ -736,3 +736,13 @@ def torch_gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction=
     if full:
         loss = loss + 0.5 * math.log(2 * math.pi)
     return torch_reduce(loss, reduction)
+
+
+def torch_cat(tensors, dim=0):
+    """``torch.cat`` passed as a function (``partial(torch.cat, dim=-1)``): torch's names."""
+    return jnp.concatenate(tensors, axis=dim)
+
+
+def torch_stack(tensors, dim=0):
+    """``torch.stack`` passed as a function (``map(partial(torch.stack, dim=1), ...)``)."""
+    return jnp.stack(tensors, axis=dim)
