@@ -45,6 +45,7 @@ class AliasCollector(cst.CSTVisitor):
     which keeps this pass a small fraction of a parse."""
 
     walk_tokens = False      # nothing to learn from whitespace and punctuation
+    walk_expressions = False  # nor from expressions (transpiler.walk skips them)
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.BaseExpression):

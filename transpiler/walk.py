@@ -67,6 +67,31 @@ def _token_types() -> frozenset[type]:
 
 
 TOKEN_TYPES = _token_types()
+
+
+def _expression_types() -> frozenset[type]:
+    found: set[type] = set()
+    pending = [cst.BaseExpression]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        found.add(cls)
+    return frozenset(found)
+
+
+# Expressions hold no statements: a visitor that looks for statements only (imports,
+# assignments, returns) sets ``walk_expressions = False`` and :func:`walk` neither shows it
+# an expression nor enters one.
+EXPRESSION_TYPES = _expression_types()
+_WITHOUT_EXPRESSIONS: dict[frozenset, frozenset] = {}
+
+
+def without_expressions(skip: frozenset) -> frozenset:
+    """``skip`` and every expression type."""
+    found = _WITHOUT_EXPRESSIONS.get(skip)
+    if found is None:
+        found = _WITHOUT_EXPRESSIONS[skip] = skip | EXPRESSION_TYPES
+    return found
 _NODE_TYPE: dict[type, bool] = {}
 
 
@@ -123,7 +148,8 @@ def walk(node: CSTNode, visitor: cst.CSTVisitor) -> None:
 
     Hooks run in the same order as with ``node.visit``. A visitor that overrides ``on_visit``
     or ``on_leave`` gets them for every node, punctuation and whitespace included, unless its
-    class sets ``walk_tokens = False``."""
+    class sets ``walk_tokens = False``. A visitor whose class sets ``walk_expressions = False``
+    is shown no expression below ``node`` (nor anything inside one)."""
     vcls = type(visitor)
     generic_visit = vcls.on_visit is not cst.CSTVisitor.on_visit
     generic_leave = vcls.on_leave is not cst.CSTVisitor.on_leave
@@ -131,6 +157,8 @@ def walk(node: CSTNode, visitor: cst.CSTVisitor) -> None:
         skip: frozenset = frozenset()
     else:
         skip = skipped_types(visitor)
+    if getattr(visitor, "walk_expressions", True) is False:
+        skip = without_expressions(skip)
     hooks: dict[type, tuple] = {}
     own = _own_hooks(vcls)
     on_visit, on_leave = visitor.on_visit, visitor.on_leave

@@ -17,7 +17,7 @@ from ..names import ROOTS, dotted
 from .. import prelude_index
 from ..cache import cached_text
 
-from ..walk import skipped_types, transform, walk
+from ..walk import skipped_types, transform, walk, without_expressions
 from .base import HELPERS_BANNER
 
 
@@ -176,6 +176,7 @@ class _Bindings(_References):
     """``_References.bound`` alone: statements are walked, expressions (which bind nothing
     the references count) are not."""
     walk_tokens = False
+    walk_expressions = False
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.BaseExpression):
@@ -292,7 +293,8 @@ def _finalize(module: cst.Module, ctx: FileContext):
     before = _References()
     walk(module, before)
     torch_used = "torch" in before.names
-    module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used), skipped_types())
+    module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used),
+                       without_expressions(skipped_types()))     # it enters no expression
     # The remover changes import statements only, which hold no names the references count:
     # what the module reads is unchanged, what it binds is found again from its statements.
     refs = _Bindings()

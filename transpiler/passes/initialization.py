@@ -183,20 +183,19 @@ class _Planner:
                 continue
             direct: dict[int, str] = {}   # id(call) → attribute it is assigned to
 
-            class _Direct(cst.CSTVisitor):
+            class _Calls(cst.CSTVisitor):
+                # one walk: an assignment is visited before the call that is its value
                 def visit_Assign(self, node: cst.Assign) -> None:
                     target = dotted(node.targets[0].target) if len(node.targets) == 1 else None
                     if target and target.startswith("self.") and target.count(".") == 1 \
                             and isinstance(node.value, cst.Call):
                         direct[id(node.value)] = target[5:]
 
-            class _Calls(cst.CSTVisitor):
                 def visit_Call(self, node: cst.Call) -> None:
                     q = qualify(node.func, aliases)
                     if q in layers:
                         found.append((q, node, direct.get(id(node))))
 
-            walk(stmt, _Direct())
             walk(stmt, _Calls())
         return found
 

@@ -134,6 +134,8 @@ def _self_assignments(fn: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression
     found: list[tuple[str, cst.BaseExpression]] = []
 
     class _V(cst.CSTVisitor):
+        walk_expressions = False
+
         def visit_Assign(self, node: cst.Assign) -> None:
             for t in node.targets:
                 name = dotted(t.target)
@@ -153,6 +155,8 @@ def _returned(fn: cst.FunctionDef) -> list[cst.BaseExpression]:
     values: list[cst.BaseExpression] = []
 
     class _V(cst.CSTVisitor):
+        walk_expressions = False
+
         def visit_Return(self, node: cst.Return) -> None:
             if node.value is not None:
                 values.append(node.value)
