@@ -46,6 +46,45 @@ def test_reference_matches_the_corpus_architecture(name, tmp_path):
         assert conv == ref
 
 
+@pytest.mark.parametrize("name", ["LeNet", "ResNet", "UNet"])
+def test_nhwc_conversion_matches_the_reference(name, tmp_path):
+    """The --layout nhwc conversion of an image model, fed channels-last images as the
+    reference is, has the reference's parameter tensors and output shape."""
+    case = next(c for c in B._cases() if c.name == name)
+    x, _ = case.make_batch(np.random.RandomState(0))
+    x = np.moveaxis(x[:2], 1, -1)
+    cls = getattr(B.convert_corpus(case.corpus, tmp_path, "nhwc"), case.cls)
+    if B.channels_last(cls) is None:
+        pytest.skip(f"the converter kept {name} NCHW (no jaxport_layout)")
+    model = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in case.init.items()})
+    assert _param_shapes(model, x) == _param_shapes(case.ref(), x)
+    out = jax.eval_shape(lambda: model.init_with_output({"params": jax.random.PRNGKey(0),
+                                                         "dropout": jax.random.PRNGKey(1)}, x)[0])
+    ref = jax.eval_shape(lambda: case.ref().init_with_output({"params": jax.random.PRNGKey(0),
+                                                              "dropout": jax.random.PRNGKey(1)}, x)[0])
+    assert B._first(out).shape == B._first(ref).shape
+
+
+def test_quick_image_rows():
+    """An image model's rows: the nhwc conversion's (measured, with the goal, or skipped when
+    the converter kept NCHW: never a number then), the default conversion's, torch eager."""
+    rows = B.measure(quick=True, only=["LeNet"])
+    assert [r["target"] for r in rows] == ["train step LeNet: converted --layout nhwc / flax reference",
+                                          "train step LeNet: converted / flax reference",
+                                          "train step LeNet: converted / torch eager"], rows
+    nhwc, nchw, eager = rows
+    assert all(set(r) == KEYS for r in rows)
+    assert isinstance(nchw["measured"], float) and isinstance(eager["measured"], float)
+    if nhwc["measured"] is None:
+        assert nhwc["met"] is None and nhwc["note"].startswith("skipped: the converter kept NCHW")
+        assert nchw["goal"] == "<= 1.10" and nchw["met"] == (nchw["measured"] <= 1.10)
+    else:
+        assert nhwc["goal"] == "<= 1.10" and nhwc["met"] == (nhwc["measured"] <= 1.10)
+        assert "params 14410 vs 14410" in nhwc["note"]
+        assert nchw["goal"] == "report" and nchw["met"] is None
+        assert "the --layout nhwc conversion" in eager["note"]
+
+
 def test_loss_layouts_agree():
     """The torch-layout and channels-last losses give the same value on the same logits."""
     import jax.numpy as jnp
