@@ -63,12 +63,12 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
                       other_imports=imports.other_imports)
     from .passes import distributed
     source = distributed.prepare(module, ctx)          # DDP scripts: unwrap, open no_sync()
+    if getattr(options, "layout", "nchw") == "nhwc":
+        from .passes import layout
+        source = layout.prepare(source, ctx)           # channels-last image models
     composite = Composite(ctx, rules(ctx))
     converted = transform(source, composite, composite.skipped_types())
     converted = distributed.finish(converted, ctx)             # data-parallel train steps
-    if getattr(options, "layout", "nchw") == "nhwc" and any("nchw" in n.lower() for n in ctx.emits):
-        ctx.report(None, "JP202", "--layout nhwc is not implemented yet: the converted model keeps "
-                   "PyTorch's NCHW interface", marker=False)
     code, parts = finalize_code_parts(converted, ctx)
     ctx.place_diagnostics()     # positions in the original file, found in one cheap pass
     return Outcome(code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites,

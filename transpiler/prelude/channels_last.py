@@ -111,16 +111,24 @@ class ConvTransposeNHWC(nn.Module):
 
 def max_pool_nhwc(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """torch max_pool2d (1d/3d alike) on channels-last input."""
-    nd = x.ndim - 2
     geo = pool_geometry(x.shape[1:-1], kernel_size, stride, padding, dilation, ceil_mode)
     init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    if any(g[2] != 1 for g in geo):   # dilated windows: the channels-first helper's slices
-        y = max_pool_nchw(jnp.moveaxis(x, -1, 1), kernel_size, stride, padding, dilation,
-                          ceil_mode, spatial_dims=nd)
-        return jnp.moveaxis(y, 1, -1)
-    return jax.lax.reduce_window(
-        x, np.array(init, x.dtype), jax.lax.max, (1,) + tuple(g[0] for g in geo) + (1,),
-        (1,) + tuple(g[1] for g in geo) + (1,), [(0, 0)] + [(g[3], g[4]) for g in geo] + [(0, 0)])
+    pads = [(0, 0)] + [(g[3], g[4]) for g in geo] + [(0, 0)]
+    if all(g[2] == 1 for g in geo):
+        return jax.lax.reduce_window(
+            x, np.array(init, x.dtype), jax.lax.max, (1,) + tuple(g[0] for g in geo) + (1,),
+            (1,) + tuple(g[1] for g in geo) + (1,), pads)
+    # dilated windows (no gradient for a dilated reduce_window max): max of strided slices
+    x = jnp.pad(x, pads, constant_values=init)
+    out_shape = [(n - d * (k - 1) - 1) // s + 1 for n, (k, s, d, _, _) in zip(x.shape[1:-1], geo)]
+    result = None
+    for offsets in np.ndindex(*[g[0] for g in geo]):
+        start = (0,) + tuple(o * g[2] for o, g in zip(offsets, geo)) + (0,)
+        limit = (x.shape[0],) + tuple(st + (m - 1) * g[1] + 1 for st, m, g in
+                                      zip(start[1:-1], out_shape, geo)) + (x.shape[-1],)
+        part = jax.lax.slice(x, start, limit, (1,) + tuple(g[1] for g in geo) + (1,))
+        result = part if result is None else jnp.maximum(result, part)
+    return result
 
 
 def avg_pool_nhwc(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,

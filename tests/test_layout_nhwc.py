@@ -1,0 +1,289 @@
+"""``jaxport convert --layout nhwc`` (issue #8): which corpus classes run channels-last, which
+keep NCHW and why (JP202), and torch-vs-JAX numerics of the channels-last conversions
+(outputs and input gradients, jitted), with torch inputs transposed to NHWC and the
+``jaxport_layout`` contract read from the converted classes."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transpiler.api import Options, convert_source
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "corpus" / "models"
+NHWC = Options(layout="nhwc")
+
+
+def convert(path: Path, options=NHWC):
+    return convert_source(path.read_text(), str(path), options)
+
+
+def code_of(result) -> str:
+    return result.output.decode()
+
+
+def classes_with_layout(code: str) -> dict[str, str]:
+    """class name → its jaxport_layout line (the channels-last classes of a conversion)."""
+    out, current = {}, None
+    for line in code.splitlines():
+        m = re.match(r"class (\w+)\(", line)
+        if m:
+            current = m.group(1)
+        if "jaxport_layout: ClassVar[dict]" in line and current:
+            out[current] = line.strip()
+    return out
+
+
+# ----------------------------------------------------------------------------- which classes
+EXPECTED = {
+    "mnist_cnn.py": ({"Net"}, {}),
+    "resnet.py": ({"BasicBlock", "Bottleneck", "ResNet", "BottleneckNet"}, {}),
+    "unet.py": ({"DoubleConv", "Down", "Up", "UNet", "SegHead"}, {}),
+    "vgg_bn.py": ({"VGG"}, {}),
+    "conv_autoencoder.py": ({"ConvAutoencoder", "DilatedUpsampler"}, {}),
+    # output.view(-1, 1) of a (N, 1, 1, 1) map: a reshape the analysis does not follow
+    "dcgan.py": ({"Generator"}, {"Discriminator": 56}),
+    "mobilenet.py": ({"ConvBNReLU", "InvertedResidual", "TinyMobileNet"}, {}),
+    "se_block.py": ({"SELayer", "SEBasicBlock"}, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_corpus_classes_channels_last_or_kept(name):
+    result = convert(MODELS / name)
+    assert result.status in ("converted", "partial"), result
+    code = code_of(result)
+    compile(code, name, "exec")
+    nhwc, kept = EXPECTED[name]
+    assert set(classes_with_layout(code)) == nhwc
+    jp202 = {d.message.split(" ", 1)[0]: d for d in result.diagnostics if d.code == "JP202"}
+    assert {k: d.line for k, d in jp202.items()} == kept
+    for d in jp202.values():
+        assert d.severity == "info" and "keeps NCHW under --layout nhwc" in d.message
+
+
+def test_discriminator_names_the_construct():
+    result = convert(MODELS / "dcgan.py")
+    (d,) = [d for d in result.diagnostics if d.code == "JP202"]
+    assert "output.view(-1, 1)" in d.message
+    code = code_of(result)
+    # the class that keeps NCHW converts exactly as under --layout nchw
+    nchw = code_of(convert(MODELS / "dcgan.py", Options(layout="nchw")))
+    start = nchw.index("class Discriminator")
+    assert nchw[start:] in code
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn.py", "resnet.py"])
+def test_forward_has_no_transposes(name):
+    code = code_of(convert(MODELS / name))
+    calls = "\n".join(re.findall(r"def __call__\(self.*?(?=\n\S|\n    def |\Z)", code, flags=re.S))
+    assert calls
+    for needle in ("transpose", "moveaxis", "NCHW", "nchw", "torch_max_pool2d", "torch_adaptive"):
+        assert needle not in calls, needle
+    setups = "\n".join(re.findall(r"def setup\(self.*?(?=\n    def |\n\S|\Z)", code, flags=re.S))
+    assert "ConvNCHW" not in setups and "axis=1" not in setups
+
+
+def test_mnist_layout_metadata():
+    code = code_of(convert(MODELS / "mnist_cnn.py"))
+    line = classes_with_layout(code)["Net"]
+    assert line == ('jaxport_layout: ClassVar[dict] = {"inputs": ("x",), "returns": False, '
+                    '"flatten_rows": {"fc1": "conv2"}}')
+    assert "from typing import ClassVar" in code
+
+
+def test_nchw_output_unchanged_by_default():
+    """--layout nchw (the default) never reaches the layout pass."""
+    for name in ("mnist_cnn.py", "unet.py"):
+        default = code_of(convert(MODELS / name, Options()))
+        assert code_of(convert(MODELS / name, Options(layout="nchw"))) == default
+        assert "jaxport_layout" not in default and "NHWC" not in default
+
+
+def test_kept_class_diagnostics_unknown_op(tmp_path):
+    src = (
+        "import torch\nimport torch.nn as nn\n\n\n"
+        "class Odd(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 4, 3)\n\n"
+        "    def forward(self, x):\n"
+        "        y = self.conv(x)\n"
+        "        return y.transpose(2, 3)\n\n\n"
+        "class Head(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = Odd()\n"
+        "        self.bn = nn.BatchNorm2d(4)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.bn(self.body(x))\n")
+    result = convert_source(src, "odd.py", NHWC)
+    code = code_of(result)
+    assert "jaxport_layout" not in code and "ConvNHWC" not in code
+    found = {d.message.split(" ", 1)[0]: (d.line, d.message) for d in result.diagnostics if d.code == "JP202"}
+    assert found["Odd"][0] == 12 and "y.transpose(2, 3)" in found["Odd"][1]
+    assert found["Head"][0] == 22 and "Odd keeps NCHW" in found["Head"][1]
+
+
+def test_dims_sizes_pad_and_flatten_rewrites():
+    src = (
+        "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 4, 3, padding=1)\n"
+        "        self.fc = nn.Linear(8 * 4 * 4, 5)\n\n"
+        "    def forward(self, x):\n"
+        "        b, c, h, w = x.size()\n"
+        "        y = self.conv(x)\n"
+        "        y = torch.cat([y, y * 2], dim=1)\n"
+        "        y = F.pad(y, [1, 1, 2, 0])\n"
+        "        y = y[:, :, 2:, 1:-1]\n"
+        "        s = y.mean((2, 3), keepdim=True)\n"
+        "        y = F.softmax(y * s, dim=1) + y.size(1) + h\n"
+        "        return self.fc(y.view(b, -1)), y.shape[-2:]\n")
+    result = convert_source(src, "m.py", NHWC)
+    code = code_of(result)
+    assert "b, h, w, c = x.shape" in code
+    assert "jnp.concatenate([y, y * 2], axis=3)" in code
+    assert "torch_pad(y, [0, 0, 1, 1, 2, 0])" in code
+    assert "y[:, 2:, 1:-1, :]" in code
+    assert "jnp.mean(y, axis=(1, 2), keepdims=True)" in code
+    assert "axis=3" in code and "y.shape[3]" in code
+    assert "y.shape[1:3]" in code
+    # a flatten whose channel count comes from a concatenation: transposed back first
+    assert "jnp.transpose(y, (0, 3, 1, 2))" in code
+    assert classes_with_layout(code)["M"].endswith('"flatten_rows": {}}')
+
+
+def test_script_callers_feed_nhwc():
+    path = ROOT / "corpus" / "training" / "mnist_steplr.py"
+    result = convert(path)
+    code = code_of(result)
+    assert "jaxport_layout" in code
+    assert "jnp.transpose(data, (0, 2, 3, 1))" in code
+    assert not [d for d in result.diagnostics if d.code == "JP202"]
+
+
+# ----------------------------------------------------------------------------- numerics
+CASES = [
+    ("mnist_cnn.py", "Net", {"num_classes": 10}, [(2, 1, 14, 14)]),
+    ("resnet.py", "ResNet", {"num_blocks": (1, 1), "num_classes": 10, "width": 8}, [(2, 3, 8, 8)]),
+    ("resnet.py", "BottleneckNet", {"layers": (1, 2), "num_classes": 5}, [(2, 3, 8, 8)]),
+    ("unet.py", "UNet", {"n_channels": 3, "n_classes": 2, "base": 4, "bilinear": True}, [(2, 3, 8, 8)]),
+    ("unet.py", "UNet", {"n_channels": 3, "n_classes": 2, "base": 4, "bilinear": False}, [(1, 3, 8, 8)]),
+    ("unet.py", "SegHead", {"in_ch": 3, "num_classes": 3}, [(2, 3, 12, 12)]),
+    ("vgg_bn.py", "VGG", {"vgg_name": "tiny", "num_classes": 10, "in_channels": 3}, [(2, 3, 8, 8)]),
+    ("conv_autoencoder.py", "ConvAutoencoder", {"in_channels": 1, "hidden": 4, "latent": 8}, [(2, 1, 12, 12)]),
+    ("conv_autoencoder.py", "DilatedUpsampler", {"channels": 4}, [(2, 4, 3, 5)]),
+    ("dcgan.py", "Generator", {"nz": 8, "ngf": 8, "nc": 3}, [(2, 8, 1, 1)]),
+    ("mobilenet.py", "TinyMobileNet", {"num_classes": 4, "width": 8}, [(2, 3, 8, 8)]),
+    ("se_block.py", "SEBasicBlock", {"inplanes": 8, "planes": 8, "reduction": 4}, [(2, 8, 7, 5)]),
+]
+
+_converted: dict[str, dict] = {}
+
+
+def _load_torch(name: str):
+    spec = importlib.util.spec_from_file_location(f"_nhwc_torch_{name[:-3]}", MODELS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_flax(name: str) -> dict:
+    if name not in _converted:
+        import types
+        code = code_of(convert(MODELS / name))
+        module = types.ModuleType(f"_nhwc_flax_{name[:-3]}")
+        sys.modules[module.__name__] = module      # dataclasses look ClassVar up there
+        exec(compile(code, name, "exec"), module.__dict__)
+        _converted[name] = module.__dict__
+    return _converted[name]
+
+
+def _transfer(torch_model, variables, flax_cls):
+    """Torch weights into the flax variables; flatten_rows kernels permuted (C, S) → (S, C)."""
+    from transpiler.validate.weights import load_torch_state
+    if "flax_class" in inspect.signature(load_torch_state).parameters:
+        return load_torch_state(torch_model, variables, flax_cls)
+    out = load_torch_state(torch_model, variables)
+    layout = getattr(flax_cls, "jaxport_layout", {})
+    params = out["params"]
+    for dense, source in layout.get("flatten_rows", {}).items():
+        node = params
+        for part in source.split("/"):
+            node = node[part]
+        c = node["kernel"].shape[-1]
+        target = params
+        *head, last = dense.split("/")
+        for part in head:
+            target = target[part]
+        k = np.asarray(target[last]["kernel"])
+        rows, cols = k.shape
+        target[last]["kernel"] = k.reshape(c, rows // c, cols).transpose(1, 0, 2).reshape(rows, cols)
+    return out
+
+
+def _nhwc(a):
+    return np.transpose(a, (0, 2, 3, 1))
+
+
+def _nchw(a):
+    return np.transpose(a, (0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("name, cls_name, init, shapes", CASES,
+                         ids=[f"{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_numerics_against_torch(name, cls_name, init, shapes):
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    torch.manual_seed(0)
+    torch_model = getattr(_load_torch(name), cls_name)(**init).eval()
+    flax_cls = _load_flax(name)[cls_name]
+    layout = flax_cls.jaxport_layout
+    flax_model = flax_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in init.items()})
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    params = list(inspect.signature(flax_cls.__call__).parameters)[1:]
+    jx = [jnp.asarray(_nhwc(x) if p in layout["inputs"] else x) for p, x in zip(params, xs)]
+    variables = flax_model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, *jx)
+    variables = _transfer(torch_model, jax.tree_util.tree_map(np.asarray, variables), flax_cls)
+
+    t_in = [torch.tensor(x, requires_grad=True) for x in xs]
+    t_out = torch_model(*t_in)
+    t_outs = list(t_out) if isinstance(t_out, tuple) else [t_out]
+    weights = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in t_outs]
+    loss = sum((o * torch.tensor(w)).sum() for o, w in zip(t_outs, weights))
+    loss.backward()
+
+    def back(o):
+        return jnp.transpose(o, (0, 3, 1, 2)) if layout["returns"] and o.ndim == 4 else o
+
+    def forward(v, *inputs):
+        out = flax_model.apply(v, *inputs)
+        return tuple(out) if isinstance(out, tuple) else (out,)
+
+    def scalar(inputs, v):
+        outs = forward(v, *inputs)
+        return sum(jnp.sum(back(o) * w) for o, w in zip(outs, weights))
+
+    j_outs = jax.jit(forward)(variables, *jx)
+    grads = jax.jit(jax.grad(scalar))(jx, variables)
+    for t, j in zip(t_outs, j_outs):
+        j = np.asarray(back(j))
+        assert j.shape == tuple(t.shape)
+        np.testing.assert_allclose(j, t.detach().numpy(), atol=2e-4, rtol=1e-4)
+    for p, t, g in zip(params, t_in, grads):
+        g = np.asarray(g)
+        if p in layout["inputs"]:
+            g = _nchw(g)
+        np.testing.assert_allclose(g, t.grad.numpy(), atol=2e-4, rtol=1e-4)
