@@ -39,6 +39,9 @@ SCRIPT_REPLAYED: dict[str, str] = {
     "reinforce_bandit.py": "names not found in the setup",   # actions sampled in the loop
     "seq2seq_attention.py": "cannot infer 0 model inputs",   # batches from make_batch(...) in the loop
     "actor_critic.py": "names not found in the setup",      # one loss, two optimizers; sampled actions
+    "trainer_class.py": "one optimizer step per call of this function",   # Trainer._run_batch, no loop of its own
+    "step_function.py": "one optimizer step per call of this function",   # train(input, target) called in a loop
+    "trainer_loop.py": "the optimizer 'self.optimizer' is not built in Trainer.fit",   # held by a Trainer
 }
 
 

@@ -41,6 +41,9 @@ SCRIPTS = {
     "reinforce_bandit.py": (["--steps", "8"], 8),
     "seq2seq_attention.py": (["--steps", "6"], 6),
     "actor_critic.py": (["--updates", "6", "--horizon", "16"], 6),
+    "trainer_class.py": (["--epochs", "2"], 8),
+    "trainer_loop.py": (["--epochs", "2"], 6),
+    "step_function.py": (["--iters", "8"], 8),
 }
 
 # What must decrease in the subprocess run, when not the loss (a policy-gradient loss does not)

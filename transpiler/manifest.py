@@ -330,6 +330,22 @@ GRAD_SCALER = ("the loop steps through a GradScaler (scaler.scale(loss).backward
                "the loop replay handles loss.backward() and optimizer.step()")
 
 
+STEP_FUNCTION = ("one optimizer step per call of this function (backward() and step() in its own body, "
+                 "called from a loop elsewhere): the loop replay rebuilds a loop's body")
+
+
+def _step_function(scope: Scope) -> tuple[str, str] | None:
+    """(loss, optimizer) of a function or method whose own body, outside any loop, calls
+    ``<loss>.backward()`` and ``<optimizer>.step()``: one training step per call."""
+    if scope.name == "<module>":
+        return None
+    losses = [n for s in scope.body if (n := _method_call(s, "backward"))]
+    zeroed = {n for s in scope.body if (n := _method_call(s, "zero_grad"))}
+    opts = [n for s in scope.body if (n := _method_call(s, "step"))]
+    opts = [o for o in opts if o in zeroed] or opts
+    return (losses[0], opts[0]) if losses and opts else None
+
+
 def _loop_problem(loop: ast.For) -> str | None:
     """Why the loop replay cannot rebuild this loop (the script replay runs it instead)."""
     if any(_scaled_backward(s) for s in loop.body):
@@ -1004,7 +1020,8 @@ def build_manifest(original: str, converted: str | None, path: str = "<string>")
     except (SyntaxError, ValueError, RecursionError):
         return None
     found = [(scope, *loop) for scope in orig.scopes.values() for loop in _find_loops(scope)]
-    if not found:
+    steps = [(scope, *step) for scope in orig.scopes.values() if (step := _step_function(scope)) is not None]
+    if not found and not steps:
         return None
     conv = None
     if converted is not None:
@@ -1013,7 +1030,8 @@ def build_manifest(original: str, converted: str | None, path: str = "<string>")
         except (SyntaxError, ValueError, RecursionError):
             conv = None
     arguments = _arguments(orig.tree, orig.text)
-    loops = []
+    loops = [{"function": scope.name, "line": scope.node.lineno, "loss": loss, "optimizer": opt,
+              "problems": [STEP_FUNCTION]} for scope, loss, opt in steps]
     for scope, loop, loss, opt in found:
         problem = _loop_problem(loop)
         if problem:
