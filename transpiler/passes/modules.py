@@ -270,6 +270,9 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
                 if attr in info.field_names and not (isinstance(value, cst.Name) and value.value == attr):
                     info.renamed.add(attr)
                 kind = _call_kind_for(value, ctx, classes, helper_returns)
+                if kind.kind == "value" and isinstance(value, cst.Call) and isinstance(value.func, cst.Name) \
+                        and value.func.value in info.field_names:
+                    kind = SubmoduleKind("custom", "any")   # block(...): a class passed to the constructor
                 if _is_empty_container(value, ctx):
                     if fn_name == "__init__":
                         info.accumulated.add(attr)
@@ -459,6 +462,16 @@ class ModulesRule(Rule):
             return False
         self._loop_kinds(node)
         return True
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        # level = getattr(self, "level_%d" % i) / self.__getattr__(...): a submodule looked up
+        # by name (assigned with setattr in __init__); its calls take the flag if they can
+        v = node.value
+        if self._info() is not None and self.loop_vars and len(node.targets) == 1 \
+                and isinstance(node.targets[0].target, cst.Name) and isinstance(v, cst.Call) and v.args \
+                and (dotted(v.func) in ("self.__getattr__", "self.__getattribute__")
+                     or (dotted(v.func) == "getattr" and dotted(v.args[0].value) == "self")):
+            self.loop_vars[-1][node.targets[0].target.value] = SubmoduleKind("custom", "any")
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         info = self.classes.get(node.name.value) if not self.function_stack else None
