@@ -671,3 +671,28 @@ def test_trainer_class_stepping_two_optimizers_is_marked():
     assert all("the class Trainer holds the optimizer, and the class steps 2 optimizers (a_opt, c_opt)" in m
                for _, _, m in found)
     assert "JP601" not in codes
+
+
+def test_loss_read_after_the_forward_pass_is_refused_and_loss_fn_name_is_kept_apart():
+    out, codes, result = _convert("""\
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss_fn = nn.MSELoss()
+        for x, y in loader:
+            opt.zero_grad()
+            out = model(x)
+            t = y * 2
+            loss_fn(out, t).backward()
+            opt.step()
+        for x, y in loader:
+            opt.zero_grad()
+            out = model(x)
+            loss_fn(out, y).backward()
+            opt.step()
+        """)
+    found = _jp602(result)
+    assert [(line, col) for line, col, _ in found] == [(7, 0)]
+    assert found[0][2] == "training loop not converted: t is computed after the forward pass starts and read by the loss"
+    # the second loop: the loss expression's y is an input of train_step, whose own loss function is renamed
+    assert "def train_step(train_state, x, y):" in out
+    assert "    def compute_loss(params):\n" in out and "        return loss_fn(out, y)\n" in out
+    assert "    loss_value, grads = jax.value_and_grad(compute_loss)(train_state.params)\n" in out

@@ -20,7 +20,7 @@ class PlanningMixin:
                 if calls_name(node.body, {self.trainer.model}):
                     self.eval_loops.add(id(node))
                 return
-            if id(node) not in self.plans:
+            if id(node) not in self.plans and id(node) not in self.failed:
                 self._record(node, node, lambda: self._plan(node, [s for s in self._stmts(node)
                                                                    if method_stmt(s, "backward")],
                                                             [s for s in self._stmts(node) if self._stepped(s)]))
@@ -72,7 +72,8 @@ class PlanningMixin:
         optimizer step(), not in a loop: a single-step function called from a loop elsewhere.
         Its body is planned like a loop body; the state is threaded through the function (a
         ``train_state`` parameter, returned first) or kept on the trainer instance."""
-        if len(self.def_stack) != 1 or (self.class_depth and not self._in_trainer()):
+        if len(self.def_stack) != 1 or (self.class_depth and not self._in_trainer()) \
+                or id(node) in self.plans or id(node) in self.function_failed:
             return
         if not self.class_depth and not self.optimizers:
             return
@@ -228,6 +229,20 @@ class PlanningMixin:
             before |= set(assigned_names(stmt))
         if any(names_read(a.value) & before for a in call.args):
             raise Unsupported("the model's inputs are computed inside the forward pass")
+        if any(self._samples(a.value) for a in call.args):
+            raise Unsupported("a random op in the model's arguments (the first batch initialises the model)")
+        # host statements left between the forward pass and backward() run after train_step: none
+        # may bind a name that a later statement of the forward pass, or the loss, reads
+        start = body.index(segment[0])
+        for i in range(start + 1, b_index):
+            stmt = body[i]
+            if stmt in segment or stmt in removed:
+                continue
+            later_reads = reads_of([s for s in segment if body.index(s) > i]) | names_read(loss_expr)
+            bound = set(assigned_names(stmt)) & later_reads
+            if bound:
+                raise Unsupported(f"{', '.join(sorted(bound))} is computed after the forward pass starts and read "
+                                  "by the loss")
         plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=deferred,
                         removed=removed, clips=clips, loss=loss_expr)
         if self._in_trainer():
@@ -258,6 +273,15 @@ class PlanningMixin:
         plan.loop_bound = set(assigned_names(loop.body if function else (outer or loop)))
         plan.scope = self._scope_node()
         return plan
+
+    def _samples(self, node) -> bool:
+        """Whether ``node`` calls a random op (one whose converted form takes a key)."""
+        for c in _walk(node):
+            if isinstance(c, cst.Call):
+                entry = self.ctx.tables.functions.get(qualify(c.func, self.ctx.aliases) or "")
+                if entry is not None and any("rng_key" in t for t in entry.templates or ()):
+                    return True
+        return False
 
     def _self_reads(self, segment, model: str, optimizer: str) -> list[str]:
         """The ``self.X`` values a trainer's step segment reads besides calling the model (a

@@ -190,6 +190,10 @@ class StepMixin:
                 if n not in assigned and n not in reads and n != plan.model and n not in self.models:
                     reads.append(n)
             assigned |= set(assigned_names(stmt))
+        backward = [b for b in plan.removed if method_stmt(b, "backward")]
+        for n in sorted(names_read(self._converted_loss(plan)) if backward else ()):   # crit(out, y).backward(): y
+            if n not in assigned and n not in reads and n != plan.model and n not in self.models:
+                reads.append(n)
         states = {self._state(m) for m in self.models}
         if plan.trainer is not None:   # self.X values: static arguments (self_X)
             reads = [n for n in reads if n != "self"]
@@ -248,6 +252,8 @@ class StepMixin:
             text = code_of(new.with_changes(leading_lines=[])).rstrip("\n")
             lines += ["        " + line for line in text.splitlines()]
         loss_value = code_of(self._converted_loss(plan))
+        used = {n for stmt in segment for n in names_read(stmt)} | set(names_read(self._converted_loss(plan)))
+        fn_name = "loss_fn" if "loss_fn" not in used else "compute_loss"   # (the script's own loss_fn)
         aux = list(plan.outputs[1:])
         if self.batchnorm:
             aux = ["updates", *aux]
@@ -263,13 +269,13 @@ class StepMixin:
         loss_params = ", ".join(["params", *(f"{n}={n}" for n in rebound)])
         out = [decorator, f"def {plan.step_name}({params}):",
                (f'    dropout_rng, sample_rng, rng = jax.random.split({STATE}.rng, 3)' if sampling
-                else f'    dropout_rng, rng = jax.random.split({STATE}.rng)'), "", f"    def loss_fn({loss_params}):", *lines]
+                else f'    dropout_rng, rng = jax.random.split({STATE}.rng)'), "", f"    def {fn_name}({loss_params}):", *lines]
         if aux:
             out.append(f"        return {loss_value}, {aux_tuple}")
-            out.append(f"    ({plan.outputs[0]}, {aux_tuple}), grads = jax.value_and_grad(loss_fn, has_aux=True)({STATE}.params)")
+            out.append(f"    ({plan.outputs[0]}, {aux_tuple}), grads = jax.value_and_grad({fn_name}, has_aux=True)({STATE}.params)")
         else:
             out.append(f"        return {loss_value}")
-            out.append(f"    {plan.outputs[0]}, grads = jax.value_and_grad(loss_fn)({STATE}.params)")
+            out.append(f"    {plan.outputs[0]}, grads = jax.value_and_grad({fn_name})({STATE}.params)")
         for stmt, kind in ([] if plan.accumulate is not None else plan.clips):
             call = self.converted[id(stmt)].body[0]
             value = call.value if isinstance(call, (cst.Expr, cst.Assign)) else None

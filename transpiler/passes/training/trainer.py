@@ -51,6 +51,38 @@ class TrainerMixin:
             info = self._trainer_of(cls)
             if info is not None:
                 self.trainers[cls.name.value] = info
+                if info.problem is None:
+                    self._plan_trainer(cls, info)
+
+    def _plan_trainer(self, cls: cst.ClassDef, info: TrainerInfo) -> None:
+        """Plans every training step of the class before any of it is converted: the class is
+        rewritten around ``self.train_state`` only when all of them convert."""
+        saved = self.trainer, self.class_depth, self.def_stack
+        planned_before = set(self.plans)
+        failed_before = set(self.failed)
+        self.trainer, self.class_depth = info, 1
+        try:
+            for method in [s for s in cls.body.body if isinstance(s, cst.FunctionDef)]:
+                self.def_stack = [method]
+                self._plan_function(method)
+                if id(method) in self.function_failed:
+                    info.problem = self.function_failed[id(method)]
+                for loop in [n for n in _nodes(method.body, cst.For)]:
+                    self.visit_For(loop)
+        finally:
+            self.trainer, self.class_depth, self.def_stack = saved
+        new_plans = [k for k in self.plans if k not in planned_before]
+        new_failed = [k for k in self.failed if k not in failed_before]
+        if new_failed and info.problem is None:
+            info.problem = f"a training loop of the class is not converted ({self.failed[new_failed[0]]})"
+        if not new_plans and info.problem is None:
+            info.problem = ("its backward() and step() are not direct statements of a method's body or of a for "
+                            "loop's body in a method")
+        if info.problem is not None:
+            for k in new_plans:
+                plan = self.plans.pop(k)
+                for s in plan.segment + plan.deferred + plan.removed:
+                    self.segment_ids.pop(id(s), None)
 
     def _trainer_of(self, cls: cst.ClassDef) -> TrainerInfo | None:
         if any(dotted(b.value) != "object" for b in cls.bases) or cls.keywords:
