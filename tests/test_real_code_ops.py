@@ -60,3 +60,31 @@ def test_cat_stack_clamp_passed_as_functions():
     got = jax.jit(jf)(a, b, x)
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), w.numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------- mappings/functions_special.toml examples
+import tomllib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import test_ops_tables as tables_test  # noqa: E402  (the example checker of functions.toml)
+
+_SPECIAL_FILE = Path(__file__).resolve().parent.parent / "mappings" / "functions_special.toml"
+SPECIAL = {key: tables_test._entry("functions", key, raw)
+           for key, raw in tomllib.loads(_SPECIAL_FILE.read_text()).items()}
+
+
+@pytest.mark.parametrize("key", sorted(SPECIAL))
+def test_special_function_example_matches_torch(key, monkeypatch):
+    monkeypatch.setitem(tables_test.BY_TABLE, "functions", {**tables_test.FUNCTIONS, **SPECIAL})
+    tables_test.test_entry_example("functions", key)
+
+
+def test_special_expm1_in_a_noise_schedule():
+    # diffusion code: log_snr → sigma² via torch.special.expm1(softplus(...))
+    src = ("import torch\nimport torch.nn.functional as F\n\n\n"
+           "def sigma2(t):\n"
+           "    return torch.special.expm1(F.softplus(t * 4.0 - 2.0)) + torch.special.expit(t)\n")
+    tf, jf, r = load(src, "sigma2")
+    assert not [d for d in r.diagnostics if d.severity != "info"], r.diagnostics
+    t = np.linspace(0, 1, 7, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(jax.jit(jf)(t)), tf(torch.tensor(t)).numpy(), rtol=1e-5)
