@@ -673,26 +673,35 @@ def test_trainer_class_stepping_two_optimizers_is_marked():
     assert "JP601" not in codes
 
 
-def test_loss_read_after_the_forward_pass_is_refused_and_loss_fn_name_is_kept_apart():
+def test_loss_read_after_the_forward_pass_moves_before_the_step_and_loss_fn_name_is_kept_apart():
     out, codes, result = _convert("""\
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         loss_fn = nn.MSELoss()
         for x, y in loader:
-            opt.zero_grad()
             out = model(x)
+            opt.zero_grad()
+            # the target
             t = y * 2
+            print("after the forward pass")
             loss_fn(out, t).backward()
             opt.step()
         for x, y in loader:
-            opt.zero_grad()
             out = model(x)
-            loss_fn(out, y).backward()
+            if y.sum() > 0:
+                t = y
+            else:
+                t = -y
+            loss_fn(out, t).backward()
             opt.step()
         """)
     found = _jp602(result)
-    assert [(line, col) for line, col, _ in found] == [(7, 0)]
+    assert [(line, col) for line, col, _ in found] == [(15, 0)]
     assert found[0][2] == "training loop not converted: t is computed after the forward pass starts and read by the loss"
-    # the second loop: the loss expression's y is an input of train_step, whose own loss function is renamed
-    assert "def train_step(train_state, x, y):" in out
-    assert "    def compute_loss(params):\n" in out and "        return loss_fn(out, y)\n" in out
+    # the first loop: t is computed before the step, which reads it; the print stays after it
+    assert ("    x, y = to_jax(x), to_jax(y)\n    # the target\n    t = y * 2\n    if train_state is None:\n"
+            "        train_state = create_train_state(model, opt, jax.random.PRNGKey(0), x)\n"
+            "    train_state, loss_value = train_step(train_state, x, t)\n"
+            '    print("after the forward pass")\n') in out
+    # the step's own loss function is renamed: the script has a loss_fn
+    assert "    def compute_loss(params):\n" in out and "        return loss_fn(out, t)\n" in out
     assert "    loss_value, grads = jax.value_and_grad(compute_loss)(train_state.params)\n" in out

@@ -64,6 +64,7 @@ class LoopPlan:
     scope: cst.CSTNode | None = None                   # the function (or method) the segment is in
     trainer: str | None = None                         # the plain class holding model and optimizer (self.model)
     self_attrs: list[str] = field(default_factory=list)  # self.X values the segment reads (static arguments)
+    hoisted: list[cst.SimpleStatementLine] = field(default_factory=list)  # host code moved before the call
 
 
 @dataclass

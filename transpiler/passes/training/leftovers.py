@@ -146,14 +146,13 @@ class LeftoversMixin:
         self.ctx.report(original, "JP602", f"{what} not converted: {reason}")
 
     def _leftover_reason(self, stmt, scope, optimizer: str | None = None) -> str:
-        if self.trainer is not None and self.trainer.problem:
-            return f"the class {self.trainer.name} holds the optimizer, and {self.trainer.problem}"
         reasons = []
         cls = self.class_stack[-1].name.value if self.class_stack else None
         held = [a for a, c in self.held.items() if c == cls] if cls else []
         if optimizer and optimizer.startswith("self.") and optimizer.split(".", 1)[1] in self.held:
             held = [optimizer.split(".", 1)[1]]
-        if held:
+        trainer = self.trainer if self.trainer is not None and self.trainer.problem else None
+        if held and trainer is None and cls not in self.trainers:
             reasons.append(f"the optimizer is an attribute of the module (self.{held[0]}): keep the optimizer and "
                            "its state outside the flax module, and write the update as a jitted function of the "
                            "parameters (jax.value_and_grad + optax)")
@@ -166,6 +165,8 @@ class LeftoversMixin:
                            "actions), recompute the outputs (log-probabilities, values) in a loss function")
         if reasons:
             return "; ".join(reasons)
+        if trainer is not None:
+            return f"the class {trainer.name} holds the optimizer, and {trainer.problem}"
         path = _Path(stmt)
         walk(scope, path)
         loops = path.found or []

@@ -231,18 +231,27 @@ class PlanningMixin:
             raise Unsupported("the model's inputs are computed inside the forward pass")
         if any(self._samples(a.value) for a in call.args):
             raise Unsupported("a random op in the model's arguments (the first batch initialises the model)")
-        # host statements left between the forward pass and backward() run after train_step: none
-        # may bind a name that a later statement of the forward pass, or the loss, reads
+        # host statements left between the forward pass and backward() would run after train_step:
+        # those binding a name that a later statement of the forward pass, or the loss, reads (and
+        # the statements these read from) move before the call
         start = body.index(segment[0])
-        for i in range(start + 1, b_index):
+        needed = names_read(loss_expr)
+        hoisted = []
+        for i in range(b_index - 1, start, -1):
             stmt = body[i]
-            if stmt in segment or stmt in removed:
+            if stmt in segment:
+                needed |= names_read(stmt)
                 continue
-            later_reads = reads_of([s for s in segment if body.index(s) > i]) | names_read(loss_expr)
-            bound = set(assigned_names(stmt)) & later_reads
-            if bound:
+            if stmt in removed:
+                continue
+            bound = set(assigned_names(stmt)) & needed
+            if not bound:
+                continue
+            if stmt in deferred or not isinstance(stmt, cst.SimpleStatementLine):
                 raise Unsupported(f"{', '.join(sorted(bound))} is computed after the forward pass starts and read "
                                   "by the loss")
+            hoisted.insert(0, stmt)
+            needed |= names_read(stmt)
         plan = LoopPlan(step_name="", model=model, optimizer=optimizer, segment=segment, deferred=deferred,
                         removed=removed, clips=clips, loss=loss_expr)
         if self._in_trainer():
@@ -250,6 +259,11 @@ class PlanningMixin:
             clip_args = [a.value for stmt, _ in clips for a in stmt.body[0].value.args[1:]]
             plan.self_attrs = self._self_reads(segment + clip_args, model, optimizer)
         plan.init_args = list(call.args)
+        if hoisted and early is not None:
+            raise Unsupported(f"{', '.join(sorted(assigned_names(hoisted[0])))} is computed after the forward pass "
+                              "starts (and the model runs on the host before it)")
+        plan.hoisted = hoisted
+        self.track_ids |= {id(h) for h in hoisted}
         reads = reads_of(segment)
         # outputs: segment names read after the segment
         later = set()

@@ -50,6 +50,7 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
         self.global_key: set[str] = set()         # functions that split the module-level rng_key
         self.keyed: set[str] = set()              # functions given an rng_key parameter by their seeded callers
         self.track_ids: set[int] = set()          # statements whose converted form leave_For looks for
+        self.converted_all: dict[int, list] = {}   # id(tracked original) → every statement it became
         self.covered: set[int] = set()            # backward()/step() statements of loops reported JP602
         self.held: dict[str, str] = {}            # optimizer attribute of a class (self.optimizer) → class
         self.def_stack: list[cst.FunctionDef] = []

@@ -43,9 +43,11 @@ class StatementsMixin:
         self._check_leftover(original)
         result = self._leave_simple(original, updated)
         if id(original) in self.track_ids:
-            first = result.nodes[0] if isinstance(result, cst.FlattenSentinel) and result.nodes else result
+            nodes = list(result.nodes) if isinstance(result, cst.FlattenSentinel) else [result]
+            first = nodes[0] if nodes else None
             if isinstance(first, cst.SimpleStatementLine):
                 self.converted[id(original)] = first
+                self.converted_all[id(original)] = [n for n in nodes if isinstance(n, cst.SimpleStatementLine)]
         return result
 
     def _leave_simple(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine):

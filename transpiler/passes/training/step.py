@@ -141,6 +141,11 @@ class StepMixin:
         ]
         self.ctx.emits |= {"create_train_state", "jax"}
         deferred = [self.converted[id(s)] for s in plan.deferred if id(s) in self.converted]
+        hoist = {id(n.body[0]) for h in plan.hoisted for n in self.converted_all.get(id(h), []) if n.body}
+        hoisted = [s for s in stmts if isinstance(s, cst.SimpleStatementLine) and s.body and id(s.body[0]) in hoist]
+        if hoisted:
+            stmts = [s for s in stmts if not any(s is h for h in hoisted)]
+            hoisted = [h.with_changes(leading_lines=[l for l in h.leading_lines if l.comment]) for h in hoisted]
         placed = False
         early = self.converted.get(id(plan.early)) if plan.early is not None else None
         for stmt in stmts:
@@ -151,13 +156,14 @@ class StepMixin:
                 early = None
             if inner is not None and id(inner) in drop:
                 if first is not None and inner is first.body[0] and not placed:
-                    call_block[0] = call_block[0].with_changes(leading_lines=stmt.leading_lines)
-                    body += call_block + deferred
+                    block = hoisted + call_block
+                    block[0] = block[0].with_changes(leading_lines=[*stmt.leading_lines, *block[0].leading_lines])
+                    body += block + deferred
                     placed = True
                 continue
             body.append(stmt)
         if not placed:
-            body += call_block + deferred
+            body += hoisted + call_block + deferred
         return body
 
     def _accumulating(self, original, plan: LoopPlan) -> str:
