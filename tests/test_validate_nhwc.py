@@ -372,3 +372,48 @@ def test_replays_of_a_script_with_its_own_boundary(tmp_path, replay):
     [m] = data["modules"]
     assert m["status"] == "pass" and m["replay"] == replay, m
     assert "channels-last" not in m["message"]          # no transposition by the replay
+
+
+# --- end to end: jaxport's own --layout nhwc conversions ---------------------------------------------
+
+CORPUS_MODELS = CORPUS_TRAINING.parent / "models"
+
+
+def _convert_nhwc(path: Path, tmp_path: Path) -> Path:
+    from transpiler.api import Options, convert_source
+    result = convert_source(path.read_text(encoding="utf-8"), str(path), Options(layout="nhwc"))
+    assert result.status in ("converted", "partial"), [d.message for d in result.diagnostics]
+    out = tmp_path / path.name
+    out.write_bytes(result.output)
+    return out
+
+
+def _channels_last_classes(converted: Path) -> list[str]:
+    module = load_module_from_path(converted)
+    return [n for n, v in vars(module).items() if isinstance(v, type) and class_layout(v) is not None]
+
+
+@pytest.mark.parametrize("stem", ["mnist_cnn", "resnet"])
+def test_corpus_nhwc_conversion_validates(stem, tmp_path):
+    original = CORPUS_MODELS / f"{stem}.py"
+    converted = _convert_nhwc(original, tmp_path)
+    if not _channels_last_classes(converted):
+        pytest.skip(f"the converter kept every class of {stem}.py NCHW (no jaxport_layout)")
+    results = compare_files(original, converted, examples=2)
+    assert results and all(r.status == "pass" for r in results), "\n".join(str(r) for r in results)
+
+
+def test_corpus_nhwc_training_script_loop_replay(tmp_path):
+    """mnist_steplr converted with --layout nhwc: its own loop turns the loader's batches
+    channels-last; the loop replay gives it torch's batches and the Dense rows permuted."""
+    from transpiler.validate.train_steps import load_definitions, manifest_for, replay_entry
+    original = CORPUS_TRAINING / "mnist_steplr.py"
+    converted = _convert_nhwc(original, tmp_path)
+    if "Net" not in _channels_last_classes(converted):
+        pytest.skip("the converter kept Net NCHW (no jaxport_layout)")
+    manifest, _ = manifest_for(original, converted)
+    entry = manifest["training"][0]
+    r = replay_entry(load_definitions(original, "torch"), load_definitions(converted, "jax"), entry,
+                     manifest, steps=2, seed=0, rtol=None, atol=None)
+    assert r["status"] == "pass", r
+    assert "channels-last" not in r["message"]

@@ -38,6 +38,7 @@ import argparse
 import ast
 import copy
 import json
+import re
 import sys
 import tempfile
 import time
@@ -354,7 +355,7 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
         jns[p] = jns[c]
     fcls = _flax_model_class(jns, jside, entry)
     model_images = _channels_last_inputs(fcls, batches)
-    images = [] if _transposes_itself(fmod) else model_images
+    images = [] if model_images and _transposes_itself(fmod, jside) else model_images
     if images:
         notes.append(f"{fcls.__name__} is channels-last: the converted loop gets "
                      f"{', '.join(images)} as (N, H, W, C)")
@@ -363,7 +364,10 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
     first = batches.batch(0)
     # create_train_state shapes the model on the first batch: in the model's layout (a loop that
     # transposes the batches itself calls it after that), else as the loader gives it
-    attempts = [model_images, []] if model_images else [[]]
+    if model_images and BOUNDARY.search(jside["create_train_state"]):
+        attempts = [[]]              # it transposes the batch it is given
+    else:
+        attempts = [model_images, []] if model_images else [[]]
     failure = None
     for attempt, layout_of_first in enumerate(attempts):
         for n, a in first.items():
@@ -449,9 +453,10 @@ def _replay(tmod, fmod, entry, manifest, steps, seed, rtol, atol, spec_table, re
     result["message"] = "; ".join(([first_fail] if first_fail else []) + notes)
 
 
-# names of the converter's script-boundary helpers: a converted file that calls one of them
-# turns the data loader's (N, C, H, W) batches channels-last itself
+# the converter's script boundary (--layout nhwc): the converted loop turns the data loader's
+# (N, C, H, W) batches channels-last itself, with a transpose (0, 2, 3, 1) or a helper of these names
 BOUNDARY_HELPERS = ("to_nhwc", "nchw_to_nhwc", "batch_to_nhwc", "to_channels_last")
+BOUNDARY = re.compile(r"\b(?:" + "|".join(BOUNDARY_HELPERS) + r")\(|\btranspose\(.*?\(\s*0\s*,\s*2\s*,\s*3\s*,\s*1\s*,?\s*\)")
 
 
 def _flax_model_class(jns: dict, jside: dict, entry: dict):
@@ -477,14 +482,27 @@ def _channels_last_inputs(fcls, batches: "Batches") -> list[str]:
     return [n for n in batches.inputs if getattr(shown.get(n), "ndim", 0) == 4]
 
 
-def _transposes_itself(fmod) -> bool:
-    """The converted file turns the loader's (N, C, H, W) batches channels-last itself (it
-    calls one of ``BOUNDARY_HELPERS``): its loop then gets the batches as torch's does."""
+def _transposes_itself(fmod, jside: dict) -> bool:
+    """The converted loop turns the loader's (N, C, H, W) batches channels-last itself
+    (``BOUNDARY``: in its step statements, its create_train_state call, or the module-level
+    functions they call, such as ``train_step``): it then gets the batches as torch's loop does."""
+    texts = [*jside.get("step", []), jside.get("create_train_state") or "", *jside.get("loop_setup", [])]
+    names = set()
+    for text in texts:
+        try:
+            names |= {n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)}
+        except SyntaxError:
+            continue
     try:
-        text = Path(fmod.__file__).read_text(encoding="utf-8")
-    except (OSError, TypeError, AttributeError):
-        return False
-    return any(f"{h}(" in text for h in BOUNDARY_HELPERS)
+        source = Path(fmod.__file__).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+    except (OSError, TypeError, AttributeError, SyntaxError):
+        tree = None
+    if tree is not None:
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in names:
+                texts.append(ast.get_source_segment(source, node) or "")
+    return any(BOUNDARY.search(t) for t in texts)
 
 
 def _batch_for_jax(name: str, array: np.ndarray, images: list[str]) -> np.ndarray:
