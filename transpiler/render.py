@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import libcst as cst
 
+from .codegen import code_of as _code_of
 from .mapping import Entry
 from .template import BindError, Bound, bind, references, render_variants, _parse_template, _template_names
 
@@ -88,7 +89,7 @@ def _finish(entry: Entry, expr: cst.BaseExpression, emits: set[str]) -> Rendered
 
 
 def code_of(node: cst.CSTNode) -> str:
-    return cst.Module([]).code_for_node(node)
+    return _code_of(node)
 
 
 def render_attribute(entry: Entry, receiver: cst.BaseExpression) -> Rendered:

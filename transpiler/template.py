@@ -29,6 +29,7 @@ from typing import Sequence
 
 import libcst as cst
 
+from .codegen import code_of
 from .walk import skipped_types, transform, walk
 
 POSITIONAL = "positional"   # may be given positionally or by keyword
@@ -464,7 +465,7 @@ def _fold(node: cst.BaseExpression) -> cst.BaseExpression:
     """Fold literal-only arithmetic (``1 - 0.1`` → ``0.9``); anything else is left alone."""
     if not _maybe_literal(node):
         return node
-    code = cst.Module([]).code_for_node(node.with_changes(lpar=[], rpar=[]))
+    code = code_of(node.with_changes(lpar=[], rpar=[]))
     try:
         tree = ast.parse(code, mode="eval")
     except SyntaxError:

@@ -16,6 +16,7 @@ from ..context import FileContext
 from ..names import ROOTS, dotted
 from .. import prelude_index
 from ..cache import cached_text
+from ..codegen import code_for_node, module_code
 
 from ..walk import skipped_types, transform, walk, without_expressions
 from .base import HELPERS_BANNER
@@ -232,10 +233,10 @@ def finalize_code_parts(module: cst.Module, ctx: FileContext) -> tuple[str, tupl
     the same in every file. None when the text was not put together that way."""
     module, body, at, helpers = _finalize(module, ctx)
     if not helpers:
-        return module.with_changes(body=body).code, None
+        return module_code(module.with_changes(body=body)), None
     placeholder = cst.SimpleStatementLine(body=[cst.Expr(cst.Name(_PLACEHOLDER))])
     body[at:at] = [placeholder]
-    code = module.with_changes(body=body).code
+    code = module_code(module.with_changes(body=body))
     newline, indent = module.default_newline, module.default_indent
     texts = [_helper_text(h.name, newline, indent, i == 0) for i, h in enumerate(helpers)]
     text = "".join(texts)
@@ -245,7 +246,7 @@ def finalize_code_parts(module: cst.Module, ctx: FileContext) -> tuple[str, tupl
     if code.count(_PLACEHOLDER) == 1 and code.endswith(_PLACEHOLDER):   # no trailing newline
         return code[: -len(_PLACEHOLDER)] + text[: -len(newline)], None
     body[at:at + 1] = _helper_statements(helpers, newline)           # the name is in the file
-    return module.with_changes(body=body).code, None
+    return module_code(module.with_changes(body=body)), None
 
 
 def _helper_statements(helpers, newline: str) -> list[cst.BaseStatement]:
@@ -278,7 +279,7 @@ def _helper_text(name: str, newline: str, indent: str, first: bool) -> str:
 
 def _print_helper(name: str, newline: str, indent: str, first: bool) -> str:
     printer = cst.Module(body=[], default_indent=indent, default_newline=newline)
-    return "".join(printer.code_for_node(_with_helper_spacing(stmt, first and i == 0))
+    return "".join(code_for_node(printer, _with_helper_spacing(stmt, first and i == 0))
                    for i, stmt in enumerate(_parsed_helper(name, newline)))
 
 
