@@ -11,6 +11,8 @@ This module is on the conversion path: it must not import torch, jax or flax.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import libcst as cst
 
 from .mapping import Entry
@@ -115,9 +117,14 @@ def is_device(node: cst.BaseExpression) -> bool:
     return any(h in last for h in _DEVICE_HINTS)
 
 
-def _required_refs(template: str, params: set[str], always: frozenset[str]) -> set[str]:
+def _required_refs(template: str, params: set[str], always: frozenset[str]) -> frozenset[str]:
     """Parameters a template needs passed: its references outside keyword arguments that are
-    dropped when their parameter is missing."""
+    dropped when their parameter is missing (found once per template)."""
+    return _required_refs_of(template, frozenset(params), always)
+
+
+@lru_cache(maxsize=None)
+def _required_refs_of(template: str, params: frozenset[str], always: frozenset[str]) -> frozenset[str]:
     needed: set[str] = set()
 
     class _Visit(cst.CSTVisitor):
@@ -135,7 +142,7 @@ def _required_refs(template: str, params: set[str], always: frozenset[str]) -> s
                 needed.add(node.value)
 
     _parse_template(template).visit(_Visit())
-    return needed
+    return frozenset(needed)
 
 
 def render_templates(entry: Entry, bound: Bound, sig: Signature | None = None,
