@@ -34,6 +34,7 @@ class SubmoduleKind:
     kind: str                    # layer | sequential | list | dict | custom | param | value
     call: str = "plain"          # plain | dropout | batchnorm | train
     element: "SubmoduleKind | None" = None   # lists/dicts: kind of their elements, if known
+    items: dict = field(default_factory=dict)   # ModuleDict literal: key → SubmoduleKind
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ClassInfo:
     accumulated: set[str] = field(default_factory=set)    # ModuleList() built by .append
     renamed: set[str] = field(default_factory=set)        # attributes that clash with a field → attr_
     tied: dict[str, str] = field(default_factory=dict)    # Linear attr → Embedding attr sharing its weight
+    counting: set[str] = field(default_factory=set)       # methods reading self.parameters() (get_num_params)
     has_init: bool = False
     has_forward: bool = False
     sequential_base: bool = False     # subclass of nn.Sequential: children live in `layers`
@@ -74,7 +76,8 @@ def _call_kind_for(expr: cst.BaseExpression, ctx, classes: dict[str, ClassInfo],
                 element = _element_kind(expr.args[0].value, ctx, classes, helper_returns)
             return SubmoduleKind("list", element=element)
         if q == "torch.nn.ModuleDict":
-            return SubmoduleKind("dict")
+            return SubmoduleKind("dict", items={k: _call_kind_for(v, ctx, classes, helper_returns)
+                                                for k, v in _dict_items(expr).items()})
         if q == "torch.nn.Parameter":
             return SubmoduleKind("param")
         if q is not None:
@@ -105,6 +108,56 @@ def _element_kind(expr, ctx, classes, helper_returns) -> SubmoduleKind | None:
     if isinstance(expr, (cst.List, cst.Tuple)) and expr.elements:
         return _combine([_call_kind_for(e.value, ctx, classes, helper_returns) for e in expr.elements])
     return None
+
+
+def _dict_items(call: cst.Call) -> dict[str, cst.BaseExpression]:
+    """The literal items of ``nn.ModuleDict(dict(wte=..., h=...))`` / ``nn.ModuleDict({"wte": ...})``."""
+    value = call.args[0].value if call.args else None
+    if isinstance(value, cst.Call) and dotted(value.func) == "dict":
+        return {a.keyword.value: a.value for a in value.args if a.keyword is not None}
+    if isinstance(value, cst.Dict):
+        return {e.key.evaluated_value: e.value for e in value.elements
+                if isinstance(e, cst.DictElement) and isinstance(e.key, cst.SimpleString)}
+    return {}
+
+
+def _item_kind(info: "ClassInfo", path: str) -> "SubmoduleKind | None":
+    """The kind of ``self.<attr>.<key>`` where ``attr`` is a ModuleDict built from a literal."""
+    parts = path.split(".")
+    kind = info.submodules.get(parts[0]) if len(parts) == 2 else None
+    return kind.items.get(parts[1]) if kind is not None and kind.kind == "dict" else None
+
+
+def _self_path(path: str) -> cst.BaseExpression:
+    """``transformer.wte`` → ``self.transformer["wte"]`` (a ModuleDict item), ``lm_head`` → ``self.lm_head``."""
+    attr, *keys = path.split(".")
+    expr: cst.BaseExpression = cst.parse_expression(f"self.{attr}")
+    for key in keys:
+        expr = cst.Subscript(value=expr, slice=[cst.SubscriptElement(cst.Index(cst.SimpleString(repr(key))))])
+    return expr
+
+
+class _ParameterReads(cst.CSTVisitor):
+    def __init__(self, methods: set[str], names: set[str]) -> None:
+        self.methods, self.names, self.found = methods, names, False
+
+    def visit_Call(self, node: cst.Call) -> None:
+        if isinstance(node.func, cst.Attribute):
+            base, attr = dotted(node.func.value) or "", node.func.attr.value
+            if (base == "self" or base.startswith("self.")) and (
+                    attr in ("parameters", "named_parameters") or (base == "self" and attr in self.methods)):
+                self.found = True
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.found |= node.value in self.names
+
+
+def _reads_parameters(node: cst.CSTNode, methods: set[str], names: set[str] = frozenset()) -> bool:
+    """``node`` reads the module's parameters (``self.parameters()``, ``self.enc.named_parameters()``),
+    calls one of ``methods`` that does, or reads one of ``names``."""
+    visitor = _ParameterReads(methods, names)
+    walk(node, visitor)
+    return visitor.found
 
 
 def _methods(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
@@ -230,6 +283,7 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
             continue
         methods = _methods(cls)
         init = methods.get("__init__")
+        info.counting = {n for n, fn in methods.items() if n != "__init__" and _reads_parameters(fn.body, set())}
         info.sequential_base = any(qualify(b.value, ctx.aliases) == SEQUENTIAL_BASE for b in cls.bases)
         info.local_base = next((dotted(b.value) for b in cls.bases if dotted(b.value) in classes), None)
         info.has_init = init is not None
@@ -317,7 +371,12 @@ def _weight_ties(init: cst.FunctionDef, info: ClassInfo, ctx) -> dict[str, str]:
     and an Embedding: the Linear's calls become ``self.emb.attend(x)``, flax's tied output."""
     ties: dict[str, str] = {}
     layer_of: dict[str, str] = {}
+    pairs = []      # (attribute or ModuleDict item path, constructing expression)
     for attr, value in _self_assignments(init):
+        items = _dict_items(value) if isinstance(value, cst.Call) and \
+            qualify(value.func, ctx.aliases) == "torch.nn.ModuleDict" else {}
+        pairs += [(f"{attr}.{k}", v) for k, v in items.items()] or [(attr, value)]
+    for attr, value in pairs:
         if isinstance(value, cst.Call):
             q = qualify(value.func, ctx.aliases)
             if q in ("torch.nn.Linear", "torch.nn.Embedding"):
@@ -333,7 +392,7 @@ def _weight_ties(init: cst.FunctionDef, info: ClassInfo, ctx) -> dict[str, str]:
         left, right = dotted(assign.targets[0].target), dotted(assign.value)
         if not (left and right and left.endswith(".weight") and right.endswith(".weight")):
             continue
-        a, b = left.split(".")[1], right.split(".")[1]
+        a, b = left[len("self."):-len(".weight")], right[len("self."):-len(".weight")]   # lm_head, transformer.wte
         kinds = {layer_of.get(a), layer_of.get(b)}
         if kinds == {"torch.nn.Linear", "torch.nn.Embedding"}:
             linear, embedding = (a, b) if layer_of[a] == "torch.nn.Linear" else (b, a)
@@ -443,6 +502,7 @@ class ModulesRule(Rule):
         self.class_stack: list[ClassInfo | None] = []
         self.function_stack: list[str] = []
         self.loop_vars: list[dict[str, SubmoduleKind]] = []
+        self.parameter_counts: set[str] = set()     # __init__ locals holding a parameter count
         self.skip: set[int] = set()
         self.converted_defaults: dict[tuple[str, str], cst.BaseExpression] = {}
 
@@ -492,6 +552,7 @@ class ModulesRule(Rule):
         if len(self.function_stack) == 1:
             self.ctx.current_function = node.name.value
             self.loop_vars.append({})
+            self.parameter_counts = set()
         return True
 
     def visit_Param(self, node: cst.Param) -> None:
@@ -511,7 +572,7 @@ class ModulesRule(Rule):
         name = dotted(node.iter)
         if not (name and name.startswith("self.")):
             return
-        kind = info.submodules.get(name[5:])
+        kind = info.submodules.get(name[5:]) or _item_kind(info, name[5:])
         element = kind.element if kind is not None else None
         if element is None:
             return
@@ -554,6 +615,10 @@ class ModulesRule(Rule):
             return cst.Name(f"_{name[5:]}")
         if name and name.count(".") == 1 and name.startswith("self.") and name[5:] in info.renamed:
             return updated.with_changes(attr=cst.Name(f"{name[5:]}_"))
+        if len(parts) == 3 and parts[0] == "self" and _item_kind(info, f"{parts[1]}.{parts[2]}") is not None:
+            # self.transformer.wte (a ModuleDict item; flax keeps a dict) → self.transformer["wte"]
+            return cst.Subscript(value=updated.value, slice=[
+                cst.SubscriptElement(cst.Index(cst.SimpleString(repr(parts[2]))))])
         return updated
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
@@ -578,7 +643,9 @@ class ModulesRule(Rule):
             return _add_arg(updated.with_changes(func=updated.func.with_changes(attr=cst.Name("__call__"))),
                             _train_kwarg("train"))
         if name and name.startswith("self.") and name.count(".") == 1 and name[5:] in info.tied:
-            return updated.with_changes(func=cst.parse_expression(f"self.{info.tied[name[5:]]}.attend"))
+            return updated.with_changes(func=cst.Attribute(value=_self_path(info.tied[name[5:]]), attr=cst.Name("attend")))
+        if name and name.startswith("self.") and name.count(".") == 2 and _item_kind(info, name[5:]) is not None:
+            return _call_with_kind(updated, _item_kind(info, name[5:]), self.ctx)
         if name and name.startswith("self.") and name.count(".") == 1:
             attr = name[5:]
             if attr == "forward":
@@ -647,7 +714,7 @@ class ModulesRule(Rule):
         if not updated.args:
             return cst.Dict(elements=[])
         value = updated.args[0].value
-        if isinstance(value, (cst.Dict, cst.DictComp)):
+        if isinstance(value, (cst.Dict, cst.DictComp)) or (isinstance(value, cst.Call) and dotted(value.func) == "dict"):
             return value
         return cst.Call(func=cst.Name("dict"), args=[cst.Arg(value=value)])
 
@@ -696,8 +763,18 @@ class ModulesRule(Rule):
                 self.ctx.report(stmt, "JP307", f"self.{parts[1]} shares its weight with self.{info.tied[parts[1]]}: "
                                 f"its calls use self.{info.tied[parts[1]]}.attend")
                 return cst.RemoveFromParent()
-            if len(parts) == 3 and parts[2] == "weight" and (parts[1] in info.tied or parts[1] in info.tied.values()):
+            if parts[-1] == "weight" and ".".join(parts[1:-1]) in (*info.tied, *info.tied.values()):
                 return cst.RemoveFromParent()
+        if method == "__init__" and not isinstance(stmt, (cst.Import, cst.ImportFrom)) and _reads_parameters(
+                stmt, info.counting, self.parameter_counts):
+            # print(f"{sum(p.numel() for p in self.parameters())} parameters"): flax has no
+            # parameters in setup (they are created by model.init)
+            if isinstance(stmt, cst.Assign):
+                self.parameter_counts |= {t.target.value for t in stmt.targets if isinstance(t.target, cst.Name)}
+            self.ctx.report(stmt, "JP303", "the parameters do not exist yet in setup() (model.init creates them): "
+                            "count them from the initialised variables, e.g. sum(x.size for x in "
+                            "jax.tree_util.tree_leaves(variables['params']))")
+            return _commented_out(original)
         if method in ("__init__", *info.setup_helpers):
             # `self.hidden = hidden` restates a field: flax already has it
             if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
@@ -726,6 +803,12 @@ class ModulesRule(Rule):
 
     def _parameter_or_buffer(self, stmt, new_stmt) -> cst.BaseSmallStatement | None:
         # self.w = nn.Parameter(expr)  →  self.w = self.param('w', lambda rng_key: expr)
+        if isinstance(stmt, cst.Assign) and isinstance(stmt.value, cst.IfExp) and isinstance(new_stmt, cst.Assign) \
+                and isinstance(new_stmt.value, cst.IfExp):
+            # self.bias = nn.Parameter(torch.zeros(n)) if bias else None (nanoGPT's LayerNorm)
+            inner = self._parameter_or_buffer(stmt.with_changes(value=stmt.value.body),
+                                              new_stmt.with_changes(value=new_stmt.value.body))
+            return None if inner is None else new_stmt.with_changes(value=new_stmt.value.with_changes(body=inner.value))
         if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.value, cst.Call):
             target = dotted(stmt.targets[0].target)
             q = qualify(stmt.value.func, self.ctx.aliases)
