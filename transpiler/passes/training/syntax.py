@@ -7,7 +7,7 @@ import re
 import libcst as cst
 
 from ...names import dotted
-from ...walk import TOKEN_TYPES, child_fields
+from ...walk import TOKEN_TYPES, _is_node_type, child_fields
 from .common import COMMA
 
 
@@ -36,9 +36,10 @@ def children(node: cst.CSTNode) -> list[cst.CSTNode]:
     out = []
     for name in names:
         value = getattr(node, name)
-        if type(value) is tuple or type(value) is list:
+        vt = type(value)
+        if vt is tuple or vt is list:
             out += [item for item in value if type(item) not in TOKEN_TYPES]
-        elif isinstance(value, cst.CSTNode) and type(value) not in TOKEN_TYPES:
+        elif vt not in TOKEN_TYPES and _is_node_type(vt):    # isinstance(value, CSTNode), cached
             out.append(value)
     return out
 
