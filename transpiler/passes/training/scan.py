@@ -29,13 +29,17 @@ class ScanMixin:
                 walk(sub, module_calls)
         for info in self.functions.values():
             self._mark_function(info)
+        called: dict[int, set[str]] = {}     # the functions each one calls, found once
         changed = True
         while changed:
             changed = False
             for name, info in self.functions.items():
                 if info.creates:
                     continue
-                for callee in self._called_functions(info.node):
+                callees = called.get(id(info.node))
+                if callees is None:
+                    callees = called[id(info.node)] = self._called_functions(info.node)
+                for callee in callees:
                     other = self.functions.get(callee)
                     if other is None or other is info:
                         continue
