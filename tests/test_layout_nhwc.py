@@ -51,6 +51,12 @@ EXPECTED = {
     "dcgan.py": ({"Generator"}, {"Discriminator": 56}),
     "mobilenet.py": ({"ConvBNReLU", "InvertedResidual", "TinyMobileNet"}, {}),
     "se_block.py": ({"SELayer", "SEBasicBlock"}, {}),
+    # patch embedding: x.flatten(2).transpose(1, 2) becomes x.flatten(1, 2) on (N, H, W, C)
+    "vit.py": ({"PatchEmbed", "VisionTransformer"}, {}),
+    "mixer.py": ({"MLPMixer", "ConvGNBlock"}, {}),
+    # a gamma parameter of shape (1, C, 1, 1) multiplies an image
+    "custom_init.py": (set(), {"ScaledConvNet": 33}),
+    "view_cat_permute.py": (set(), {"TwoStreamNet": 18, "Shuffle": 40}),
 }
 
 
@@ -185,6 +191,11 @@ CASES = [
     ("dcgan.py", "Generator", {"nz": 8, "ngf": 8, "nc": 3}, [(2, 8, 1, 1)]),
     ("mobilenet.py", "TinyMobileNet", {"num_classes": 4, "width": 8}, [(2, 3, 8, 8)]),
     ("se_block.py", "SEBasicBlock", {"inplanes": 8, "planes": 8, "reduction": 4}, [(2, 8, 7, 5)]),
+    ("vit.py", "VisionTransformer", {"img_size": 16, "patch_size": 4, "in_chans": 3, "num_classes": 5,
+                                     "embed_dim": 16, "depth": 2, "num_heads": 2}, [(2, 3, 16, 16)]),
+    ("mixer.py", "MLPMixer", {"image_size": 8, "patch_size": 2, "in_channels": 3, "dim": 8, "depth": 2,
+                              "num_classes": 4}, [(2, 3, 8, 8)]),
+    ("mixer.py", "ConvGNBlock", {"channels": 8, "groups": 4}, [(2, 8, 5, 5)]),
 ]
 
 _converted: dict[str, dict] = {}
@@ -287,3 +298,19 @@ def test_numerics_against_torch(name, cls_name, init, shapes):
         if p in layout["inputs"]:
             g = _nchw(g)
         np.testing.assert_allclose(g, t.grad.numpy(), atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("script", ["mnist_steplr.py"])
+def test_training_script_replay(script, tmp_path):
+    """The converted script (channels-last model, NHWC batches) replays 2 optimizer steps as
+    torch's (validate --train-steps --replay script)."""
+    import subprocess
+    out = tmp_path / script
+    src = ROOT / "corpus" / "training" / script
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), "convert", str(src), "-o", str(out), "--layout", "nhwc",
+                    "--quiet"], check=True, capture_output=True, cwd=ROOT)
+    assert "jaxport_layout" in out.read_text()
+    run = subprocess.run([sys.executable, str(ROOT / "cli.py"), "validate", str(src), str(out), "--train-steps", "2",
+                          "--replay", "script"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASS  train:" in run.stdout

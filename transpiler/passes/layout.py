@@ -32,12 +32,12 @@ from ..walk import walk
 
 # ----------------------------------------------------------------------------- tables
 # 2-D image layers: how they treat the channel axis. define: sets C (has a kernel);
-# keep: C unchanged; pool: adaptive pooling (a 1x1 output when output_size is 1);
-# resize: C unchanged, spatial size changes.
+# keep: C and spatial size unchanged; spatial: C unchanged (pooling); pool: adaptive pooling
+# (a 1x1 output when output_size is 1); resize: C unchanged, spatial size changes.
 IMAGE_LAYERS = {
     "torch.nn.Conv2d": "define", "torch.nn.ConvTranspose2d": "define",
     "torch.nn.BatchNorm2d": "keep", "torch.nn.GroupNorm": "keep", "torch.nn.InstanceNorm2d": "keep",
-    "torch.nn.Dropout2d": "keep", "torch.nn.MaxPool2d": "keep", "torch.nn.AvgPool2d": "keep",
+    "torch.nn.Dropout2d": "keep", "torch.nn.MaxPool2d": "spatial", "torch.nn.AvgPool2d": "spatial",
     "torch.nn.AdaptiveAvgPool2d": "pool", "torch.nn.AdaptiveMaxPool2d": "pool",
     "torch.nn.Upsample": "resize", "torch.nn.UpsamplingNearest2d": "resize",
     "torch.nn.UpsamplingBilinear2d": "resize",
@@ -69,6 +69,8 @@ SOFTMAX = {"torch.nn.functional.softmax", "torch.nn.functional.log_softmax", "to
 CAT = {"torch.cat", "torch.concat", "torch.concatenate"}
 NCHW_TO_NHWC = {0: 0, 1: 3, 2: 1, 3: 2}
 MODULE_BASES = {"torch.nn.Module", "torch.nn.Sequential"}
+MODEL_NAMES = {"model", "net", "netG", "netD", "generator", "discriminator", "classifier", "encoder",
+               "decoder", "module", "models"}
 SCRIPT_MODEL_METHODS = {"train", "eval", "parameters", "named_parameters", "state_dict", "zero_grad",
                         "load_state_dict", "to", "modules", "children", "cuda", "cpu"}
 
@@ -255,6 +257,7 @@ class ClassScan:
     builders: set = field(default_factory=set)           # __init__ + helpers it calls
     renamed: set = field(default_factory=set)
     seq_items: object = None                             # nn.Sequential subclass: its Seq spec
+    scalar_attrs: set = field(default_factory=set)       # attributes that hold Python numbers
     forward_params: list = field(default_factory=list)
 
 
@@ -361,6 +364,11 @@ class Layout:
                     and dotted(f.value.func) == "super" and stmt_call.args and \
                     any(qualify(b.value, self.aliases) == "torch.nn.Sequential" for b in scan.node.bases):
                 scan.seq_items = self._seq_spec(stmt_call, env, scan)
+        values: dict[str, list] = {}
+        for name in builders:
+            for attr, value, _ in self._self_assignments(scan.methods[name], scan):
+                values.setdefault(attr, []).append(value)
+        scan.scalar_attrs = {a for a, vs in values.items() if all(self._scalar(v, scan) for v in vs)}
         for attr, found in attrs.items():
             spec = _union(found)
             if isinstance(spec, (Layer, Seq, Dyn, ModList, ClassRef, FieldModule, Union)) and \
@@ -473,6 +481,28 @@ class Layout:
 
         visit(fn.body.body, 0)
         return env
+
+    def _scalar(self, value, scan: ClassScan) -> bool:
+        """A Python number for sure: literals, constructor arguments whose default is a
+        number, and arithmetic of those."""
+        if isinstance(value, (cst.Integer, cst.Float)):
+            return True
+        if isinstance(value, cst.Name):
+            if value.value in ("True", "False"):
+                return True
+            default = scan.init_defaults.get(value.value)
+            return isinstance(default, (cst.Integer, cst.Float)) or (
+                isinstance(default, cst.Name) and default.value in ("True", "False")) or (
+                isinstance(default, cst.UnaryOperation) and isinstance(default.expression, (cst.Integer, cst.Float)))
+        if isinstance(value, cst.Attribute):
+            name = dotted(value)
+            return bool(name) and name.startswith("self.") and name.count(".") == 1 and \
+                name[5:] in scan.init_params and self._scalar(cst.Name(name[5:]), scan)
+        if isinstance(value, cst.UnaryOperation):
+            return self._scalar(value.expression, scan)
+        if isinstance(value, cst.BinaryOperation):
+            return self._scalar(value.left, scan) and self._scalar(value.right, scan)
+        return False
 
     @staticmethod
     def _list_spec(entry) -> ListSpec:
@@ -861,7 +891,7 @@ class Analysis:
 
     def _spec_has_images(self, spec) -> bool:
         if isinstance(spec, Layer):
-            return spec.role in ("define", "keep", "pool", "resize")
+            return spec.role in ("define", "keep", "spatial", "pool", "resize")
         if isinstance(spec, Seq):
             return any(self._spec_has_images(s) for s in spec.items)
         if isinstance(spec, (Dyn, ModList, Union)):
@@ -1019,8 +1049,8 @@ class Analysis:
         if v.kind == "tuple":
             for i in v.items:
                 self._returned(i, node)
-        if v.kind in ("size",):
-            raise Fail(node, "returns an image's size")
+        if v.kind in ("size", "tokens"):
+            raise Fail(node, f"{_code(node)} (returns an image's size or channels-first tokens)")
 
     def _bind(self, target, v: V, env, stmt, assign_target=None) -> None:
         if isinstance(target, cst.Name):
@@ -1063,7 +1093,7 @@ class Analysis:
     # ------------------------------------------------------------------ expressions
     def consume(self, v: V, node) -> None:
         """``v`` used in a way the analysis does not follow."""
-        if v.kind == "img":
+        if v.kind in ("img", "tokens"):
             raise Fail(node, _code(node))
         if v.site is not None:
             v.site.bad = True
@@ -1140,9 +1170,7 @@ class Analysis:
             spec = self.cls.specs.get(attr)
             if spec is not None and not isinstance(spec, FieldModule):
                 return V("module", spec=spec, path=self._attr_path(attr))
-            if attr in self.cls.tensor_attrs:
-                return PLAIN
-            return INT
+            return INT if attr in self.cls.scalar_attrs else PLAIN
         base = self.ev(node.value, env)
         attr = node.attr.value
         if base.kind == "img":
@@ -1309,7 +1337,7 @@ class Analysis:
             role = spec.role
             if role == "elem":
                 return v
-            if role in ("define", "keep", "pool", "resize"):
+            if role in ("define", "keep", "spatial", "pool", "resize"):
                 self.need_image(v, node)
                 src = path if role == "define" else (v.src if role != "pool" or True else None)
                 if role == "define":
@@ -1343,10 +1371,9 @@ class Analysis:
             return v
         if isinstance(spec, Dyn):
             if v.kind not in ("img", "unknown"):
-                for item in spec.items:
-                    if self._spec_has_images(item):
-                        raise Fail(node, f"{_code(node)} on a tensor that is not a 4-D image")
-                    self.apply(item, v, None, node)
+                results = [self.apply(item, v, None, node) for item in spec.items]
+                if any(r.kind in ("img", "tokens") for r in results):
+                    raise Fail(node, f"{_code(node)} (a Sequential whose layers' order is not known)")
                 return PLAIN
             results = [self.apply(item, v, None, node) for item in spec.items]
             if v.kind == "unknown":
@@ -1582,6 +1609,14 @@ class Analysis:
     # ------------------------------------------------------------------ tensor methods
     def method(self, node: cst.Call, recv: V, name: str, env) -> V:
         args = node.args
+        if recv.kind == "tokens":
+            # x.flatten(2).transpose(1, 2): (N, C, H*W) → (N, H*W, C), x.flatten(1, 2) channels-last
+            dims = tuple(_int(a.value) for a in args if a.keyword is None)
+            if len(dims) == len(args) and ((name == "transpose" and dims in ((1, 2), (2, 1), (-1, -2), (-2, -1)))
+                                           or (name == "permute" and dims == (0, 2, 1))):
+                self.rewrites[id(node)] = lambda updated: updated.func.value
+                return PLAIN
+            raise Fail(node, f"{_code(node)} (channels-first tokens)")
         if recv.kind == "unknown":
             for a in args:
                 self.consume(self.ev(a.value, env), node)
@@ -1628,7 +1663,12 @@ class Analysis:
                 self.need_image(other, node)
             return V("img", src=recv.src if name == "type_as" else other.src, one=other.one)
         if name == "flatten":
-            return self.flatten(node, recv, _arg(node, 0, "start_dim"), _arg(node, 1, "end_dim"), "receiver")
+            start, end = _arg(node, 0, "start_dim"), _arg(node, 1, "end_dim")
+            if start is not None and _int(start.value) == 2 and (end is None or _int(end.value) in (3, -1)) \
+                    and len(args) == (1 if end is None else 2):
+                self.rewrites[id(node)] = _flatten_spatial
+                return V("tokens")
+            return self.flatten(node, recv, start, end, "receiver")
         if name in ("view", "reshape"):
             values = [a for a in args]
             if len(values) == 1 and isinstance(values[0].value, (cst.Tuple, cst.List)):
@@ -1751,6 +1791,11 @@ def _permute_before_flatten(how):
     return build
 
 
+def _flatten_spatial(updated: cst.Call) -> cst.Call:
+    """``x.flatten(2)`` (before a transpose to tokens) → ``x.flatten(1, 2)`` on (N, H, W, C)."""
+    return updated.with_changes(args=[cst.Arg(cst.Integer("1"), comma=_COMMA), cst.Arg(cst.Integer("2"))])
+
+
 def _prepend_channel_pad(updated):
     zero = [cst.Element(cst.Integer("0"), comma=_COMMA), cst.Element(cst.Integer("0"), comma=_COMMA)]
     els = list(updated.elements)
@@ -1774,13 +1819,16 @@ class _Callers:
 
     def run(self, module: cst.Module) -> None:
         scopes = [("<module>", [s for s in module.body if not isinstance(s, (cst.ClassDef, cst.FunctionDef))], set())]
-        functions = []
+        functions: dict[str, cst.FunctionDef] = {}
         for s in module.body:
             if isinstance(s, cst.FunctionDef):
-                functions.append(s)
+                functions[s.name.value] = s
             elif isinstance(s, cst.ClassDef) and s.name.value not in self.layout.classes:
-                functions.extend(m for m in s.body.body if isinstance(m, cst.FunctionDef))
-        for fn in functions:
+                for m in s.body.body:
+                    if isinstance(m, cst.FunctionDef):
+                        scopes.append((f"{s.name.value}.{m.name.value}", [m.body],
+                                       {p.name.value for p in [*m.params.params, *m.params.kwonly_params]}))
+        for fn in functions.values():
             params = {p.name.value for p in [*fn.params.params, *fn.params.kwonly_params]}
             scopes.append((fn.name.value, [fn.body], params))
         # constructions: which classes the scripts build, and where the instances go
@@ -1790,10 +1838,24 @@ class _Callers:
                     if isinstance(call.func, cst.Name) and call.func.value in self.layout.classes:
                         self.constructed.add(call.func.value)
         self.bound_calls: set[int] = set()
-        for name, stmts, params in scopes:
-            self._scope(stmts, params)
-        for call_name in sorted(self.constructed & self.channels_last):
-            pass
+        self.functions = functions
+        self.model_params: dict[str, set[str]] = {}
+        found = [(name, stmts, params, self._instances(stmts)) for name, stmts, params in scopes]
+        # instances passed to this file's functions: those parameters hold models
+        for _, stmts, _, (instances, _) in found:
+            for stmt in stmts:
+                for call in _calls(stmt):
+                    fn = functions.get(call.func.value) if isinstance(call.func, cst.Name) else None
+                    if fn is None:
+                        continue
+                    names = [p.name.value for p in fn.params.params]
+                    for i, a in enumerate(call.args):
+                        if isinstance(a.value, cst.Name) and a.value.value in instances:
+                            target = a.keyword.value if a.keyword is not None else (names[i] if i < len(names) else None)
+                            if target:
+                                self.model_params.setdefault(fn.name.value, set()).add(target)
+        for name, stmts, params, (instances, ever) in found:
+            self._scope(name, stmts, params, instances, ever)
         # a construction whose instance is not bound to a plain name: its calls are not seen
         for _, stmts, _ in scopes:
             for stmt in stmts:
@@ -1803,17 +1865,25 @@ class _Callers:
                         self.fails.setdefault(call.func.value, Fail(
                             call, f"an instance built by {_code(call)} is not bound to a name this pass follows"))
 
-    def _scope(self, stmts, params) -> None:
+    def _instances(self, stmts) -> tuple[dict[str, str], dict[str, str]]:
+        """(name → class of the instance it holds, name → class it held at some point)."""
         instances: dict[str, str] = {}
-        models: set[str] = set()
+        ever: dict[str, str] = {}
         for stmt in stmts:
             for node in _assigns(stmt):
                 cls = self._constructed_class(node.value)
                 if cls is not None and len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
                     instances[node.targets[0].target.value] = cls
+                    ever[node.targets[0].target.value] = cls
+                    continue
                 for t in node.targets:
-                    if isinstance(t.target, cst.Name) and t.target.value in instances and cls is None:
-                        instances.pop(t.target.value)     # rebound to something else
+                    for n in _names_in(t.target):
+                        instances.pop(n, None)     # rebound to something else
+        return instances, ever
+
+    def _scope(self, name, stmts, params, instances, ever) -> None:
+        models: set[str] = set(self.model_params.get(name, ()))
+        for stmt in stmts:
             for call in _calls(stmt):
                 f = call.func
                 if isinstance(f, cst.Attribute) and isinstance(f.value, cst.Name) and f.value.value in params \
@@ -1821,16 +1891,25 @@ class _Callers:
                     models.add(f.value.value)
         for stmt in stmts:
             for call in _calls(stmt):
-                if not isinstance(call.func, cst.Name):
+                f = call.func
+                if isinstance(f, cst.Attribute) and f.attr.value == "forward" and isinstance(f.value, cst.Name):
+                    target = f.value.value
+                elif isinstance(f, cst.Name):
+                    target = f.value
+                else:
                     continue
-                name = call.func.value
-                if name in instances:
-                    self._model_call(call, {instances[name]})
-                elif name in models or (name in params and name in ("model", "net", "netG", "netD", "generator",
-                                                                     "discriminator", "classifier", "encoder",
-                                                                     "decoder", "module")):
-                    candidates = self.constructed or set()
+                if target in instances:
+                    self._model_call(call, {instances[target]})
+                elif target in ever:
+                    if ever[target] in self.channels_last:
+                        self.fails.setdefault(ever[target], Fail(
+                            call, f"{_code(call)}: {target} was rebound (a wrapper?) and is called"))
+                elif target in models or (target in params and target in MODEL_NAMES):
+                    candidates = self.constructed & set(self.layout.classes)
                     image = candidates & self.channels_last
+                    if not candidates:
+                        image = set(self.channels_last)
+                        candidates = set(self.layout.classes)
                     if image and image != candidates:
                         for c in image:
                             self.fails.setdefault(c, Fail(call, f"{_code(call)} calls a model whose class is not known"))
