@@ -314,3 +314,93 @@ def test_training_script_replay(script, tmp_path):
                           "--replay", "script"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "PASS  train:" in run.stdout
+
+
+# ----------------------------------------------------------------------------- to_nhwc templates
+def _nhwc_table_cases():
+    import tomllib
+    from transpiler.mapping import load_tables
+    import test_layers_table as lt
+    tables = load_tables()
+    cases = []
+    for key, entry in sorted({**tables.layers, **tables.functions}.items()):
+        if not entry.nhwc_templates:
+            continue
+        examples = [(entry.example, [entry.inputs.get("input") or entry.inputs.get("x")])]
+        examples += [(ex, specs) for k, ex, specs in lt.EXTRA if k == key]
+        for example, specs in examples:
+            if specs and specs[0] and parse_rank(specs[0]) == 4:
+                cases.append((key, example, specs[0]))
+    return cases
+
+
+def parse_rank(spec: str) -> int:
+    return spec.split("[", 1)[1].split("]", 1)[0].count(",") + 1
+
+
+NHWC_TABLE = _nhwc_table_cases()
+
+
+def test_every_to_nhwc_entry_has_a_case():
+    from transpiler.mapping import load_tables
+    tables = load_tables()
+    keys = {k for k, e in {**tables.layers, **tables.functions}.items() if e.nhwc_templates}
+    assert keys == {c[0] for c in NHWC_TABLE}
+    assert {"torch.nn.Conv2d", "torch.nn.BatchNorm2d", "torch.nn.functional.max_pool2d"} <= keys
+
+
+@pytest.mark.parametrize("key, example, spec", NHWC_TABLE, ids=[f"{c[0].rsplit('.', 1)[-1]}-{i}" for i, c in enumerate(NHWC_TABLE)])
+def test_to_nhwc_templates_against_torch(key, example, spec):
+    """The channels-last rendering of each entry, fed NHWC, equals torch fed NCHW (outputs and
+    input gradients; BatchNorm also in training mode)."""
+    import jax
+    import jax.numpy as jnp
+    import libcst as cst
+    import torch
+    import test_layers_table as lt
+    from transpiler.mapping import load_tables
+    from transpiler.render import code_of, render_call
+    from transpiler.validate.weights import load_torch_state
+
+    tables = load_tables()
+    entry = tables.lookup_qualified(key).channels_last()
+    call = cst.parse_expression(example)
+    rendered = render_call(entry, call.args, call=call)
+    assert rendered.expr is not None, rendered.message
+    code = code_of(rendered.expr)
+    assert "nchw" not in code.lower() and "torch_" not in code.split("(")[0]
+    ns = lt._helpers_namespace(rendered.emits)
+    x = lt.draw_inputs([spec], 0)[0]
+    torch.manual_seed(0)
+    if entry.table == "layers":
+        tlayer = eval(example, {"nn": torch.nn})
+        make = lambda: eval(code, ns)   # noqa: E731
+        model = lt.FlaxWrap(make, entry.call)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.asarray(_nhwc(x))))
+        variables = load_torch_state(lt.TorchWrap(tlayer), shapes)
+        torch_fn = tlayer
+        apply = lambda v, a, train: model.apply(v, a, train=train, mutable=["batch_stats"] if train else False)  # noqa: E731
+    else:
+        F = torch.nn.functional
+        fn = eval(f"lambda x: {code}", ns)      # the examples name their input x
+        variables = {}
+        torch_fn = eval(f"lambda x: {example}", {"F": F})
+        apply = lambda v, a, train: fn(a)   # noqa: E731
+    modes = [False, True] if entry.call == "batchnorm" else [False]
+    for train in modes:
+        if hasattr(torch_fn, "train"):
+            torch_fn.train(train)
+        tx = torch.tensor(x, requires_grad=True)
+        tout = torch_fn(tx * 1)
+        g = np.random.default_rng(1).standard_normal(tuple(tout.shape)).astype(np.float32)
+        (tout * torch.tensor(g)).sum().backward()
+
+        def scalar(a):
+            out = apply(variables, a, train)
+            out = out[0] if isinstance(out, tuple) else out
+            return jnp.sum(jnp.transpose(out, (0, 3, 1, 2)) * g), out
+
+        grad, out = jax.jit(jax.grad(scalar, has_aux=True))(jnp.asarray(_nhwc(x)))
+        where = f"{example} -> {code} (train={train})"
+        lt.assert_close(_nchw(np.asarray(out)), tout.detach().numpy(), f"{where}: output")
+        lt.assert_close(_nchw(np.asarray(grad)), tx.grad.numpy(), f"{where}: grad input")
