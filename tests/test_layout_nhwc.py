@@ -300,7 +300,8 @@ def test_numerics_against_torch(name, cls_name, init, shapes):
         np.testing.assert_allclose(g, t.grad.numpy(), atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("script", ["mnist_steplr.py"])
+@pytest.mark.slow     # about 35 s (mnist_steplr) and 70 s (resnet_bn) on 2 busy cores
+@pytest.mark.parametrize("script", ["mnist_steplr.py", "resnet_bn.py"])
 def test_training_script_replay(script, tmp_path):
     """The converted script (channels-last model, NHWC batches) replays 2 optimizer steps as
     torch's (validate --train-steps --replay script)."""
