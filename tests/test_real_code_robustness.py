@@ -46,3 +46,56 @@ def test_parameter_count_printed_in_init_is_commented_out_with_jp303():
     out = r.output.decode()
     assert "print('built')" in out and "# print('%d parameters' % n)" in out
     assert "return self.body['fc'](x)" in out
+
+
+def test_numpy_table_built_in_a_module_helper_stays_numpy():
+    # attention-is-all-you-need: a sinusoid table filled in place with NumPy in a helper method
+    src = ("import numpy as np\nimport torch\nimport torch.nn as nn\n\n\n"
+           "class PosEnc(nn.Module):\n"
+           "    def __init__(self, d, n=10):\n"
+           "        super().__init__()\n"
+           "        self.register_buffer('table', self._table(n, d))\n\n"
+           "    def _table(self, n, d):\n"
+           "        t = np.array([[p / np.power(100, 2 * (j // 2) / d) for j in range(d)] for p in range(n)])\n"
+           "        t[:, 0::2] = np.sin(t[:, 0::2])\n"
+           "        t[:, 1::2] = np.cos(t[:, 1::2])\n"
+           "        return torch.FloatTensor(t).unsqueeze(0)\n\n"
+           "    def forward(self, x):\n"
+           "        return x + self.table[:, :x.size(1)]\n")
+    r = convert_source(src, "pos.py")
+    out = r.output.decode()
+    assert "t[:, 0::2] = np.sin(t[:, 0::2])" in out and ".at[" not in out
+    import numpy as np
+    import jax
+    import torch
+    ns: dict = {}
+    exec(compile(out, "pos_conv.py", "exec"), ns)
+    tns: dict = {}
+    exec(compile(src, "pos.py", "exec"), tns)
+    x = np.random.default_rng(0).standard_normal((2, 7, 6)).astype(np.float32)
+    model = ns["PosEnc"](6)
+    got = model.apply(model.init(jax.random.PRNGKey(0), x), x)
+    want = tns["PosEnc"](6)(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+
+
+def test_weight_sharing_into_a_child_layer_is_reported_not_left_to_crash():
+    src = ("import torch.nn as nn\n\n\n"
+           "class Dec(nn.Module):\n"
+           "    def __init__(self):\n"
+           "        super().__init__()\n"
+           "        self.emb = nn.Embedding(10, 4)\n\n"
+           "    def forward(self, x):\n"
+           "        return self.emb(x)\n\n\n"
+           "class Seq(nn.Module):\n"
+           "    def __init__(self, share=True):\n"
+           "        super().__init__()\n"
+           "        self.dec = Dec()\n"
+           "        self.prj = nn.Linear(4, 10, bias=False)\n"
+           "        if share:\n"
+           "            self.prj.weight = self.dec.emb.weight\n\n"
+           "    def forward(self, x):\n"
+           "        return self.prj(self.dec(x))\n")
+    r = convert_source(src, "seq.py")
+    assert ("JP304", 19) in diags(r)
+    assert "# self.prj.weight = self.dec.emb.weight" in r.output.decode()

@@ -765,6 +765,15 @@ class ModulesRule(Rule):
                 return cst.RemoveFromParent()
             if parts[-1] == "weight" and ".".join(parts[1:-1]) in (*info.tied, *info.tied.values()):
                 return cst.RemoveFromParent()
+        if method in ("__init__", *info.setup_helpers) and isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
+            target, source = dotted(stmt.targets[0].target) or "", dotted(stmt.value) or ""
+            if target.startswith("self.") and target.count(".") >= 2 and target.rsplit(".", 1)[1] in ("weight", "bias") \
+                    and source.startswith("self.") and source.count(".") >= 2:
+                # self.proj.weight = self.decoder.emb.weight: flax layers own their parameters
+                self.ctx.report(stmt, "JP304", f"{target} = {source}: weight sharing between these layers is not "
+                                "converted, they keep separate parameters (share one layer instead, e.g. call "
+                                "the Embed's .attend for a tied output projection)")
+                return _commented_out(original)
         if method == "__init__" and not isinstance(stmt, (cst.Import, cst.ImportFrom)) and _reads_parameters(
                 stmt, info.counting, self.parameter_counts):
             # print(f"{sum(p.numel() for p in self.parameters())} parameters"): flax has no

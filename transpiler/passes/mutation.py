@@ -114,6 +114,8 @@ class MutationRule(Rule):
         name = dotted(base)
         if name == "self" or (name and self.ctx.is_submodule_ref(name)):
             return None
+        if self.tensors.produces_numpy(_original_base(orig)):
+            return None     # a NumPy array (table = np.array(...); table[:, 0::2] = ...), even in a module
         if not self.ctx.in_module_code():
             # outside forward: a tensor we saw being made, or array-style indexing of anything
             # that is not NumPy (whose arrays stay NumPy and mutable in converted code)
