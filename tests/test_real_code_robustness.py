@@ -99,3 +99,40 @@ def test_weight_sharing_into_a_child_layer_is_reported_not_left_to_crash():
     r = convert_source(src, "seq.py")
     assert ("JP304", 19) in diags(r)
     assert "# self.prj.weight = self.dec.emb.weight" in r.output.decode()
+
+
+def _validate(src: str, tmp_path, cls: str, spec: dict):
+    """Convert ``src``, import both versions, compare ``cls`` with the validation harness."""
+    from transpiler.validate.harness import compare_module, load_module_from_path
+    orig, conv = tmp_path / "orig_case.py", tmp_path / "conv_case.py"
+    orig.write_text(src)
+    conv.write_bytes(convert_source(src, "case.py").output)
+    t = load_module_from_path(orig, f"orig_{tmp_path.name}")
+    j = load_module_from_path(conv, f"conv_{tmp_path.name}")
+    return compare_module(getattr(t, cls), getattr(j, cls), spec)
+
+
+def test_field_updated_by_a_layer_builder_becomes_its_own_attribute(tmp_path):
+    # pytorch-cifar ResNeXt: _make_layer doubles self.bottleneck_width after each stage
+    src = ("import torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+           "class Stage(nn.Module):\n"
+           "    def __init__(self, width, blocks, growth=2):\n"
+           "        super().__init__()\n"
+           "        self.width = width\n"
+           "        self.in_ch = 3\n"
+           "        self.a = self._make(blocks)\n"
+           "        self.b = self._make(blocks)\n"
+           "        self.fc = nn.Linear(self.in_ch + self.width - width * 4, 2)\n\n"
+           "    def _make(self, blocks):\n"
+           "        layers = []\n"
+           "        for _ in range(blocks):\n"
+           "            layers.append(nn.Conv2d(self.in_ch, self.width, 3, padding=1))\n"
+           "            self.in_ch = self.width\n"
+           "        self.width *= 2\n"
+           "        return nn.Sequential(*layers)\n\n"
+           "    def forward(self, x):\n"
+           "        x = F.relu(self.a(x))\n"
+           "        x = F.relu(self.b(x))\n"
+           "        return self.fc(x.mean((2, 3)))\n")
+    r = _validate(src, tmp_path, "Stage", {"init": {"width": 3, "blocks": 2}, "inputs": ["float32[2, 3, 5, 5]"]})
+    assert r.status == "pass", r.message

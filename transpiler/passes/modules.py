@@ -204,6 +204,22 @@ def _self_assignments(fn: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression
     return found
 
 
+def _aug_assigned(fn: cst.FunctionDef) -> set[str]:
+    """Attributes updated in place in ``fn`` (``self.width *= 2``)."""
+    found: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        walk_expressions = False
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            name = dotted(node.target)
+            if name and name.startswith("self.") and name.count(".") == 1:
+                found.add(name[5:])
+
+    walk(fn, _V())
+    return found
+
+
 def _returned(fn: cst.FunctionDef) -> list[cst.BaseExpression]:
     values: list[cst.BaseExpression] = []
 
@@ -344,6 +360,11 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         # flax names a submodule once: an attribute assigned twice in __init__ is built in a
         # local variable and assigned at the end (like a ModuleList filled by append)
         info.accumulated |= {a for a, n in assigned_in_init.items() if n > 1}
+        # self.bottleneck_width *= 2 in a _make_layer helper: a field updated while building
+        # becomes its own attribute (fields are frozen), read as self.bottleneck_width_
+        for fn_name in ["__init__", *sorted(info.setup_helpers)]:
+            if methods.get(fn_name) is not None:
+                info.renamed |= _aug_assigned(methods[fn_name]) & info.field_names
         # runtime methods: forward plus anything that needs the train flag
         runtime = {"forward"}
         changed = True
@@ -789,6 +810,7 @@ class ModulesRule(Rule):
             if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
                 target = dotted(stmt.targets[0].target)
                 if (target and target.startswith("self.") and target[5:] in info.field_names
+                        and target[5:] not in info.renamed
                         and isinstance(stmt.value, cst.Name) and stmt.value.value == target[5:]):
                     return cst.RemoveFromParent()
                 if target and target.startswith("self.") and target[5:] in info.renamed:
