@@ -137,6 +137,18 @@ def test_kept_class_diagnostics_unknown_op(tmp_path):
     assert found["Head"][0] == 22 and "Odd keeps NCHW" in found["Head"][1]
 
 
+def test_conservative_cases():
+    result = convert(ROOT / "tests" / "fixtures" / "nhwc_cases.py")
+    code = code_of(result)
+    assert set(classes_with_layout(code)) == {"Shared"}
+    assert classes_with_layout(code)["Shared"].endswith('"flatten_rows": {}}')
+    assert code.count("jnp.transpose(") == 2
+    found = {d.message.split(" ", 1)[0]: d for d in result.diagnostics if d.code == "JP202"}
+    assert "y.mean(0)" in found["Reduce"].message     # (C, H, W) and (H, W, C) differ
+    assert "exchanges images with Child" in found["Base"].message
+    assert "image layers" in found["Child"].message
+
+
 def test_dims_sizes_pad_and_flatten_rewrites():
     src = (
         "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
@@ -196,13 +208,19 @@ CASES = [
     ("mixer.py", "MLPMixer", {"image_size": 8, "patch_size": 2, "in_channels": 3, "dim": 8, "depth": 2,
                               "num_classes": 4}, [(2, 3, 8, 8)]),
     ("mixer.py", "ConvGNBlock", {"channels": 8, "groups": 4}, [(2, 8, 5, 5)]),
+    # two flattens into one Dense, one of them also returned: both transposed back first
+    ("fixtures/nhwc_cases.py", "Shared", {}, [(2, 3, 6, 6)]),
 ]
 
 _converted: dict[str, dict] = {}
 
 
+def _path(name: str) -> Path:
+    return ROOT / "tests" / name if name.startswith("fixtures/") else MODELS / name
+
+
 def _load_torch(name: str):
-    spec = importlib.util.spec_from_file_location(f"_nhwc_torch_{name[:-3]}", MODELS / name)
+    spec = importlib.util.spec_from_file_location(f"_nhwc_torch_{Path(name).stem}", _path(name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -211,8 +229,8 @@ def _load_torch(name: str):
 def _load_flax(name: str) -> dict:
     if name not in _converted:
         import types
-        code = code_of(convert(MODELS / name))
-        module = types.ModuleType(f"_nhwc_flax_{name[:-3]}")
+        code = code_of(convert(_path(name)))
+        module = types.ModuleType(f"_nhwc_flax_{Path(name).stem}")
         sys.modules[module.__name__] = module      # dataclasses look ClassVar up there
         exec(compile(code, name, "exec"), module.__dict__)
         _converted[name] = module.__dict__

@@ -328,6 +328,9 @@ class Layout:
         self.value_classes = frozenset(used)
         for scan in self.classes.values():
             self._scan_class(scan)
+            for b in scan.node.bases:
+                if dotted(b.value) in self.classes:     # inherited forward / layers: one layout
+                    self.edges.add((scan.name, dotted(b.value)))
 
     def _scan_class(self, scan: ClassScan) -> None:
         init = scan.methods.get("__init__")
@@ -856,6 +859,7 @@ class Analysis:
         self.flatten_rows: dict[str, str] = {}
         self.touched = bool(self.image_params)
         self.returns_images = False
+        self.dense_inputs: dict[str, list] = {}    # Dense path → the flatten sites it reads (None: other input)
 
     # ------------------------------------------------------------------ driver
     def run(self) -> None:
@@ -906,6 +910,21 @@ class Analysis:
         self.ret = imgs[0] if imgs else PLAIN
         self.returns_images = any(self._has_img(v) for v in imgs)
         self.is_image = self.touched or self.returns_images or bool(self.marks)
+        if self.returns_images and any(self._has_unknown(v) for v in imgs):
+            raise Fail(self.cls.methods.get("forward", self.cls.node),
+                       "returns images and a tensor of unknown layout")
+        # a Dense whose rows would be permuted must read nothing but flattens of one layer's maps
+        # (a flatten transposed back to channels-first takes every flatten it shares a Dense with)
+        changed = True
+        while changed:
+            changed = False
+            for path, inputs in self.dense_inputs.items():
+                permuted = [i for i in inputs if i is not None and not i.one]
+                if permuted and (len({i.src for i in permuted}) > 1 or None in inputs
+                                 or any(i.bad or i.src is None for i in permuted)):
+                    for i in permuted:
+                        if not i.bad:
+                            i.bad = changed = True
         for site in self.sites:
             if site.one:
                 continue
@@ -923,6 +942,9 @@ class Analysis:
         if v.kind == "tuple":
             return ("tuple", tuple(self._shape(i) for i in v.items))
         return "img" if v.kind == "img" else "other"
+
+    def _has_unknown(self, v: V) -> bool:
+        return v.kind == "unknown" or (v.kind == "tuple" and any(self._has_unknown(i) for i in v.items))
 
     def _has_img(self, v: V) -> bool:
         return v.kind == "img" or (v.kind == "tuple" and any(self._has_img(i) for i in v.items))
@@ -1095,6 +1117,8 @@ class Analysis:
         """``v`` used in a way the analysis does not follow."""
         if v.kind in ("img", "tokens"):
             raise Fail(node, _code(node))
+        if v.kind == "size":
+            raise Fail(node, f"{_code(node)} (an image's shape used as a whole)")
         if v.site is not None:
             v.site.bad = True
         if v.kind == "tuple":
@@ -1359,6 +1383,8 @@ class Analysis:
                         v.site.bad = True
                     else:
                         v.site.dense.append(path)
+                if path is not None:
+                    self.dense_inputs.setdefault(path, []).append(v.site)
                 return PLAIN
             if v.kind == "img":
                 raise Fail(node, f"{_code(node)} ({spec.q.rsplit('.', 1)[-1]} on an image)")
@@ -1595,10 +1621,8 @@ class Analysis:
         value = dim_arg.value
         self.rewrites[id(value)] = _const(new[0]) if isinstance(value, (cst.Integer, cst.UnaryOperation)) \
             else _const_tuple(new, isinstance(value, cst.List))
-        if 0 in nchw:
-            if keep:
-                raise Fail(node, _code(node))
-            return PLAIN
+        if 0 in nchw and keep:
+            raise Fail(node, _code(node))
         if keep:
             return V("img", src=None if 1 in nchw else v.src, one=v.one or {2, 3} <= nchw)
         remaining = {1, 2, 3} - nchw
