@@ -423,3 +423,30 @@ def test_to_nhwc_templates_against_torch(key, example, spec):
         where = f"{example} -> {code} (train={train})"
         lt.assert_close(_nchw(np.asarray(out)), tout.detach().numpy(), f"{where}: output")
         lt.assert_close(_nchw(np.asarray(grad)), tx.grad.numpy(), f"{where}: grad input")
+
+
+# ----------------------------------------------------------------------------- goldens
+GOLDENS = ROOT / "corpus" / "expected_nhwc"
+GOLDEN_CASES = ["models/mnist_cnn.py", "models/unet.py"]
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_nhwc_golden(case):
+    """The --layout nhwc conversion of a few corpus models, committed for review under
+    corpus/expected_nhwc/ (refresh: JAXPORT_UPDATE_GOLDENS=1 pytest tests/test_layout_nhwc.py)."""
+    import difflib
+    import os
+    from transpiler.api import convert_bytes
+    source = ROOT / "corpus" / case
+    result = convert_bytes(source.read_bytes(), case, NHWC)
+    golden = GOLDENS / case
+    if os.environ.get("JAXPORT_UPDATE_GOLDENS") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_bytes(result.output)
+        return
+    expected = golden.read_text(encoding="utf-8")
+    actual = result.output.decode("utf-8")
+    if actual != expected:
+        diff = "".join(list(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
+                                                 str(golden), "converted"))[:80])
+        pytest.fail(f"--layout nhwc conversion of {case} changed (JAXPORT_UPDATE_GOLDENS=1 to refresh):\n{diff}")
