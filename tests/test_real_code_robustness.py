@@ -136,3 +136,31 @@ def test_field_updated_by_a_layer_builder_becomes_its_own_attribute(tmp_path):
            "        return self.fc(x.mean((2, 3)))\n")
     r = _validate(src, tmp_path, "Stage", {"init": {"width": 3, "blocks": 2}, "inputs": ["float32[2, 3, 5, 5]"]})
     assert r.status == "pass", r.message
+
+
+def test_helper_returning_an_instance_of_a_class_field_passes_the_training_flag(tmp_path):
+    # pytorch-cifar PNASNet: self.layer2 = self._downsample(...) returns self.cell_type(...)
+    src = ("import torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+           "class Cell(nn.Module):\n"
+           "    def __init__(self, cin, cout, stride=1):\n"
+           "        super().__init__()\n"
+           "        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)\n"
+           "        self.bn = nn.BatchNorm2d(cout)\n\n"
+           "    def forward(self, x):\n"
+           "        return F.relu(self.bn(self.conv(x)))\n\n\n"
+           "class Net(nn.Module):\n"
+           "    def __init__(self, cell_type=Cell, planes=4):\n"
+           "        super().__init__()\n"
+           "        self.cell_type = cell_type\n"
+           "        self.in_planes = 3\n"
+           "        self.down = self._downsample(planes)\n"
+           "        self.head = nn.Linear(planes, 2)\n\n"
+           "    def _downsample(self, planes):\n"
+           "        layer = self.cell_type(self.in_planes, planes, stride=2)\n"
+           "        self.in_planes = planes\n"
+           "        return layer\n\n"
+           "    def forward(self, x):\n"
+           "        return self.head(self.down(x).mean((2, 3)))\n")
+    assert "call_layer(self.down, x, train)" in convert_source(src, "net.py").output.decode()
+    r = _validate(src, tmp_path, "Net", {"inputs": ["float32[3, 3, 6, 6]"], "train_forward": True})
+    assert r.status == "pass", r.message

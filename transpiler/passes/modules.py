@@ -220,18 +220,36 @@ def _aug_assigned(fn: cst.FunctionDef) -> set[str]:
     return found
 
 
+def _field_call_kind(value: cst.BaseExpression, info: "ClassInfo") -> "SubmoduleKind | None":
+    """``block(...)`` / ``self.cell_type(...)``: an instance of a class passed to the constructor,
+    whose calls take the training flag if they can."""
+    if isinstance(value, cst.Call):
+        name = dotted(value.func) or ""
+        if (name if "." not in name else name[5:] if name.startswith("self.") else "") in info.field_names:
+            return SubmoduleKind("custom", "any")
+    return None
+
+
 def _returned(fn: cst.FunctionDef) -> list[cst.BaseExpression]:
+    """The values ``fn`` returns; a returned local name bound only to calls stands for them."""
     values: list[cst.BaseExpression] = []
+    assigned: dict[str, list[cst.BaseExpression]] = {}
 
     class _V(cst.CSTVisitor):
         walk_expressions = False
+
+        def visit_Assign(self, node: cst.Assign) -> None:
+            if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
+                assigned.setdefault(node.targets[0].target.value, []).append(node.value)
 
         def visit_Return(self, node: cst.Return) -> None:
             if node.value is not None:
                 values.append(node.value)
 
     walk(fn, _V())
-    return values
+    calls = {k: v for k, v in assigned.items() if all(isinstance(x, cst.Call) for x in v)}
+    return [v for value in values
+            for v in (calls.get(value.value, [value]) if isinstance(value, cst.Name) else [value])]
 
 
 def _bound_by(target: cst.BaseExpression) -> set[str]:
@@ -327,7 +345,8 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         helper_returns: dict[str, SubmoduleKind] = dict(module_returns)
         for helper in info.setup_helpers:
             for value in _returned(methods[helper]):
-                helper_returns[helper] = _call_kind_for(value, ctx, classes, module_returns)
+                helper_returns[helper] = _field_call_kind(value, info) or \
+                    _call_kind_for(value, ctx, classes, module_returns)
         kinds: dict[str, list[SubmoduleKind]] = {}
         assigned_in_init: dict[str, int] = {}
         for fn_name in ["__init__", *sorted(info.setup_helpers)]:
@@ -340,9 +359,8 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
                 if attr in info.field_names and not (isinstance(value, cst.Name) and value.value == attr):
                     info.renamed.add(attr)
                 kind = _call_kind_for(value, ctx, classes, helper_returns)
-                if kind.kind == "value" and isinstance(value, cst.Call) and isinstance(value.func, cst.Name) \
-                        and value.func.value in info.field_names:
-                    kind = SubmoduleKind("custom", "any")   # block(...): a class passed to the constructor
+                if kind.kind == "value":
+                    kind = _field_call_kind(value, info) or kind
                 if _is_empty_container(value, ctx):
                     if fn_name == "__init__":
                         info.accumulated.add(attr)
