@@ -126,13 +126,27 @@ class _Prepare(cst.CSTTransformer):
     # Subtrees without a change are given back as the original objects (libcst rebuilds every
     # node), so that diagnostics reported at them find the user's positions; only the
     # ancestors of a change are new, and ``moved`` says which original each one stands for.
+    # libcst's on_visit/on_leave, with each node type's hooks looked up once per process
+    _VISITS: dict[type, object] = {}
+    _LEAVES: dict[type, object] = {}
+
     def on_visit(self, node) -> bool:
         self.changed.append(False)
-        return super().on_visit(node)
+        t = type(node)
+        try:
+            hook = self._VISITS[t]
+        except KeyError:
+            hook = self._VISITS[t] = getattr(_Prepare, f"visit_{t.__name__}", None)
+        return hook is None or hook(self, node) is not False
 
     def on_leave(self, original, updated):
         inner = self.changed.pop()
-        result = super().on_leave(original, updated)
+        t = type(original)
+        try:
+            hook = self._LEAVES[t]
+        except KeyError:
+            hook = self._LEAVES[t] = getattr(_Prepare, f"leave_{t.__name__}", None)
+        result = updated if hook is None else hook(self, original, updated)
         if not inner and result is updated:
             return original
         if self.changed:
