@@ -224,10 +224,31 @@ def transform(node: CSTNode, transformer: cst.CSTTransformer, skip: frozenset | 
     fused = getattr(type(transformer), "fused_transform", None)
     if fused is not None:
         return fused(transformer, node, skip)
+    tcls = type(transformer)
+    generic = tcls.on_visit is not cst.CSTTransformer.on_visit or tcls.on_leave is not cst.CSTTransformer.on_leave
     if skip is None:
-        skip = frozenset() if type(transformer).on_visit is not cst.CSTTransformer.on_visit \
-            or type(transformer).on_leave is not cst.CSTTransformer.on_leave else skipped_types(transformer)
-    on_visit, on_leave = transformer.on_visit, transformer.on_leave
+        skip = frozenset() if generic else skipped_types(transformer)
+    if generic:
+        on_visit, on_leave = transformer.on_visit, transformer.on_leave
+    else:
+        # libcst's on_visit/on_leave (call visit_<Type>/leave_<Type> if defined), with each
+        # type's hooks looked up once; libcst's own no-op hooks are not called
+        own = _own_hooks(tcls)
+        hooks: dict[type, tuple] = {}
+
+        def hooks_of(t: type) -> tuple:
+            visit, leave = "visit_" + t.__name__, "leave_" + t.__name__
+            h = hooks[t] = (getattr(transformer, visit) if visit in own else None,
+                            getattr(transformer, leave) if leave in own else None)
+            return h
+
+        def on_visit(node) -> bool:
+            fn = (hooks.get(type(node)) or hooks_of(type(node)))[0]
+            return fn is None or fn(node) is not False
+
+        def on_leave(original, updated):
+            fn = hooks[type(original)][1]
+            return updated if fn is None else fn(original, updated)
     fields_of = _FIELDS
 
     def rec(node):
