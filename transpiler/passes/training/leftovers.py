@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ...names import dotted, qualify
-from ...walk import walk
+from ...walk import EXPRESSION_TYPES, walk
 from .common import OPTIMIZER_PREFIX
 from .syntax import assigned_names, bound_names, children, code_of, method_stmt, named_calls, names_read
 
@@ -235,11 +235,15 @@ class LeftoversMixin:
 
 def _all(node: cst.CSTNode, kind) -> list:
     out = []
+    # statements are never inside an expression: a search for statements skips expressions
+    statements = all(issubclass(k, (cst.BaseSmallStatement, cst.BaseStatement))
+                     for k in (kind if isinstance(kind, tuple) else (kind,)))
 
     def visit(n):
         if isinstance(n, kind):
             out.append(n)
         for child in children(n):
-            visit(child)
+            if not (statements and type(child) in EXPRESSION_TYPES):
+                visit(child)
     visit(node)
     return out
