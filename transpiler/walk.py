@@ -13,6 +13,8 @@ This module imports nothing from jaxport, so any module may use it.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 import weakref
 
 import libcst as cst
@@ -67,6 +69,37 @@ def _token_types() -> frozenset[type]:
 
 
 TOKEN_TYPES = _token_types()
+_TOKEN_NAMES = frozenset(t.__name__ for t in TOKEN_TYPES)
+_TYPING_WORDS = {"Sequence", "Optional", "Union", "MaybeSentinel", "None", "Literal", "typing"}
+_NODE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _token_only(annotation: str | None) -> bool:
+    words = set(re.findall(r"[A-Za-z_]\w*", annotation or "")) - _TYPING_WORDS
+    return bool(words) and words <= _TOKEN_NAMES
+
+
+def node_fields(node: CSTNode) -> tuple[str, ...]:
+    """:func:`child_fields` without the fields declared to hold only whitespace and
+    punctuation: all a walk needs when it skips every token type."""
+    cls = type(node)
+    names = _NODE_FIELDS.get(cls)
+    if names is None:
+        declared = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        names = _NODE_FIELDS[cls] = tuple(n for n in child_fields(node) if not _token_only(declared.get(n)))
+    return names
+
+
+_ALL_TOKENS: dict[frozenset, bool] = {}
+
+
+def fields_table(skip: frozenset):
+    """(fields by type, function computing them) for a walk that skips ``skip``: the fields
+    without tokens when ``skip`` holds every token type, else all of them."""
+    every = _ALL_TOKENS.get(skip)
+    if every is None:
+        every = _ALL_TOKENS[skip] = TOKEN_TYPES <= skip
+    return (_NODE_FIELDS, node_fields) if every else (_FIELDS, child_fields)
 
 
 def _expression_types() -> frozenset[type]:
@@ -162,7 +195,8 @@ def walk(node: CSTNode, visitor: cst.CSTVisitor) -> None:
     hooks: dict[type, tuple] = {}
     own = _own_hooks(vcls)
     on_visit, on_leave = visitor.on_visit, visitor.on_leave
-    fields_of = _FIELDS
+    fields_of, fields_fn = fields_table(skip)
+    node_type = _NODE_TYPE
 
     def rec(node) -> None:
         t = type(node)
@@ -177,7 +211,7 @@ def walk(node: CSTNode, visitor: cst.CSTVisitor) -> None:
             fn = h[0]
             descend = fn is None or fn(node) is not False
         if descend:
-            names = fields_of.get(t) or child_fields(node)
+            names = fields_of.get(t) or fields_fn(node)
             for name in names:
                 value = getattr(node, name)
                 vt = type(value)
@@ -185,7 +219,7 @@ def walk(node: CSTNode, visitor: cst.CSTVisitor) -> None:
                     for item in value:
                         if type(item) not in skip:
                             rec(item)
-                elif vt not in skip and _is_node_type(vt):
+                elif vt not in skip and ((k := node_type.get(vt)) or (k is None and _is_node_type(vt))):
                     rec(value)
         if generic_leave:
             on_leave(node)
@@ -249,14 +283,15 @@ def transform(node: CSTNode, transformer: cst.CSTTransformer, skip: frozenset | 
         def on_leave(original, updated):
             fn = hooks[type(original)][1]
             return updated if fn is None else fn(original, updated)
-    fields_of = _FIELDS
+    fields_of, fields_fn = fields_table(skip)
+    node_type = _NODE_TYPE
 
     def rec(node):
         updated = node
         if on_visit(node):
             t = type(node)
             changed = None
-            for name in fields_of.get(t) or child_fields(node):
+            for name in fields_of.get(t) or fields_fn(node):
                 value = getattr(node, name)
                 vt = type(value)
                 if vt is tuple or vt is list:
@@ -267,7 +302,7 @@ def transform(node: CSTNode, transformer: cst.CSTTransformer, skip: frozenset | 
                                 if changed is None:
                                     changed = {}
                                 changed[id(item)] = result
-                elif vt not in skip and _is_node_type(vt):
+                elif vt not in skip and ((k := node_type.get(vt)) or (k is None and _is_node_type(vt))):
                     result = rec(value)
                     if result is not value:
                         if changed is None:

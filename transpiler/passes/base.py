@@ -145,7 +145,8 @@ class Composite(cst.CSTTransformer):
         if skip is None:
             skip = self.skipped_types()
         kinds, kind_of = self._kinds, self._kind
-        fields_of, child_fields, is_node_type = _walk._FIELDS, _walk.child_fields, _walk._is_node_type
+        (fields_of, child_fields), is_node_type = _walk.fields_table(skip), _walk._is_node_type
+        node_type = _walk._NODE_TYPE
         replay = _walk._Replay
         ctx, untouched = self.ctx, self._untouched
         module_type, defs = cst.Module, (cst.FunctionDef, cst.ClassDef)
@@ -183,7 +184,7 @@ class Composite(cst.CSTTransformer):
                                     if changed is None:
                                         changed = {}
                                     changed[id(item)] = result
-                    elif vt not in skip and is_node_type(vt):
+                    elif vt not in skip and ((k := node_type.get(vt)) or (k is None and is_node_type(vt))):
                         result = rec(value)
                         if result is not value:
                             if changed is None:
