@@ -88,3 +88,29 @@ def test_special_expm1_in_a_noise_schedule():
     assert not [d for d in r.diagnostics if d.severity != "info"], r.diagnostics
     t = np.linspace(0, 1, 7, dtype=np.float32)
     np.testing.assert_allclose(np.asarray(jax.jit(jf)(t)), tf(torch.tensor(t)).numpy(), rtol=1e-5)
+
+
+def test_autocast_decorator_and_stored_context_run_in_float32():
+    # denoising-diffusion: @autocast('cuda', enabled=False) on a schedule function;
+    # nanoGPT: ctx = nullcontext() if cpu else torch.amp.autocast(device_type=..., dtype=...)
+    src = ("from contextlib import nullcontext\n"
+           "import torch\n"
+           "from torch.amp import autocast\n\n\n"
+           "@autocast('cuda', enabled=False)\n"
+           "def alpha(t):\n"
+           "    return torch.cos(t * 1.5) ** 2\n\n\n"
+           "def run(t, device_type='cpu'):\n"
+           "    ctx = nullcontext() if device_type == 'gpu' else torch.amp.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=False)\n"
+           "    with ctx:\n"
+           "        a = alpha(t)\n"
+           "    with torch.autocast('cpu', enabled=False):\n"
+           "        return a + torch.cuda.is_bf16_supported() * 0.0\n")
+    tf, jf, r = load(src, "run")
+    codes = [(d.code, d.line) for d in r.diagnostics]
+    # the decorator and the stored context become Float32Context(); a with block is inlined
+    assert ("JP201", 6) in codes and ("JP201", 12) in codes and ("JP613", 15) in codes, codes
+    out = r.output.decode()
+    code = "\n".join(l for l in out.split("def alpha")[1].splitlines() if not l.strip().startswith("#"))
+    assert "@Float32Context()" in out and "autocast(" not in code and "torch" not in code
+    t = np.linspace(0, 1, 5, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(jf(jnp.asarray(t))), tf(torch.tensor(t)).numpy(), rtol=1e-6)

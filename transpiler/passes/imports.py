@@ -301,7 +301,9 @@ def _finalize(module: cst.Module, ctx: FileContext):
     refs = _Bindings()
     walk(module, refs)
     refs.names = before.names
-    helpers = [h for h in prelude_index.closure({n for n in ctx.emits | refs.names if n not in refs.bound})
+    # helpers the final code reads (a rule may have emitted one for code a later rule removed,
+    # such as Float32Context() for an autocast block the training rule inlines)
+    helpers = [h for h in prelude_index.closure({n for n in refs.names if n not in refs.bound})
                if h.name not in refs.bound]          # already in the file (a converted file again)
     helper_names = {h.name for h in helpers}
     needed: list[str] = []

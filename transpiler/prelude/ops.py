@@ -746,3 +746,18 @@ def torch_cat(tensors, dim=0):
 def torch_stack(tensors, dim=0):
     """``torch.stack`` passed as a function (``map(partial(torch.stack, dim=1), ...)``)."""
     return jnp.stack(tensors, axis=dim)
+
+
+class Float32Context:
+    """What ``torch.autocast(...)`` becomes: converted code computes in float32 (mixed precision
+    is a dtype policy of the flax layers), so the block, or the decorated function, runs as it
+    is. Usable as ``with Float32Context():`` and as ``@Float32Context()``."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def __call__(self, fn):
+        return fn

@@ -252,8 +252,9 @@ class StatementsMixin:
     def leave_With(self, original: cst.With, updated: cst.With):
         if not self._autocast(original):
             return updated
-        self._swap_pending("JP101", "JP613", "autocast removed: this block computes in float32 (mixed precision "
-                           "is a dtype policy in flax: dtype=jnp.bfloat16 on the layers, float32 params)")
+        for code in ("JP101", "JP201"):     # JP201: the ops rule's Float32Context() approximation
+            self._swap_pending(code, "JP613", "autocast removed: this block computes in float32 (mixed precision "
+                               "is a dtype policy in flax: dtype=jnp.bfloat16 on the layers, float32 params)")
         body = updated.body
         if not isinstance(body, cst.IndentedBlock):
             return cst.FlattenSentinel([cst.SimpleStatementLine(body=list(body.body))])
