@@ -18,7 +18,8 @@ from .. import prelude_index
 from ..cache import cached_text
 from ..codegen import code_for_node, module_code
 
-from ..walk import skipped_types, transform, walk, without_expressions
+from ..walk import (_NODE_FIELDS, _NODE_TYPE, TOKEN_TYPES, _is_node_type, node_fields, skipped_types,
+                    transform, walk, without_expressions)
 from .base import HELPERS_BANNER
 
 
@@ -173,6 +174,47 @@ class _References(cst.CSTVisitor):
             self.bound.add(node.target.value)   # module-level constants (helpers such as TORCH_PAD_MODES)
 
 
+def _references(module: cst.Module) -> _References:
+    """``walk(module, _References())``'s result (two sets: the order of the walk does not
+    matter), found by a plain recursion over the fields that can hold nodes."""
+    refs = _References()
+    names, bound = refs.names, refs.bound
+    fields_of, fields_fn = _NODE_FIELDS, node_fields
+    node_type, is_node_type = _NODE_TYPE, _is_node_type
+    name_t, attribute_t, import_t, import_from_t = cst.Name, cst.Attribute, cst.Import, cst.ImportFrom
+    class_t, function_t, target_t = cst.ClassDef, cst.FunctionDef, cst.AssignTarget
+
+    def rec(node, top: bool) -> None:
+        t = type(node)
+        if t is name_t:
+            names.add(node.value)
+            return
+        if t is attribute_t:             # the attribute's own name is not a read
+            rec(node.value, top)
+            return
+        if t is import_t or t is import_from_t:
+            (refs.visit_Import if t is import_t else refs.visit_ImportFrom)(node)
+            return
+        if t is class_t or t is function_t:
+            if top:
+                bound.add(node.name.value)
+            top = False
+        elif t is target_t and top and type(node.target) is name_t:
+            bound.add(node.target.value)
+        for field in fields_of.get(t) or fields_fn(node):
+            value = getattr(node, field)
+            vt = type(value)
+            if vt is tuple or vt is list:
+                for item in value:
+                    if type(item) not in TOKEN_TYPES:
+                        rec(item, top)
+            elif vt not in TOKEN_TYPES and ((k := node_type.get(vt)) or (k is None and is_node_type(vt))):
+                rec(value, top)
+
+    rec(module, True)
+    return refs
+
+
 class _Bindings(_References):
     """``_References.bound`` alone: statements are walked, expressions (which bind nothing
     the references count) are not."""
@@ -291,8 +333,7 @@ def _parsed_import(statement: str) -> cst.BaseStatement:
 def _finalize(module: cst.Module, ctx: FileContext):
     """(module without torch imports, its new body, index where the helpers go, helpers):
     the needed imports added after the leading docstring and imports."""
-    before = _References()
-    walk(module, before)
+    before = _references(module)
     torch_used = "torch" in before.names
     module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used),
                        without_expressions(skipped_types()))     # it enters no expression
