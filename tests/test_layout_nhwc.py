@@ -450,3 +450,14 @@ def test_nhwc_golden(case):
         diff = "".join(list(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
                                                  str(golden), "converted"))[:80])
         pytest.fail(f"--layout nhwc conversion of {case} changed (JAXPORT_UPDATE_GOLDENS=1 to refresh):\n{diff}")
+
+
+def test_analysis_failure_keeps_the_file_nchw(monkeypatch):
+    from transpiler.passes import layout
+    def boom(self):
+        raise ValueError("boom")
+    monkeypatch.setattr(layout.Layout, "run", boom)
+    result = convert(MODELS / "mnist_cnn.py")
+    assert code_of(result) == code_of(convert(MODELS / "mnist_cnn.py", Options(layout="nchw")))
+    (d,) = [d for d in result.diagnostics if d.code == "JP202"]
+    assert "analysis failed (ValueError: boom)" in d.message

@@ -2053,7 +2053,20 @@ def _class_var(analysis: Analysis) -> cst.SimpleStatementLine:
 
 
 def prepare(module: cst.Module, ctx) -> cst.Module:
-    """Analyse and rewrite ``module`` for ``--layout nhwc`` (see the module docstring)."""
+    """Analyse and rewrite ``module`` for ``--layout nhwc`` (see the module docstring). A
+    construct the analysis itself trips on leaves the whole file channels-first."""
+    try:
+        return _prepare(module, ctx)
+    except RecursionError:
+        raise
+    except Exception as exc:     # noqa: BLE001  (never wrong code: the file keeps NCHW)
+        ctx.channels_last.clear()
+        ctx.report(None, "JP202", f"this file keeps NCHW under --layout nhwc: its analysis failed "
+                   f"({type(exc).__name__}: {exc})", marker=False)
+        return module
+
+
+def _prepare(module: cst.Module, ctx) -> cst.Module:
     layout = Layout(module, ctx)
     layout.run()
     if not layout.classes:
