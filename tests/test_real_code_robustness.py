@@ -164,3 +164,18 @@ def test_helper_returning_an_instance_of_a_class_field_passes_the_training_flag(
     assert "call_layer(self.down, x, train)" in convert_source(src, "net.py").output.decode()
     r = _validate(src, tmp_path, "Net", {"inputs": ["float32[3, 3, 6, 6]"], "train_forward": True})
     assert r.status == "pass", r.message
+
+
+def test_optimizer_built_in_init_from_parameters_is_not_a_parameter_count():
+    # minimalRL: the module owns its optimizer; that line stays for the training rule
+    src = ("import torch.nn as nn\nimport torch.optim as optim\n\n\n"
+           "class Policy(nn.Module):\n"
+           "    def __init__(self):\n"
+           "        super().__init__()\n"
+           "        self.fc = nn.Linear(4, 2)\n"
+           "        self.optimizer = optim.Adam(self.parameters(), lr=0.01)\n\n"
+           "    def forward(self, x):\n"
+           "        return self.fc(x)\n")
+    r = convert_source(src, "policy.py")
+    assert "JP303" not in [c for c, _ in diags(r)]
+    assert "self.optimizer = optax.adam(learning_rate=0.01)" in r.output.decode()

@@ -138,10 +138,13 @@ def _self_path(path: str) -> cst.BaseExpression:
 
 
 class _ParameterReads(cst.CSTVisitor):
-    def __init__(self, methods: set[str], names: set[str]) -> None:
-        self.methods, self.names, self.found = methods, names, False
+    def __init__(self, methods: set[str], names: set[str], aliases: dict | None) -> None:
+        self.methods, self.names, self.found, self.aliases = methods, names, False, aliases or {}
+        self.optimizer = False
 
     def visit_Call(self, node: cst.Call) -> None:
+        if (qualify(node.func, self.aliases) or "").startswith("torch.optim."):
+            self.optimizer = True       # self.opt = Adam(self.parameters()): the training rule's
         if isinstance(node.func, cst.Attribute):
             base, attr = dotted(node.func.value) or "", node.func.attr.value
             if (base == "self" or base.startswith("self.")) and (
@@ -152,12 +155,13 @@ class _ParameterReads(cst.CSTVisitor):
         self.found |= node.value in self.names
 
 
-def _reads_parameters(node: cst.CSTNode, methods: set[str], names: set[str] = frozenset()) -> bool:
+def _reads_parameters(node: cst.CSTNode, methods: set[str], names: set[str] = frozenset(),
+                      aliases: dict | None = None) -> bool:
     """``node`` reads the module's parameters (``self.parameters()``, ``self.enc.named_parameters()``),
-    calls one of ``methods`` that does, or reads one of ``names``."""
-    visitor = _ParameterReads(methods, names)
+    calls one of ``methods`` that does, or reads one of ``names`` (not to build an optimizer)."""
+    visitor = _ParameterReads(methods, names, aliases)
     walk(node, visitor)
-    return visitor.found
+    return visitor.found and not visitor.optimizer
 
 
 def _methods(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
@@ -317,7 +321,8 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
             continue
         methods = _methods(cls)
         init = methods.get("__init__")
-        info.counting = {n for n, fn in methods.items() if n != "__init__" and _reads_parameters(fn.body, set())}
+        info.counting = {n for n, fn in methods.items()
+                         if n != "__init__" and _reads_parameters(fn.body, set(), aliases=ctx.aliases)}
         info.sequential_base = any(qualify(b.value, ctx.aliases) == SEQUENTIAL_BASE for b in cls.bases)
         info.local_base = next((dotted(b.value) for b in cls.bases if dotted(b.value) in classes), None)
         info.has_init = init is not None
@@ -814,7 +819,7 @@ class ModulesRule(Rule):
                                 "the Embed's .attend for a tied output projection)")
                 return _commented_out(original)
         if method == "__init__" and not isinstance(stmt, (cst.Import, cst.ImportFrom)) and _reads_parameters(
-                stmt, info.counting, self.parameter_counts):
+                stmt, info.counting, self.parameter_counts, self.ctx.aliases):
             # print(f"{sum(p.numel() for p in self.parameters())} parameters"): flax has no
             # parameters in setup (they are created by model.init)
             if isinstance(stmt, cst.Assign):
