@@ -94,3 +94,24 @@ def test_set_optimizer_lr_before_and_after_the_state_exists():
     assert lrs == [0.25, 0.25]
     state, _ = pt.set_optimizer_lr(state, tx, 0.5)
     assert float(state.opt_state.inner_states["b"].inner_state.hyperparams["learning_rate"]) == 0.5
+
+
+def test_a_bare_layer_model_trains_and_evaluates_like_torch_linear():
+    """A script whose model is a bare ``nn.Linear`` becomes a flax ``nn.Dense``, whose
+    ``__call__`` has no ``train`` flag: the state's apply_fn takes the flag and drops it."""
+    import jax
+    import flax.linen as nn
+    import numpy as np
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 2)
+    dense = nn.Dense(2)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    state = pt.create_train_state(dense, optax.sgd(0.1), jax.random.PRNGKey(0), jnp.asarray(x))
+    state = state.replace(params={"kernel": jnp.asarray(linear.weight.detach().numpy().T),
+                                  "bias": jnp.asarray(linear.bias.detach().numpy())})
+    expected = linear(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(pt.eval_step(state, jnp.asarray(x))), expected, atol=1e-6)
+    trained = state.apply_fn({"params": state.params}, jnp.asarray(x), train=True,
+                             rngs={"dropout": jax.random.PRNGKey(1)})
+    np.testing.assert_allclose(np.asarray(trained), expected, atol=1e-6)

@@ -4,6 +4,6 @@ the source of the helpers a file uses into that file (see ``transpiler.prelude_i
 converted code depends on jax/flax/optax only, never on jaxport.
 
 Rules for helper modules: only ``import x`` / ``import x as y`` / ``from x import y`` at the
-top (of jax, flax, optax, numpy, math, functools, typing), then top-level functions, classes
+top (of jax, flax, optax, numpy, math, functools, inspect, typing), then top-level functions, classes
 and constants. A helper may use other helpers by name.
 """
