@@ -114,3 +114,19 @@ def test_autocast_decorator_and_stored_context_run_in_float32():
     assert "@Float32Context()" in out and "autocast(" not in code and "torch" not in code
     t = np.linspace(0, 1, 5, dtype=np.float32)
     np.testing.assert_allclose(np.asarray(jf(jnp.asarray(t))), tf(torch.tensor(t)).numpy(), rtol=1e-6)
+
+
+def test_torch_compile_is_the_identity():
+    # nanoGPT: model = torch.compile(model) # requires PyTorch 2.0
+    src = ("import torch\n\n\n"
+           "def g(x):\n"
+           "    return torch.tanh(x) * 2\n\n\n"
+           "def f(x):\n"
+           "    h = torch.compile(g, mode='reduce-overhead', fullgraph=True)\n"
+           "    return h(x)\n")
+    r = convert(src)
+    assert "h = g\n" in r.output.decode() and not [d for d in r.diagnostics if d.severity != "info"]
+    ns: dict = {}
+    exec(compile(r.output.decode(), "conv.py", "exec"), ns)
+    x = np.linspace(-1, 1, 5, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(ns["f"](jnp.asarray(x))), np.tanh(x) * 2, rtol=1e-6)
