@@ -179,3 +179,22 @@ def test_optimizer_built_in_init_from_parameters_is_not_a_parameter_count():
     r = convert_source(src, "policy.py")
     assert "JP303" not in [c for c, _ in diags(r)]
     assert "self.optimizer = optax.adam(learning_rate=0.01)" in r.output.decode()
+
+
+def test_deprecated_init_spellings_fold_like_the_underscore_forms():
+    src = ("import torch.nn as nn\nfrom torch.nn import init\n\n\n"
+           "class Net(nn.Module):\n"
+           "    def __init__(self):\n"
+           "        super().__init__()\n"
+           "        self.conv = nn.Conv2d(3, 4, 3)\n"
+           "        self.fc = nn.Linear(4, 2)\n"
+           "        init.kaiming_normal(self.conv.weight, mode='fan_out')\n"
+           "        init.constant(self.conv.bias, 0)\n"
+           "        init.normal(self.fc.weight, std=1e-3)\n\n"
+           "    def forward(self, x):\n"
+           "        return self.fc(self.conv(x).mean((2, 3)))\n")
+    r = convert_source(src, "net.py")
+    assert not [c for c, _ in diags(r) if c in ("JP101", "JP305")], diags(r)
+    out = r.output.decode()
+    assert """kernel_init=nn.initializers.variance_scaling(torch_gain('leaky_relu', 0) ** 2, 'fan_out', "normal")""" in out
+    assert "bias_init=nn.initializers.constant(0)" in out and "kernel_init=nn.initializers.normal(stddev=1e-3)" in out
