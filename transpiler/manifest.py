@@ -452,6 +452,19 @@ class _Side:
         except (IndexError, UnicodeDecodeError):
             return _src(self.text, node)
 
+    def may_mention(self, scope: Scope, word: str) -> bool:
+        """False only when the lines of a function ``scope`` cannot hold the identifier
+        ``word`` (ASCII source without it: no other spelling of it exists)."""
+        node = scope.node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.end_lineno is None:
+            return True
+        lines = getattr(self, "_text_lines", None)
+        if lines is None:
+            lines = self._text_lines = _split_lines(self.text) if self.text.isascii() else []
+        if not lines:
+            return True
+        return word in "".join(lines[node.lineno - 1:node.end_lineno])
+
     def assignments(self, scope: Scope, name: str, before: int | None = None) -> list[ast.stmt]:
         out = []
         for stmt in _statements(scope.body):
@@ -487,7 +500,7 @@ def _caller_binding(side: _Side, loop_scope: Scope) -> tuple[Scope | None, dict[
     """The scope that calls ``loop_scope`` and ``{parameter: caller's name}`` for the call."""
     fname = loop_scope.name.split(".")[-1]
     for scope in side.scopes.values():
-        if scope is loop_scope:
+        if scope is loop_scope or not side.may_mention(scope, fname):
             continue
         for node in _walk_scope(scope.body):
             if isinstance(node, ast.Call) and _dotted(node.func) in (fname, f"self.{fname}"):
