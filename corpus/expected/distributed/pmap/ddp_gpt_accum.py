@@ -287,12 +287,24 @@ class TrainState(FlaxTrainState):
     rng: Any = None
 
 
+def apply_with_train_flag(model):
+    """``model.apply``, taking the ``train`` flag that converted modules take. A model whose
+    ``__call__`` has no such parameter (a bare flax layer such as ``nn.Dense``, converted from
+    a bare ``nn.Linear`` model) is applied without it."""
+    if "train" in inspect.signature(type(model).__call__).parameters:
+        return model.apply
+
+    def apply(variables, *inputs, train=False, **kwargs):
+        return model.apply(variables, *inputs, **kwargs)
+    return apply
+
+
 def create_train_state(model, tx, rng, *inputs):
     """Initialise ``model`` on a first batch (``model.init``) and wrap it in a TrainState."""
     params_rng, dropout_rng, rng = jax.random.split(rng, 3)
     sample_rng = jax.random.fold_in(dropout_rng, 1)
     variables = model.init({"params": params_rng, "dropout": dropout_rng, "sample": sample_rng}, *inputs)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+    return TrainState.create(apply_fn=apply_with_train_flag(model), params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}), rng=rng)
 
 
