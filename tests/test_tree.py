@@ -39,7 +39,7 @@ def stub_pipeline(monkeypatch):
     nothing else. Only for this module's tests."""
     from transpiler import diagnostics as diag
 
-    def run_pipeline(module, path, options):
+    def run_pipeline(module, path, options, origin=None):
         SEEN_OPTIONS[path] = options
         code = module.code
         n = code.count("torch.relu(")
@@ -234,7 +234,7 @@ def test_unreadable_file_is_a_file_error(src, tmp_path, monkeypatch):
 
 
 def test_internal_error_in_converter_is_contained(src, tmp_path, monkeypatch):
-    def boom(data, path, options=None):
+    def boom(data, path, options=None, origin=None):
         raise MemoryError("pretend")
     monkeypatch.setattr(tree, "convert_bytes", boom)
     run = convert_tree([str(src)], str(tmp_path / "out"), Options(), jobs=1)

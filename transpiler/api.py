@@ -169,15 +169,18 @@ def convert_source(source: str, path: str = "<string>", options: Options | None 
     return _convert_text(source, "utf-8", data, path, options or Options())
 
 
-def convert_bytes(data: bytes, path: str, options: Options | None = None) -> FileResult:
-    """Convert one file's bytes (decoding per PEP 263); bad input yields a failed result."""
+def convert_bytes(data: bytes, path: str, options: Options | None = None,
+                  origin: str | None = None) -> FileResult:
+    """Convert one file's bytes (decoding per PEP 263); bad input yields a failed result.
+    ``origin``, the file on disk, lets ``from .parts import *`` find the module it names."""
     text, encoding, error = decode(data)
     if error is not None:
         return FileResult(path, "failed", data, [error])
-    return _convert_text(text, encoding, data, path, options or Options())
+    return _convert_text(text, encoding, data, path, options or Options(), origin)
 
 
-def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Options) -> FileResult:
+def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Options,
+                  origin: str | None = None) -> FileResult:
     from .pipeline import mentions_torch, run_pipeline
 
     if not mentions_torch(text):
@@ -197,7 +200,7 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     except RecursionError:
         return FileResult(path, "failed", data, [diag.make("JP001", "nesting too deep to parse")])
     try:
-        outcome = _deep_if_needed(run_pipeline, module, path, options)
+        outcome = _deep_if_needed(run_pipeline, module, path, options, origin)
     except RecursionError:
         return FileResult(path, "failed", data, [diag.make(
             "JP001", "code nested too deeply to convert (Python compiles it, but jaxport's "

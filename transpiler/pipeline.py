@@ -14,7 +14,7 @@ import libcst as cst
 from .context import FileContext, LazyPositions
 from .diagnostics import Diagnostic
 from .mapping import load_tables
-from .names import collect_imports
+from .names import collect_imports, local_module_classes
 from .passes.base import Composite
 from .passes.imports import finalize_code_parts
 from .passes.modules import ModulesRule
@@ -33,8 +33,9 @@ class Outcome:
 
 
 def mentions_torch(text: str) -> bool:
-    """Cheap pre-filter: a file that never says ``torch`` is copied byte for byte."""
-    return "torch" in text
+    """Cheap pre-filter: a file that never says ``torch`` (nor star-imports a module that may
+    bring torch's names) is copied byte for byte."""
+    return "torch" in text or "import *" in text
 
 
 def rules(ctx: FileContext) -> list:
@@ -48,7 +49,7 @@ def rules(ctx: FileContext) -> list:
             TrainingRule(ctx), ThirdPartyImportsRule(ctx)]
 
 
-def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
+def run_pipeline(module: cst.Module, path: str, options, origin: str | None = None) -> Outcome:
     try:
         from . import rewriters  # noqa: F401  (registers the named rewriters)
     except ImportError:
@@ -56,11 +57,18 @@ def run_pipeline(module: cst.Module, path: str, options) -> Outcome:
     tables = load_tables()
     imports = collect_imports(module)
     aliases = imports.aliases
+    if imports.star_imports:    # ``from .parts import *`` may bring torch's names (nn, F)
+        from .names import star_import_aliases
+        bound = imports.other_imports | {local for *_, local in imports.from_imports}
+        for local, qualified in star_import_aliases(origin, imports.star_imports).items():
+            if local not in aliases and local not in bound:
+                aliases[local] = qualified
     if not aliases:     # not printed: the caller copies the file's bytes as they are
         return Outcome("", [], 0, 0, touched=False)
     ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, module=module,
                       positions=LazyPositions(module),
-                      other_imports=imports.other_imports)
+                      other_imports=imports.other_imports,
+                      local_classes=local_module_classes(origin, imports) if origin else set())
     from .passes import distributed
     source = distributed.prepare(module, ctx)          # DDP scripts: unwrap, open no_sync()
     if getattr(options, "layout", "nchw") == "nhwc":

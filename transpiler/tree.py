@@ -427,7 +427,7 @@ def _process(job: Job) -> FileRecord:
     except OSError as exc:
         return _failure(job, f"cannot read file: {_oserr(exc)}", code="JP005")
     record = convert_record(data, job.path, job.display, job.options, job.keep_text,
-                            job.kind, job.ignores)
+                            job.kind, job.ignores, origin=job.source)
     if job.target is not None and not (job.in_place and record.result.output == data):
         try:
             if job.in_place:
@@ -464,14 +464,14 @@ def _write_manifest(job: Job, data: bytes, record: FileRecord) -> None:
 
 
 def convert_record(data: bytes, path: str, display: str, options: Options, keep_text: bool,
-                   kind: str = "python", ignores: tuple[str, ...] = ()) -> FileRecord:
+                   kind: str = "python", ignores: tuple[str, ...] = (), origin: str | None = None) -> FileRecord:
     texts = None
     try:
         if kind == "notebook":
             nb = convert_notebook(data, path, options)
             result, texts = nb.result, (nb.original_text, nb.output_text)
         else:
-            result = convert_bytes(data, path, options)
+            result = convert_bytes(data, path, options, origin=origin)
     except Exception as exc:
         import traceback
         result = FileResult(path, "failed", data,

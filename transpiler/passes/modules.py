@@ -92,6 +92,8 @@ def _call_kind_for(expr: cst.BaseExpression, ctx, classes: dict[str, ClassInfo],
             return helper_returns[name[5:]]
         if name and MODULE_FUNCTION + name in helper_returns:
             return helper_returns[MODULE_FUNCTION + name]
+        if name in ctx.local_classes:      # an nn.Module of another converted file of this tree
+            return SubmoduleKind("custom", "train")
         if name and name[:1].isupper():
             return SubmoduleKind("custom", "plain")
     if isinstance(expr, (cst.List, cst.Tuple)):
