@@ -88,13 +88,14 @@ def measure(root: str, all_files: bool = False) -> dict:
             if not aliases or not (all_files or is_model_file(module, aliases)):
                 continue
             before = torch_references(module, aliases)
-            result = convert_bytes(data, os.path.relpath(path, root))
+            result = convert_bytes(data, os.path.relpath(path, root), origin=path)
             totals["files"] += 1
             totals["references"] += len(before)
             if result.status == "failed":
                 failures.append((result.path, [d.code for d in result.diagnostics]))
                 totals["failed"] += 1
                 left.update(before)
+                totals["remaining"] += len(before)     # a failed file converted nothing
                 continue
             out = result.output.decode("utf-8")
             try:
