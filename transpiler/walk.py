@@ -249,6 +249,31 @@ class _Replay(cst.CSTTransformer):
         return None
 
 
+def transform_children(node: CSTNode, rec, fields: tuple[str, ...], skip: frozenset):
+    """``node`` with each child (in ``fields``, types in ``skip`` left alone) replaced by
+    ``rec(child)``: ``node`` itself when no child changed, else rebuilt through libcst."""
+    changed = None
+    node_type = _NODE_TYPE
+    for name in fields:
+        value = getattr(node, name)
+        vt = type(value)
+        if vt is tuple or vt is list:
+            for item in value:
+                if type(item) not in skip:
+                    result = rec(item)
+                    if result is not item:
+                        if changed is None:
+                            changed = {}
+                        changed[id(item)] = result
+        elif vt not in skip and ((k := node_type.get(vt)) or (k is None and _is_node_type(vt))):
+            result = rec(value)
+            if result is not value:
+                if changed is None:
+                    changed = {}
+                changed[id(value)] = result
+    return node._visit_and_replace_children(_Replay(changed)) if changed else node
+
+
 def transform(node: CSTNode, transformer: cst.CSTTransformer, skip: frozenset | None = None):
     """``node.visit(transformer)``: the same ``on_visit``/``on_leave`` calls in the same order
     (except on the token types in ``skip``; by default those the transformer has no hooks
@@ -284,32 +309,11 @@ def transform(node: CSTNode, transformer: cst.CSTTransformer, skip: frozenset | 
             fn = hooks[type(original)][1]
             return updated if fn is None else fn(original, updated)
     fields_of, fields_fn = fields_table(skip)
-    node_type = _NODE_TYPE
 
     def rec(node):
         updated = node
         if on_visit(node):
-            t = type(node)
-            changed = None
-            for name in fields_of.get(t) or fields_fn(node):
-                value = getattr(node, name)
-                vt = type(value)
-                if vt is tuple or vt is list:
-                    for item in value:
-                        if type(item) not in skip:
-                            result = rec(item)
-                            if result is not item:
-                                if changed is None:
-                                    changed = {}
-                                changed[id(item)] = result
-                elif vt not in skip and ((k := node_type.get(vt)) or (k is None and _is_node_type(vt))):
-                    result = rec(value)
-                    if result is not value:
-                        if changed is None:
-                            changed = {}
-                        changed[id(value)] = result
-            if changed:
-                updated = node._visit_and_replace_children(_Replay(changed))
+            updated = transform_children(node, rec, fields_of.get(type(node)) or fields_fn(node), skip)
         result = on_leave(node, updated)
         if not isinstance(result, (CSTNode, RemovalSentinel, FlattenSentinel)):
             raise CSTValidationError("Expected a node of type CSTNode or a RemovalSentinel, "

@@ -145,9 +145,8 @@ class Composite(cst.CSTTransformer):
         if skip is None:
             skip = self.skipped_types()
         kinds, kind_of = self._kinds, self._kind
-        (fields_of, child_fields), is_node_type = _walk.fields_table(skip), _walk._is_node_type
-        node_type = _walk._NODE_TYPE
-        replay = _walk._Replay
+        fields_of, child_fields = _walk.fields_table(skip)
+        transform_children = _walk.transform_children
         ctx, untouched = self.ctx, self._untouched
         module_type, defs = cst.Module, (cst.FunctionDef, cst.ClassDef)
         removal, flatten, node_base = cst.RemovalSentinel, cst.FlattenSentinel, cst.CSTNode
@@ -170,28 +169,8 @@ class Composite(cst.CSTTransformer):
                     if hook(node) is False:
                         descend = False
             # -- children
-            updated = node
-            if descend:
-                changed = None
-                for name in fields_of.get(t) or child_fields(node):
-                    value = getattr(node, name)
-                    vt = type(value)
-                    if vt is tuple or vt is list:
-                        for item in value:
-                            if type(item) not in skip:
-                                result = rec(item)
-                                if result is not item:
-                                    if changed is None:
-                                        changed = {}
-                                    changed[id(item)] = result
-                    elif vt not in skip and ((k := node_type.get(vt)) or (k is None and is_node_type(vt))):
-                        result = rec(value)
-                        if result is not value:
-                            if changed is None:
-                                changed = {}
-                            changed[id(value)] = result
-                if changed:
-                    updated = node._visit_and_replace_children(replay(changed))
+            updated = transform_children(node, rec, fields_of.get(t) or child_fields(node), skip) \
+                if descend else node
             # -- on_leave
             if untouched and id(node) in untouched:
                 ctx.statement_stack.pop()
