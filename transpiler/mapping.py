@@ -48,6 +48,7 @@ class Entry:
     inputs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     nhwc_templates: tuple[str, ...] = ()   # ``to_nhwc``: the channels-last form (--layout nhwc)
+    channels: str | None = None           # what it does to a 2-D image's axes (IMAGE_ROLES, ELEMENTWISE)
 
     def channels_last(self) -> "Entry":
         """This entry rendering its ``to_nhwc`` templates (itself when it has none)."""
@@ -65,9 +66,16 @@ class Entry:
         return names
 
 
+# ``channels``: how an op treats the axes of a 2-D image, read by the --layout nhwc pass.
+# define: sets C (has a kernel); keep: C and spatial size unchanged; spatial: C unchanged,
+# spatial size changes (pooling); pool: adaptive pooling (1x1 output when output_size is 1);
+# resize: C unchanged, resampled. An entry with one of these has a ``to_nhwc`` form.
+IMAGE_ROLES = ("define", "keep", "spatial", "pool", "resize")
+ELEMENTWISE = "elementwise"    # acts on each element (or is identity-like): layout-neutral
+
 _KNOWN_KEYS = {"sig", "to", "always", "keep", "value", "ignore", "exact", "note", "rewriter", "unsupported",
                "receiver", "returns", "call", "params", "params_converter", "example", "inputs", "input",
-               "expect", "init", "tolerance", "skip_example", "train", "nhwc", "to_nhwc"}
+               "expect", "init", "tolerance", "skip_example", "train", "nhwc", "to_nhwc", "channels"}
 
 
 def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
@@ -99,6 +107,12 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
                            or not all(isinstance(t, str) for t in nhwc_templates)):
         raise MappingError(f"{where}: 'to_nhwc' (a template or a list of them) goes with 'sig' and "
                            "'to' on layers and functions only")
+    channels = raw.get("channels")
+    if channels is not None and channels not in (*IMAGE_ROLES, ELEMENTWISE):
+        raise MappingError(f"{where}: 'channels' is one of {[*IMAGE_ROLES, ELEMENTWISE]}")
+    if bool(nhwc_templates) != (channels in IMAGE_ROLES):
+        raise MappingError(f"{where}: an entry with 'to_nhwc' says how it treats the image's axes "
+                           f"('channels' one of {list(IMAGE_ROLES)}), and only such an entry")
     for t in (*templates, *nhwc_templates):
         try:
             template_names(t)
@@ -120,7 +134,7 @@ def _entry(table: str, key: str, raw: dict[str, Any]) -> Entry:
         receiver=raw.get("receiver", "tensor"), returns=returns,
         call=raw.get("call", "plain"), params=dict(raw.get("params", {})),
         params_converter=raw.get("params_converter"), example=raw.get("example"),
-        inputs=inputs, extra=extra, nhwc_templates=nhwc_templates,
+        inputs=inputs, extra=extra, nhwc_templates=nhwc_templates, channels=channels,
     )
 
 

@@ -27,41 +27,14 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
+from ..mapping import ELEMENTWISE, IMAGE_ROLES
 from ..names import dotted, qualify
 from ..walk import walk
 
 # ----------------------------------------------------------------------------- tables
-# 2-D image layers: how they treat the channel axis. define: sets C (has a kernel);
-# keep: C and spatial size unchanged; spatial: C unchanged (pooling); pool: adaptive pooling
-# (a 1x1 output when output_size is 1); resize: C unchanged, spatial size changes.
-IMAGE_LAYERS = {
-    "torch.nn.Conv2d": "define", "torch.nn.ConvTranspose2d": "define",
-    "torch.nn.BatchNorm2d": "keep", "torch.nn.GroupNorm": "keep", "torch.nn.InstanceNorm2d": "keep",
-    "torch.nn.Dropout2d": "keep", "torch.nn.MaxPool2d": "spatial", "torch.nn.AvgPool2d": "spatial",
-    "torch.nn.AdaptiveAvgPool2d": "pool", "torch.nn.AdaptiveMaxPool2d": "pool",
-    "torch.nn.Upsample": "resize", "torch.nn.UpsamplingNearest2d": "resize",
-    "torch.nn.UpsamplingBilinear2d": "resize",
-}
-ELEMENTWISE_LAYERS = {f"torch.nn.{n}" for n in (
-    "ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Sigmoid", "Tanh",
-    "Hardtanh", "Hardswish", "Hardsigmoid", "Softplus", "Softsign", "Tanhshrink", "Threshold",
-    "LogSigmoid", "Hardshrink", "Softshrink", "Dropout", "AlphaDropout", "Identity")}
-IMAGE_FUNCTIONS = {
-    "torch.nn.functional.max_pool2d": "keep", "torch.nn.functional.avg_pool2d": "keep",
-    "torch.nn.functional.adaptive_avg_pool2d": "pool", "torch.nn.functional.adaptive_max_pool2d": "pool",
-    "torch.nn.functional.interpolate": "resize", "torch.nn.functional.upsample": "resize",
-    "torch.nn.functional.upsample_nearest": "resize", "torch.nn.functional.upsample_bilinear": "resize",
-}
-ELEMENTWISE_FUNCTIONS = {f"torch.nn.functional.{n}" for n in (
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "selu", "celu", "gelu", "silu",
-    "mish", "sigmoid", "tanh", "hardtanh", "hardswish", "hardsigmoid", "softplus", "softsign",
-    "logsigmoid", "tanhshrink", "hardshrink", "softshrink", "dropout", "alpha_dropout")} | {
-    f"torch.{n}" for n in ("relu", "sigmoid", "tanh", "exp", "abs", "sqrt", "square", "clamp",
-                           "clip", "neg", "log", "sin", "cos", "rsqrt", "erf")}
-ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "sqrt",
-                       "square", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "neg", "log",
-                       "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to",
-                       "cpu", "cuda", "requires_grad_", "pow", "rsqrt", "sin", "cos"}
+# Which layers, functions and tensor methods are image ops (and how they treat the axes) or
+# elementwise is table data: the ``channels`` key of their entries in mappings/ (roles in
+# transpiler.mapping.IMAGE_ROLES). The sets below are the dim-taking ops this pass rewrites.
 BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
 REDUCTIONS = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp"}
 SOFTMAX = {"torch.nn.functional.softmax", "torch.nn.functional.log_softmax", "torch.softmax",
@@ -73,6 +46,23 @@ MODEL_NAMES = {"model", "net", "netG", "netD", "generator", "discriminator", "cl
                "decoder", "module", "models"}
 SCRIPT_MODEL_METHODS = {"train", "eval", "parameters", "named_parameters", "state_dict", "zero_grad",
                         "load_state_dict", "to", "modules", "children", "cuda", "cpu"}
+
+
+def image_role(entries: dict, q: str | None) -> str | None:
+    """The ``channels`` role of a layer or function entry that is an image op, else None."""
+    entry = entries.get(q) if q else None
+    return entry.channels if entry is not None and entry.channels in IMAGE_ROLES else None
+
+
+def is_elementwise(entries: dict, q: str | None) -> bool:
+    entry = entries.get(q) if q else None
+    return entry is not None and entry.channels == ELEMENTWISE
+
+
+def is_elementwise_method(methods: dict, name: str) -> bool:
+    """``x.relu()``, and ``x.relu_()`` through its out-of-place twin (the tables list in-place
+    methods by their twins: the mutation pass rewrites them after this pass)."""
+    return is_elementwise(methods, name) or (name.endswith("_") and is_elementwise(methods, name[:-1]))
 
 
 def remap_dim(d: int) -> int | None:
@@ -411,7 +401,6 @@ class Layout:
             env[p.name.value] = [FieldModule(scan.name, p.name.value) if fn.name.value == "__init__"
                                  else Unknown("param")]
         lists: dict[str, dict] = {}     # name → {"ordered": [...] | None, "items": set, "last": spec}
-        depth_of: dict[int, int] = {}
 
         def visit(stmts, depth):
             for stmt in stmts:
@@ -556,11 +545,11 @@ class Layout:
         if q == "torch.nn.ModuleDict":
             return Unknown("a ModuleDict")
         if q is not None:
-            if q in IMAGE_LAYERS:
-                role = IMAGE_LAYERS[q]
+            role = image_role(self.ctx.tables.layers, q)
+            if role is not None:
                 one = role == "pool" and bool(value.args) and _is_one(value.args[0].value)
                 return Layer(q, role, one)
-            if q in ELEMENTWISE_LAYERS:
+            if is_elementwise(self.ctx.tables.layers, q):
                 return Layer(q, "elem")
             if q == "torch.nn.Flatten":
                 return Layer(q, "flatten" if not value.args else "other")
@@ -751,11 +740,13 @@ class Layout:
         cls = self.classes[name]
         found = False
 
+        tables = self.ctx.tables
+
         class _V(cst.CSTVisitor):
             def visit_Call(inner, node):
                 nonlocal found
                 q = qualify(node.func, self.aliases)
-                if q in IMAGE_LAYERS or q in IMAGE_FUNCTIONS:
+                if image_role(tables.layers, q) or image_role(tables.functions, q):
                     found = True
 
         walk(cls.node, _V())
@@ -847,6 +838,7 @@ class Analysis:
 
     def __init__(self, layout: Layout, cls: ClassScan, image_params: set[str]) -> None:
         self.layout, self.cls = layout, cls
+        self.tables = layout.ctx.tables
         self.aliases = layout.aliases
         self.image_params = [p for p in cls.forward_params if p in image_params] or \
             ([p for p in ("x",) if p in image_params] if cls.seq_items is not None else [])
@@ -895,7 +887,7 @@ class Analysis:
 
     def _spec_has_images(self, spec) -> bool:
         if isinstance(spec, Layer):
-            return spec.role in ("define", "keep", "spatial", "pool", "resize")
+            return spec.role in IMAGE_ROLES
         if isinstance(spec, Seq):
             return any(self._spec_has_images(s) for s in spec.items)
         if isinstance(spec, (Dyn, ModList, Union)):
@@ -959,7 +951,6 @@ class Analysis:
                         return True
             elif isinstance(stmt, cst.If):
                 self.consume(self.ev(stmt.test, env), stmt.test)
-                branches = [stmt.body.body]
                 orelse = stmt.orelse
                 envs, done = [], []
                 e1 = dict(env)
@@ -977,7 +968,6 @@ class Analysis:
                 if not live:
                     return True
                 self._merge(env, live, stmt)
-                del branches
             elif isinstance(stmt, cst.For):
                 it = stmt.iter
                 name = dotted(it)
@@ -1090,11 +1080,9 @@ class Analysis:
             if v.kind == "size":
                 if len(names) != 4:
                     raise Fail(stmt, _code(stmt))
-                order = [names[i] for i in (0, 2, 3, 1)]
                 self.rewrites[id(target)] = _reorder_targets((0, 2, 3, 1))
                 for i, n in enumerate(names):
                     self._bind(n, V("batch") if i == 0 else INT, env, stmt)
-                del order
                 return
             if v.kind == "tuple":
                 if len(v.items) != len(names):
@@ -1361,11 +1349,9 @@ class Analysis:
             role = spec.role
             if role == "elem":
                 return v
-            if role in ("define", "keep", "spatial", "pool", "resize"):
+            if role in IMAGE_ROLES:
                 self.need_image(v, node)
-                src = path if role == "define" else (v.src if role != "pool" or True else None)
-                if role == "define":
-                    src = path
+                src = path if role == "define" else v.src
                 one = spec.one if role == "pool" else (v.one if role == "keep" else False)
                 return V("img", src=src, one=one or (v.one and role == "pool"))
             if role == "flatten":
@@ -1486,7 +1472,8 @@ class Analysis:
 
     # ------------------------------------------------------------------ torch functions
     def torch_call(self, node: cst.Call, q: str, env) -> V:
-        if q in IMAGE_FUNCTIONS:
+        role = image_role(self.tables.functions, q)
+        if role is not None:
             first = _arg(node, 0, "input")
             if first is None:
                 raise Fail(node, _code(node))
@@ -1496,15 +1483,12 @@ class Analysis:
                 if a is not first:
                     self.consume(self.ev(a.value, env), node)
             self.marks.add(id(node))
-            role = IMAGE_FUNCTIONS[q]
             one = False
             if role == "pool":
                 size = _arg(node, 1, "output_size")
                 one = size is not None and _is_one(size.value)
-            elif role == "keep":
-                one = False
             return V("img", src=v.src, one=one)
-        if q in ELEMENTWISE_FUNCTIONS:
+        if is_elementwise(self.tables.functions, q):
             first = _arg(node, 0, "input")
             if first is None:
                 raise Fail(node, _code(node))
@@ -1644,14 +1628,14 @@ class Analysis:
         if recv.kind == "unknown":
             for a in args:
                 self.consume(self.ev(a.value, env), node)
-            if name in ELEMENTWISE_METHODS:
+            if is_elementwise_method(self.tables.tensor_methods, name):
                 return recv
             return PLAIN
         if recv.kind != "img":
             values = [self.ev(a.value, env) for a in args]
             if recv.kind == "plain" and name in ("view", "reshape") and self._unflatten(node, values):
                 return V("img")
-            if recv.site is not None and name in ELEMENTWISE_METHODS:
+            if recv.site is not None and is_elementwise_method(self.tables.tensor_methods, name):
                 for v in values:
                     self.consume(v, node)
                 return recv
@@ -1673,7 +1657,7 @@ class Analysis:
             return V("batch") if _int(d.value) % 4 == 0 else INT
         if name in ("dim", "ndimension", "numel", "nelement", "element_size", "get_device", "is_contiguous"):
             return INT
-        if name in ELEMENTWISE_METHODS:
+        if is_elementwise_method(self.tables.tensor_methods, name):
             for a in args:
                 self.consume(self.ev(a.value, env), node)
             return V("img", src=recv.src, one=recv.one)
@@ -1837,7 +1821,6 @@ class _Callers:
         self.channels_last = channels_last
         self.rewrites: dict[int, object] = {}
         self.fails: dict[str, Fail] = {}
-        local = layout.classes
         self.constructed: set[str] = set()
         self.unbound: list[tuple[str, cst.Call]] = []
 
@@ -2096,7 +2079,7 @@ def _prepare(module: cst.Module, ctx) -> cst.Module:
         cls = layout.classes[name]
         for builder in cls.builders:
             for call in _calls(cls.methods[builder]):
-                if qualify(call.func, layout.aliases) in IMAGE_LAYERS:
+                if image_role(layout.ctx.tables.layers, qualify(call.func, layout.aliases)):
                     marks.add(id(call))
         class_vars[name] = _class_var(analysis)
     if callers is not None:
