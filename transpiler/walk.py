@@ -169,7 +169,10 @@ def skipped_types(*hook_owners) -> frozenset[type]:
     found = _SKIPPED.get(key)
     if found is None:
         found = _SKIPPED[key] = frozenset(t for t in TOKEN_TYPES if t.__name__ not in key)
-    _SKIPPED_BY_CLASSES[classes] = found
+    if not any("<locals>" in cls.__qualname__ for cls in classes):
+        # a class made inside a function is made anew on every call: keeping it here would
+        # keep it, its methods' closures and the syntax trees they hold, for ever
+        _SKIPPED_BY_CLASSES[classes] = found
     return found
 
 
