@@ -39,7 +39,7 @@ def stub_pipeline(monkeypatch):
     nothing else. Only for this module's tests."""
     from transpiler import diagnostics as diag
 
-    def run_pipeline(module, path, options, origin=None):
+    def run_pipeline(module, path, options, origin=None, text=None):
         SEEN_OPTIONS[path] = options
         code = module.code
         n = code.count("torch.relu(")

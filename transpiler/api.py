@@ -200,7 +200,7 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     except RecursionError:
         return FileResult(path, "failed", data, [diag.make("JP001", "nesting too deep to parse")])
     try:
-        outcome = _deep_if_needed(run_pipeline, module, path, options, origin)
+        outcome = _deep_if_needed(run_pipeline, module, path, options, origin, text)
     except RecursionError:
         return FileResult(path, "failed", data, [diag.make(
             "JP001", "code nested too deeply to convert (Python compiles it, but jaxport's "

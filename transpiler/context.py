@@ -31,6 +31,7 @@ class FileContext:
     aliases: dict[str, str]
     positions: dict = field(default_factory=dict)       # original node → CodeRange (optional)
     module: cst.Module | None = None                     # the original tree: positions come from it
+    source: str | None = None                            # the original text (cheap pre-filters)
     other_imports: set[str] = field(default_factory=set)  # non-torch imported names (math, np)
     local_classes: set[str] = field(default_factory=set)  # nn.Module classes imported from this tree
     diagnostics: list[Diagnostic] = field(default_factory=list)

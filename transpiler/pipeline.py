@@ -49,7 +49,8 @@ def rules(ctx: FileContext) -> list:
             TrainingRule(ctx), ThirdPartyImportsRule(ctx)]
 
 
-def run_pipeline(module: cst.Module, path: str, options, origin: str | None = None) -> Outcome:
+def run_pipeline(module: cst.Module, path: str, options, origin: str | None = None,
+                 text: str | None = None) -> Outcome:
     try:
         from . import rewriters  # noqa: F401  (registers the named rewriters)
     except ImportError:
@@ -65,7 +66,7 @@ def run_pipeline(module: cst.Module, path: str, options, origin: str | None = No
                 aliases[local] = qualified
     if not aliases:     # not printed: the caller copies the file's bytes as they are
         return Outcome("", [], 0, 0, touched=False)
-    ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, module=module,
+    ctx = FileContext(path=path, options=options, tables=tables, aliases=aliases, module=module, source=text,
                       positions=LazyPositions(module),
                       other_imports=imports.other_imports,
                       local_classes=local_module_classes(origin, imports) if origin else set())

@@ -32,6 +32,10 @@ PREFIXES = ("torch.distributed", "torch.nn.parallel", "torch.nn.DataParallel", "
             "torch.utils.data.distributed", "torch.nn.SyncBatchNorm")
 WRAPPERS = {"torch.nn.parallel.DistributedDataParallel", "torch.nn.DataParallel",
             "torch.nn.parallel.DataParallel", "torch.nn.parallel.distributed.DistributedDataParallel"}
+# every spelling that reaches PREFIXES names one of these words in the file (its imports or
+# the dotted name itself); a file without any of them, and without a star import that may
+# bring such an alias from elsewhere, need not be walked
+TEXT_HINTS = ("distributed", "parallel", "Parallel", "multiprocessing", "SyncBatchNorm")
 CONVERT_SYNC_BN = "torch.nn.SyncBatchNorm.convert_sync_batchnorm"
 BATCHNORMS = ("TorchBatchNorm", "nn.BatchNorm")      # converted BatchNorm layers (prelude, flax)
 SAMPLER = "torch.utils.data.distributed.DistributedSampler"
@@ -247,6 +251,9 @@ class _Prepare(cst.CSTTransformer):
 def prepare(module: cst.Module, ctx) -> cst.Module:
     """Activate the distributed conversion for files that use DDP & co. and normalise their
     torch source (see the module docstring)."""
+    text = getattr(ctx, "source", None)
+    if text is not None and "import *" not in text and not any(w in text for w in TEXT_HINTS):
+        return module
     uses = _Uses(ctx)
     walk(module, uses)
     if not uses.found:

@@ -36,6 +36,19 @@ class InitPlan:
     emits: set[str] = field(default_factory=set)
 
 
+class _Lazy:
+    """A value computed on first use (a class's layer calls: most classes never need them)."""
+
+    def __init__(self, compute) -> None:
+        self._compute, self._value = compute, None
+
+    @property
+    def value(self):
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value
+
+
 @dataclass
 class _Rule:
     layers: set[str]                                    # qualified torch layer names
@@ -240,7 +253,7 @@ class _Planner:
         init = methods.get("__init__")
         if init is None:
             return
-        direct_calls = {attr: (q, call) for q, call, attr in self.layer_calls(cls.name.value) if attr}
+        direct_calls = _Lazy(lambda: {attr: (q, call) for q, call, attr in self.layer_calls(cls.name.value) if attr})
         params = {attr for attr, kind in info.submodules.items() if kind.kind == "param"}
         bodies = [init, *(methods[h] for h in sorted(info.setup_helpers) if h in methods)]
         module_names = {*self.classdefs, *self.functions, *self.ctx.other_imports}
@@ -268,8 +281,8 @@ class _Planner:
                 # (or, from a helper method, outside) the local it reads: inline constants
                 init_expr = transform(init_expr, _InlineNames(constants))
                 parts = target.split(".")
-                if len(parts) == 3 and parts[0] == "self" and parts[1] in direct_calls:
-                    q, layer_call = direct_calls[parts[1]]
+                if len(parts) == 3 and parts[0] == "self" and parts[1] in direct_calls.value:
+                    q, layer_call = direct_calls.value[parts[1]]
                     entry = self.ctx.tables.layers[q]
                     if parts[2] in entry.params and not entry.params_converter:
                         self.plan.call_overrides.setdefault(id(layer_call), {})[parts[2]] = init_expr
@@ -590,7 +603,8 @@ def plan_initialization(module: cst.Module, classes: dict, ctx) -> InitPlan:
         cls = planner.classdefs.get(name)
         if cls is not None:
             planner.plan_class(cls)
-    _plan_script_applies(planner, module)
+    if ctx.source is None or ".apply(" in ctx.source:
+        _plan_script_applies(planner, module)
     for fn_name, uses in planner.applied_functions.items():
         if _references(module, fn_name) == uses + 1:     # the def's own name + the folded applies
             planner.plan.consumed.add(id(planner.functions[fn_name]))

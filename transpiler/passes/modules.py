@@ -20,7 +20,7 @@ import libcst as cst
 
 from ..names import dotted, qualify
 from .base import Rule
-from .initialization import InitPlan, plan_initialization
+from .initialization import plan_initialization
 from ..walk import walk
 
 TRAIN = "train"
@@ -174,56 +174,116 @@ def _methods(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
     return out
 
 
-class _SelfCalls(cst.CSTVisitor):
-    def __init__(self) -> None:
-        self.called: set[str] = set()
-        self.uses_training = False
+@dataclass
+class MethodFacts:
+    """What the pre-scan asks of one method, gathered in one walk of it."""
+    called: set[str] = field(default_factory=set)       # self.m(...) calls: m
+    uses_training: bool = False                         # reads self.training
+    reads_parameters: bool = False                      # self.parameters() / self.enc.named_parameters()
+    builds_optimizer: bool = False                      # calls torch.optim.*
+    self_assignments: list = field(default_factory=list)   # (attr, value) of self.attr = value
+    aug_assigned: set[str] = field(default_factory=set)    # self.attr op= ...
+    rebound: set[str] = field(default_factory=set)      # names the body binds (not inside attributes)
+    returns: list = field(default_factory=list)         # returned values
+    local_values: dict = field(default_factory=dict)    # name → values of ``name = value``
+
+
+class _MethodFactsVisitor(cst.CSTVisitor):
+    """Fills :class:`MethodFacts` for a function: calls and attribute reads anywhere in it;
+    assignments, returns and bound names in its body (statements hold no expressions'
+    statements, so a walk of the whole function finds the same ones)."""
+
+    def __init__(self, facts: MethodFacts, aliases: dict, body: cst.CSTNode) -> None:
+        self.facts, self.aliases, self.body = facts, aliases, body
+        self.in_body = 0            # inside the body (names bound in defaults do not count)
+        self.in_attribute = 0       # inside an attribute (``[x for x in y].z`` binds nothing here)
+
+    def visit_IndentedBlock(self, node) -> None:
+        if node is self.body:
+            self.in_body += 1
+
+    def leave_IndentedBlock(self, node) -> None:
+        if node is self.body:
+            self.in_body -= 1
+
+    def visit_SimpleStatementSuite(self, node) -> None:
+        if node is self.body:
+            self.in_body += 1
+
+    def leave_SimpleStatementSuite(self, node) -> None:
+        if node is self.body:
+            self.in_body -= 1
 
     def visit_Call(self, node: cst.Call) -> None:
+        facts = self.facts
         name = dotted(node.func)
         if name and name.startswith("self.") and name.count(".") == 1:
-            self.called.add(name[5:])
+            facts.called.add(name[5:])
+        if not self.in_body:
+            return
+        if (qualify(node.func, self.aliases) or "").startswith("torch.optim."):
+            facts.builds_optimizer = True
+        if isinstance(node.func, cst.Attribute) and node.func.attr.value in ("parameters", "named_parameters"):
+            base = dotted(node.func.value) or ""
+            if base == "self" or base.startswith("self."):
+                facts.reads_parameters = True
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
-        if dotted(node) == "self.training":
-            self.uses_training = True
+        if not self.facts.uses_training and dotted(node) == "self.training":
+            self.facts.uses_training = True
+        self.in_attribute += 1
 
+    def leave_Attribute(self, node: cst.Attribute) -> None:
+        self.in_attribute -= 1
 
-def _self_assignments(fn: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression]]:
-    found: list[tuple[str, cst.BaseExpression]] = []
-
-    class _V(cst.CSTVisitor):
-        walk_expressions = False
-
-        def visit_Assign(self, node: cst.Assign) -> None:
-            for t in node.targets:
-                name = dotted(t.target)
-                if name and name.startswith("self.") and name.count(".") == 1:
-                    found.append((name[5:], node.value))
-
-        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-            name = dotted(node.target)
-            if node.value is not None and name and name.startswith("self.") and name.count(".") == 1:
-                found.append((name[5:], node.value))
-
-    walk(fn, _V())
-    return found
-
-
-def _aug_assigned(fn: cst.FunctionDef) -> set[str]:
-    """Attributes updated in place in ``fn`` (``self.width *= 2``)."""
-    found: set[str] = set()
-
-    class _V(cst.CSTVisitor):
-        walk_expressions = False
-
-        def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            name = dotted(node.target)
+    def visit_Assign(self, node: cst.Assign) -> None:
+        for t in node.targets:
+            name = dotted(t.target)
             if name and name.startswith("self.") and name.count(".") == 1:
-                found.add(name[5:])
+                self.facts.self_assignments.append((name[5:], node.value))
+        if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
+            self.facts.local_values.setdefault(node.targets[0].target.value, []).append(node.value)
 
-    walk(fn, _V())
-    return found
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        name = dotted(node.target)
+        if node.value is not None and name and name.startswith("self.") and name.count(".") == 1:
+            self.facts.self_assignments.append((name[5:], node.value))
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        name = dotted(node.target)
+        if name and name.startswith("self.") and name.count(".") == 1:
+            self.facts.aug_assigned.add(name[5:])
+        if self.in_body and not self.in_attribute:
+            self.facts.rebound.update(_bound_by(node.target))
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        if self.in_body and not self.in_attribute:
+            self.facts.rebound.update(_bound_by(node.target))
+
+    def visit_For(self, node: cst.For) -> None:
+        if self.in_body and not self.in_attribute:
+            self.facts.rebound.update(_bound_by(node.target))
+
+    def visit_CompFor(self, node: cst.CompFor) -> None:
+        if self.in_body and not self.in_attribute:
+            self.facts.rebound.update(_bound_by(node.target))
+
+    def visit_Return(self, node: cst.Return) -> None:
+        if node.value is not None:
+            self.facts.returns.append(node.value)
+
+
+def method_facts(fn: cst.FunctionDef, aliases: dict) -> MethodFacts:
+    facts = MethodFacts()
+    walk(fn, _MethodFactsVisitor(facts, aliases, fn.body))
+    return facts
+
+
+def _returned(facts: MethodFacts) -> list[cst.BaseExpression]:
+    """The values a function returns; a returned local name bound only to calls stands for them."""
+    calls = {k: v for k, v in facts.local_values.items() if all(isinstance(x, cst.Call) for x in v)}
+    return [v for value in facts.returns
+            for v in (calls.get(value.value, [value]) if isinstance(value, cst.Name) else [value])]
 
 
 def _field_call_kind(value: cst.BaseExpression, info: "ClassInfo") -> "SubmoduleKind | None":
@@ -234,28 +294,6 @@ def _field_call_kind(value: cst.BaseExpression, info: "ClassInfo") -> "Submodule
         if (name if "." not in name else name[5:] if name.startswith("self.") else "") in info.field_names:
             return SubmoduleKind("custom", "any")
     return None
-
-
-def _returned(fn: cst.FunctionDef) -> list[cst.BaseExpression]:
-    """The values ``fn`` returns; a returned local name bound only to calls stands for them."""
-    values: list[cst.BaseExpression] = []
-    assigned: dict[str, list[cst.BaseExpression]] = {}
-
-    class _V(cst.CSTVisitor):
-        walk_expressions = False
-
-        def visit_Assign(self, node: cst.Assign) -> None:
-            if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
-                assigned.setdefault(node.targets[0].target.value, []).append(node.value)
-
-        def visit_Return(self, node: cst.Return) -> None:
-            if node.value is not None:
-                values.append(node.value)
-
-    walk(fn, _V())
-    calls = {k: v for k, v in assigned.items() if all(isinstance(x, cst.Call) for x in v)}
-    return [v for value in values
-            for v in (calls.get(value.value, [value]) if isinstance(value, cst.Name) else [value])]
 
 
 def _bound_by(target: cst.BaseExpression) -> set[str]:
@@ -270,29 +308,6 @@ def _bound_by(target: cst.BaseExpression) -> set[str]:
     if isinstance(target, cst.StarredElement):
         return _bound_by(target.value)
     return set()
-
-
-def _rebound_names(fn: cst.FunctionDef) -> set[str]:
-    names: set[str] = set()
-
-    class _V(cst.CSTVisitor):
-        def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-            names.update(_bound_by(node.target))
-
-        def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            names.update(_bound_by(node.target))
-
-        def visit_For(self, node: cst.For) -> None:
-            names.update(_bound_by(node.target))
-
-        def visit_CompFor(self, node: cst.CompFor) -> None:
-            names.update(_bound_by(node.target))
-
-        def visit_Attribute(self, node: cst.Attribute) -> bool:
-            return False
-
-    walk(fn.body, _V())
-    return names
 
 
 def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
@@ -313,7 +328,7 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
     # what module-level functions return, when they build layers (MobileViT's conv_nxn_bn)
     module_returns: dict[str, SubmoduleKind] = {}
     for fn in (s for s in module.body if isinstance(s, cst.FunctionDef)):
-        kinds = [_call_kind_for(v, ctx, classes, {}) for v in _returned(fn)]
+        kinds = [_call_kind_for(v, ctx, classes, {}) for v in _returned(method_facts(fn, ctx.aliases))]
         combined = _combine(kinds) if kinds else None
         if combined is not None and combined.kind != "value":
             module_returns[MODULE_FUNCTION + fn.name.value] = combined
@@ -322,18 +337,15 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         if info is None:
             continue
         methods = _methods(cls)
+        facts = {name: method_facts(fn, ctx.aliases) for name, fn in methods.items()}
         init = methods.get("__init__")
-        info.counting = {n for n, fn in methods.items()
-                         if n != "__init__" and _reads_parameters(fn.body, set(), aliases=ctx.aliases)}
+        info.counting = {n for n, f in facts.items()
+                         if n != "__init__" and f.reads_parameters and not f.builds_optimizer}
         info.sequential_base = any(qualify(b.value, ctx.aliases) == SEQUENTIAL_BASE for b in cls.bases)
         info.local_base = next((dotted(b.value) for b in cls.bases if dotted(b.value) in classes), None)
         info.has_init = init is not None
         info.has_forward = "forward" in methods
-        uses: dict[str, _SelfCalls] = {}
-        for name, fn in methods.items():
-            v = _SelfCalls()
-            walk(fn, v)
-            uses[name] = v
+        uses = facts
         # setup helpers: methods reachable from __init__
         if init is not None:
             pending = ["__init__"]
@@ -348,10 +360,10 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
             params = init.params
             info.fields = [p for p in [*params.params[1:], *params.kwonly_params]]
             info.field_names = {p.name.value for p in info.fields}
-            info.reassigned = _rebound_names(init) & info.field_names
+            info.reassigned = facts["__init__"].rebound & info.field_names
         helper_returns: dict[str, SubmoduleKind] = dict(module_returns)
         for helper in info.setup_helpers:
-            for value in _returned(methods[helper]):
+            for value in _returned(facts[helper]):
                 helper_returns[helper] = _field_call_kind(value, info) or \
                     _call_kind_for(value, ctx, classes, module_returns)
         kinds: dict[str, list[SubmoduleKind]] = {}
@@ -360,7 +372,7 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
             fn = methods.get(fn_name)
             if fn is None:
                 continue
-            for attr, value in _self_assignments(fn):
+            for attr, value in facts[fn_name].self_assignments:
                 if fn_name == "__init__":
                     assigned_in_init[attr] = assigned_in_init.get(attr, 0) + 1
                 if attr in info.field_names and not (isinstance(value, cst.Name) and value.value == attr):
@@ -389,7 +401,7 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         # becomes its own attribute (fields are frozen), read as self.bottleneck_width_
         for fn_name in ["__init__", *sorted(info.setup_helpers)]:
             if methods.get(fn_name) is not None:
-                info.renamed |= _aug_assigned(methods[fn_name]) & info.field_names
+                info.renamed |= facts[fn_name].aug_assigned & info.field_names
         # runtime methods: forward plus anything that needs the train flag
         runtime = {"forward"}
         changed = True
@@ -408,17 +420,17 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
                     changed = True
         info.runtime_methods = runtime
         if init is not None:
-            info.tied = _weight_ties(init, info, ctx)
+            info.tied = _weight_ties(init, facts["__init__"].self_assignments, ctx)
     return classes
 
 
-def _weight_ties(init: cst.FunctionDef, info: ClassInfo, ctx) -> dict[str, str]:
+def _weight_ties(init: cst.FunctionDef, assignments: list, ctx) -> dict[str, str]:
     """``self.head.weight = self.emb.weight`` (either way round) between a bias-free Linear
     and an Embedding: the Linear's calls become ``self.emb.attend(x)``, flax's tied output."""
     ties: dict[str, str] = {}
     layer_of: dict[str, str] = {}
     pairs = []      # (attribute or ModuleDict item path, constructing expression)
-    for attr, value in _self_assignments(init):
+    for attr, value in assignments:
         items = _dict_items(value) if isinstance(value, cst.Call) and \
             qualify(value.func, ctx.aliases) == "torch.nn.ModuleDict" else {}
         pairs += [(f"{attr}.{k}", v) for k, v in items.items()] or [(attr, value)]
@@ -907,7 +919,7 @@ class ModulesRule(Rule):
                 code = cst.Module([]).code_for_node(stmt)
                 return f"weight initialisation not converted yet ({code.strip()}); layers keep torch's default init"
             if dotted(stmt.value.func) == "self.apply":
-                return f"self.apply(...) initialisation not converted yet; layers keep torch's default init"
+                return "self.apply(...) initialisation not converted yet; layers keep torch's default init"
         return None
 
     def leave_For(self, original: cst.For, updated: cst.For):
