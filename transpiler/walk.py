@@ -254,8 +254,9 @@ class _Replay(cst.CSTTransformer):
 
 def transform_children(node: CSTNode, rec, fields: tuple[str, ...], skip: frozenset):
     """``node`` with each child (in ``fields``, types in ``skip`` left alone) replaced by
-    ``rec(child)``: ``node`` itself when no child changed, else rebuilt through libcst."""
+    ``rec(child)``: ``node`` itself when no child changed, else rebuilt (:func:`_rebuilt`)."""
     changed = None
+    changed_fields = None
     node_type = _NODE_TYPE
     for name in fields:
         value = getattr(node, name)
@@ -266,15 +267,55 @@ def transform_children(node: CSTNode, rec, fields: tuple[str, ...], skip: frozen
                     result = rec(item)
                     if result is not item:
                         if changed is None:
-                            changed = {}
+                            changed, changed_fields = {}, []
                         changed[id(item)] = result
+                        if not changed_fields or changed_fields[-1] is not name:
+                            changed_fields.append(name)
         elif vt not in skip and ((k := node_type.get(vt)) or (k is None and _is_node_type(vt))):
             result = rec(value)
             if result is not value:
                 if changed is None:
-                    changed = {}
+                    changed, changed_fields = {}, []
                 changed[id(value)] = result
-    return node._visit_and_replace_children(_Replay(changed)) if changed else node
+                changed_fields.append(name)
+    return _rebuilt(node, changed, changed_fields) if changed else node
+
+
+def _rebuilt(node: CSTNode, changed: dict[int, object], changed_fields: list[str]) -> CSTNode:
+    """``node`` with its children replaced as ``changed`` says (``id(old child)`` → result).
+    Children replaced by nodes: a copy with those fields changed (libcst's constructor and
+    validation, as its own rebuild). A child removed or flattened into several: libcst's own
+    rebuild, which knows what each field makes of those sentinels."""
+    if any(type(result) in _SENTINEL_TYPES for result in changed.values()):
+        return node._visit_and_replace_children(_Replay(changed))
+    updates = {}
+    for name in changed_fields:
+        value = getattr(node, name)
+        if type(value) is tuple or type(value) is list:
+            updates[name] = tuple(changed.get(id(item), item) for item in value)
+        else:
+            updates[name] = changed[id(value)]
+    return _copy_with(node, updates)
+
+
+_SENTINEL_TYPES = (RemovalSentinel, FlattenSentinel)
+_DATACLASS_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _copy_with(node: CSTNode, updates: dict[str, object]) -> CSTNode:
+    """``node.with_changes(**updates)`` without its keyword-argument machinery: what a
+    frozen dataclass's constructor does (set every field, then ``__post_init__``, where
+    libcst validates the node)."""
+    cls = type(node)
+    names = _DATACLASS_FIELDS.get(cls)
+    if names is None:
+        names = _DATACLASS_FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    copy = object.__new__(cls)
+    set_field = object.__setattr__
+    for name in names:
+        set_field(copy, name, updates[name] if name in updates else getattr(node, name))
+    copy.__post_init__()
+    return copy
 
 
 def transform(node: CSTNode, transformer: cst.CSTTransformer, skip: frozenset | None = None):
