@@ -10,6 +10,7 @@ Rows (``measure(quick)`` returns them as ``{"target", "goal", "measured", "met",
   several interleaved rounds. On ``corpus/`` (models and training scripts) and on a
   generated 100-file repository made of copies of them. CPU time, not wall time, so other
   load on the machine disturbs the ratio little.
+  The note splits the conversion's CPU by phase (:mod:`benchmarks.conversion_phases`).
 * ``-j 2`` over ``-j 1``: wall time of ``convert_tree`` on the 100-file repository with one
   and with two workers (pool start included). Needs two idle cores: the load average at
   the time is in the note, with the CPU time of both runs (workers included), whose ratio
@@ -37,6 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.conversion_phases import summary as phase_summary  # noqa: E402
 CORPUS_DIRS = (ROOT / "corpus" / "models", ROOT / "corpus" / "training")
 RATIO_GOAL = 2.0
 SPEEDUP_GOAL = 1.7
@@ -263,7 +267,8 @@ def measure(quick: bool = False) -> list[dict]:
                  "note": f"{corpus['files']} files, {corpus['lines']} lines: convert {corpus['convert_s']:.2f} s "
                          f"CPU ({corpus['lines_per_s']:.0f} lines/s), parse+print {corpus['parse_print_s']:.2f} s; "
                          f"of the conversion, {corpus['manifest_s']:.2f} s writes training manifests "
-                         f"(x{corpus['ratio_without_manifests']:.2f} without them)"})
+                         f"(x{corpus['ratio_without_manifests']:.2f} without them); where the CPU goes: "
+                         f"{phase_summary(list(CORPUS_DIRS))}"})
     with tempfile.TemporaryDirectory(prefix="jaxport-bench-") as tmp:
         repo = Path(tmp) / "repo"
         files, lines = make_repo(repo, n_files=QUICK_REPO_FILES if quick else REPO_FILES)

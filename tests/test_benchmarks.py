@@ -51,3 +51,22 @@ def test_synthetic_repo_is_made_of_corpus_files(tmp_path):
     assert files == len(made) == 7 and lines == sum(p.read_text().count("\n") for p in made)
     sources = {p.read_text() for p in conversion.corpus_files()}
     assert all(p.read_text() in sources for p in made)
+
+
+def test_phase_breakdown_accounts_for_the_whole_conversion(tmp_path):
+    from benchmarks import conversion_phases
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "net.py").write_text("import torch\nimport torch.nn as nn\n\n\nclass Net(nn.Module):\n"
+                                "    def __init__(self):\n        super().__init__()\n"
+                                "        self.fc = nn.Linear(4, 2)\n\n"
+                                "    def forward(self, x):\n        return torch.relu(self.fc(x))\n")
+    total, spent = conversion_phases.phase_seconds([src])
+    assert total > 0 and {"parse", "rules", "imports and print"} <= set(spent)
+    rows = conversion_phases.shares(total, spent)
+    assert rows[-1][0] == "the rest"
+    # each CPU second counts once (a phase inside another counts for the outer one)
+    assert abs(sum(share for _, share in rows) - 1.0) < 1e-9 and rows[-1][1] >= 0
+    # the wrappers are gone afterwards
+    import libcst
+    assert libcst.parse_module.__module__.startswith("libcst")
