@@ -7,6 +7,7 @@ plain ``import torch`` then suffices).
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def _is_torch_module(name: str | None) -> bool:
     return bool(name) and name.split(".", 1)[0] in ROOTS
 
 
-def _strip_torch_imports(stmt: cst.SimpleStatementLine, keep_plain_torch: bool) -> cst.SimpleStatementLine | None:
+def _strip_torch_imports(stmt, keep_plain_torch: bool):
+    """A simple statement line or suite (``if x: import torch``) without its torch imports;
+    None when nothing else is left."""
     small = []
     for s in stmt.body:
         if isinstance(s, cst.Import):
@@ -43,6 +46,8 @@ def _strip_torch_imports(stmt: cst.SimpleStatementLine, keep_plain_torch: bool) 
         small.append(s)
     if not small:
         return None
+    if small[-1] is not stmt.body[-1]:      # ``x = 1; import torch``: no semicolon left dangling
+        small[-1] = small[-1].with_changes(semicolon=cst.MaybeSentinel.DEFAULT)
     return stmt.with_changes(body=small)
 
 
@@ -58,19 +63,28 @@ def _comment_lines(stmt: cst.SimpleStatementLine) -> list[cst.EmptyLine]:
     return lines
 
 
+# An import that is not a top-level statement of its own: indented (in a function, a class,
+# a try or if block), after a colon (``if x: import y``) or after a semicolon. Torch imports
+# come from the original file only: one without these has them all at its top level.
+_NESTED_IMPORT = re.compile(r"^[ \t]+(?:import|from)\b|[:;][ \t]*(?:import|from)\b", re.MULTILINE)
+
+
 class _TorchImportRemover(cst.CSTTransformer):
     """Removes torch imports at any depth (also inside functions and try blocks); walks
     statements only. A plain ``import torch`` stays where it is while code still uses torch.
     Comments on or above a removed import line are kept, as lines of their own, above the
     next statement of its block (or at the end of the block)."""
 
-    def __init__(self, keep_plain_torch: bool) -> None:
+    def __init__(self, keep_plain_torch: bool, top_level_only: bool = False) -> None:
         super().__init__()
         self.keep_plain_torch = keep_plain_torch
+        self.top_level_only = top_level_only      # the file imports nothing below its top level
         self.comments: dict[int, list[cst.EmptyLine]] = {}   # id(block) -> removed comments
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.BaseExpression):
+            return False
+        if self.top_level_only and isinstance(node, cst.BaseCompoundStatement):
             return False
         return super().on_visit(node)
 
@@ -86,6 +100,12 @@ class _TorchImportRemover(cst.CSTTransformer):
             return cst.SimpleStatementLine(body=[cst.Expr(cst.Name(_COMMENT_MARK))],
                                            leading_lines=comments)
         return stripped
+
+    def leave_SimpleStatementSuite(self, original, updated):
+        if not any(isinstance(s, (cst.Import, cst.ImportFrom)) for s in updated.body):
+            return updated
+        stripped = _strip_torch_imports(updated, self.keep_plain_torch)
+        return stripped if stripped is not None else updated.with_changes(body=[cst.Pass()])
 
     def _resolve(self, body) -> tuple[list, list[cst.EmptyLine]]:
         out, carried = [], []
@@ -335,7 +355,8 @@ def _finalize(module: cst.Module, ctx: FileContext):
     the needed imports added after the leading docstring and imports."""
     before = _references(module)
     torch_used = "torch" in before.names
-    module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used),
+    nested = ctx.source is None or _NESTED_IMPORT.search(ctx.source) is not None
+    module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used, top_level_only=not nested),
                        without_expressions(skipped_types()))     # it enters no expression
     # The remover changes import statements only, which hold no names the references count:
     # what the module reads is unchanged, what it binds is found again from its statements.
