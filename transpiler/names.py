@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import re
+
 import libcst as cst
 
 ROOTS = ("torch",)
@@ -229,11 +231,28 @@ def collect_aliases(module: cst.Module) -> dict[str, str]:
     return collect_imports(module).aliases
 
 
-def collect_imports(module: cst.Module) -> AliasCollector:
-    """Torch aliases and the other imported names of a module, in one visit."""
+# An import that is not a top-level statement of its own: indented (in a function, a class,
+# a try or if block), after a colon (``if x: import y``) or after a semicolon.
+NESTED_IMPORT = re.compile(r"^[ \t]+(?:import|from)\b|[:;][ \t]*(?:import|from)\b", re.MULTILINE)
+
+
+def imports_only_at_top_level(text: str | None) -> bool:
+    """Whether the source ``text`` certainly has all its imports as top-level statements of
+    their own (False when unknown)."""
+    return text is not None and NESTED_IMPORT.search(text) is None
+
+
+def collect_imports(module: cst.Module, text: str | None = None) -> AliasCollector:
+    """Torch aliases and the other imported names of a module, in one visit (of its top-level
+    statements only when its source ``text`` has no import below them)."""
     from .walk import walk
     collector = AliasCollector()
-    walk(module, collector)
+    if imports_only_at_top_level(text):
+        for stmt in module.body:
+            if isinstance(stmt, cst.SimpleStatementLine):
+                walk(stmt, collector)
+    else:
+        walk(module, collector)
     return collector
 
 

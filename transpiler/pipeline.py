@@ -56,7 +56,7 @@ def run_pipeline(module: cst.Module, path: str, options, origin: str | None = No
     except ImportError:
         pass
     tables = load_tables()
-    imports = collect_imports(module)
+    imports = collect_imports(module, text)
     aliases = imports.aliases
     if imports.star_imports:    # ``from .parts import *`` may bring torch's names (nn, F)
         from .names import star_import_aliases

@@ -7,14 +7,13 @@ plain ``import torch`` then suffices).
 """
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
 import libcst as cst
 
 from ..context import FileContext
-from ..names import ROOTS, dotted
+from ..names import ROOTS, dotted, imports_only_at_top_level
 from .. import prelude_index
 from ..cache import cached_text
 from ..codegen import code_for_node, module_code
@@ -61,12 +60,6 @@ def _comment_lines(stmt: cst.SimpleStatementLine) -> list[cst.EmptyLine]:
     if trailing is not None:
         lines.append(cst.EmptyLine(indent=True, comment=trailing))
     return lines
-
-
-# An import that is not a top-level statement of its own: indented (in a function, a class,
-# a try or if block), after a colon (``if x: import y``) or after a semicolon. Torch imports
-# come from the original file only: one without these has them all at its top level.
-_NESTED_IMPORT = re.compile(r"^[ \t]+(?:import|from)\b|[:;][ \t]*(?:import|from)\b", re.MULTILINE)
 
 
 class _TorchImportRemover(cst.CSTTransformer):
@@ -355,8 +348,8 @@ def _finalize(module: cst.Module, ctx: FileContext):
     the needed imports added after the leading docstring and imports."""
     before = _references(module)
     torch_used = "torch" in before.names
-    nested = ctx.source is None or _NESTED_IMPORT.search(ctx.source) is not None
-    module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used, top_level_only=not nested),
+    module = transform(module, _TorchImportRemover(keep_plain_torch=torch_used,
+                                                   top_level_only=imports_only_at_top_level(ctx.source)),
                        without_expressions(skipped_types()))     # it enters no expression
     # The remover changes import statements only, which hold no names the references count:
     # what the module reads is unchanged, what it binds is found again from its statements.
