@@ -50,6 +50,7 @@ class ClassInfo:
     renamed: set[str] = field(default_factory=set)        # attributes that clash with a field → attr_
     tied: dict[str, str] = field(default_factory=dict)    # Linear attr → Embedding attr sharing its weight
     counting: set[str] = field(default_factory=set)       # methods reading self.parameters() (get_num_params)
+    init_may_count: bool = False      # __init__ reads self.parameters() or calls a counting method
     has_init: bool = False
     has_forward: bool = False
     sequential_base: bool = False     # subclass of nn.Sequential: children live in `layers`
@@ -344,6 +345,9 @@ def scan_classes(module: cst.Module, ctx) -> dict[str, ClassInfo]:
         info.sequential_base = any(qualify(b.value, ctx.aliases) == SEQUENTIAL_BASE for b in cls.bases)
         info.local_base = next((dotted(b.value) for b in cls.bases if dotted(b.value) in classes), None)
         info.has_init = init is not None
+        if init is not None:
+            init_facts = facts["__init__"]
+            info.init_may_count = init_facts.reads_parameters or bool(init_facts.called & info.counting)
         info.has_forward = "forward" in methods
         uses = facts
         # setup helpers: methods reachable from __init__
@@ -832,7 +836,8 @@ class ModulesRule(Rule):
                                 "converted, they keep separate parameters (share one layer instead, e.g. call "
                                 "the Embed's .attend for a tied output projection)")
                 return _commented_out(original)
-        if method == "__init__" and not isinstance(stmt, (cst.Import, cst.ImportFrom)) and _reads_parameters(
+        if method == "__init__" and info.init_may_count and not isinstance(stmt, (cst.Import, cst.ImportFrom)) \
+                and _reads_parameters(
                 stmt, info.counting, self.parameter_counts, self.ctx.aliases):
             # print(f"{sum(p.numel() for p in self.parameters())} parameters"): flax has no
             # parameters in setup (they are created by model.init)
