@@ -38,6 +38,11 @@ class FileResult:
     converted_call_sites: int = 0
     changed: bool = False
     traceback: str | None = None        # for -v on internal errors
+    # where the prelude helpers' text is in the converted text (character offsets), when the
+    # conversion put it together from parts, and their names: the training manifest need
+    # not parse them
+    helpers_span: tuple[int, int] | None = None
+    helpers: tuple[str, ...] = ()
 
     @property
     def has_errors(self) -> bool:
@@ -108,6 +113,18 @@ def _compile_parts_error(parts: tuple[str, ...], text: str, path: str) -> tuple[
                 return _compile_error(text, path)
             _COMPILED.add(helper)
     return None
+
+
+def _helpers_span(parts: tuple[str, ...] | None) -> tuple[int, int] | None:
+    """(start, end) of the helpers' text in a converted text put together from ``parts``
+    (the skeleton's placeholder line replaced by the helpers' texts: ``passes/imports.py``)."""
+    if not parts or len(parts) < 2:
+        return None
+    from .passes.imports import HELPERS_PLACEHOLDER
+    start = parts[0].find(HELPERS_PLACEHOLDER)
+    if start < 0:
+        return None
+    return start, start + sum(len(p) for p in parts[1:])
 
 
 def _internal_error(path: str, data: bytes, exc: BaseException) -> FileResult:
@@ -220,4 +237,5 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     output = encode(new_text, encoding, data)
     return FileResult(path, status, output, outcome.diagnostics,
                       outcome.torch_call_sites, outcome.converted_call_sites,
-                      changed=output != data)
+                      changed=output != data, helpers_span=_helpers_span(parts),
+                      helpers=getattr(outcome, "helpers", ()))

@@ -32,6 +32,7 @@ class FileContext:
     positions: dict = field(default_factory=dict)       # original node → CodeRange (optional)
     module: cst.Module | None = None                     # the original tree: positions come from it
     source: str | None = None                            # the original text (cheap pre-filters)
+    helpers_added: tuple[str, ...] = ()                  # prelude helpers put into the output
     other_imports: set[str] = field(default_factory=set)  # non-torch imported names (math, np)
     local_classes: set[str] = field(default_factory=set)  # nn.Module classes imported from this tree
     diagnostics: list[Diagnostic] = field(default_factory=list)

@@ -31,6 +31,7 @@ import json
 import math
 import re
 from bisect import bisect_left
+from functools import lru_cache
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -407,33 +408,57 @@ def is_definition(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
 
 
+@lru_cache(maxsize=None)
+def _helper_definitions(name: str) -> frozenset[str]:
+    """The names a prelude helper's source defines at its top level (as a script's
+    definitions-only load would bind them): parsed once per process."""
+    from .prelude_index import helpers
+    helper = helpers().get(name)
+    if helper is None:
+        return frozenset()
+    return frozenset(_definition_names(ast.parse(helper.source)))
+
+
+def _definition_names(tree: ast.Module) -> set[str]:
+    """Names the definitions-only load of a module binds (see :func:`is_definition`)."""
+    names = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            for a in stmt.names:
+                names.add((a.asname or a.name).split(".")[0])
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign)) and is_definition(stmt):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name):
+                        names.add(n.id)
+    return names
+
+
 class _Side:
     """One module (original or converted) with its scopes and assignments by name."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, helpers_span: tuple[int, int] | None = None,
+                 helpers: tuple[str, ...] = ()):
+        """``helpers_span``, ``helpers``: where the prelude helpers are in a converted ``text``
+        and their names (``api.FileResult``): their lines are parsed as blank lines, and what
+        they define is read from each helper's source, parsed once per process."""
         self.text = text
         self._lines: list[bytes] | None = None
+        helper_names: set[str] = set()
+        if helpers_span is not None and helpers:
+            start, end = helpers_span
+            region = text[start:end]
+            breaks = region.count("\n") + region.count("\r") - region.count("\r\n")
+            text = text[:start] + "\n" * breaks + text[end:]
+            for name in helpers:
+                helper_names |= _helper_definitions(name)
         self.tree = ast.parse(text)
         self.aliases = _aliases(self.tree)
         self.scopes = _scopes(self.tree)
-        self.module_names = self._module_names()
-
-    def _module_names(self) -> set[str]:
-        """Names the definitions-only load of the script binds (see :func:`is_definition`)."""
-        names = set()
-        for stmt in self.tree.body:
-            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                names.add(stmt.name)
-            elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
-                for a in stmt.names:
-                    names.add((a.asname or a.name).split(".")[0])
-            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)) and is_definition(stmt):
-                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-                for t in targets:
-                    for n in ast.walk(t):
-                        if isinstance(n, ast.Name):
-                            names.add(n.id)
-        return names
+        self.module_names = _definition_names(self.tree) | helper_names
 
     def src(self, node: ast.AST) -> str:
         """The source text of ``node`` (what ``ast.get_source_segment`` returns, without
@@ -1023,7 +1048,8 @@ def _sched_alias(conv: _Side, loop_scope: Scope, setup: Scope, name: str) -> str
     return next((p for p, c in binding.items() if c == name), name)
 
 
-def build_manifest(original: str, converted: str | None, path: str = "<string>") -> dict | None:
+def build_manifest(original: str, converted: str | None, path: str = "<string>",
+                   helpers_span: tuple[int, int] | None = None, helpers: tuple[str, ...] = ()) -> dict | None:
     """The manifest of a training script (``None`` when it has no training loop or does not
     parse). ``converted`` may be ``None`` (torch side only)."""
     if not might_train(original):
@@ -1039,7 +1065,7 @@ def build_manifest(original: str, converted: str | None, path: str = "<string>")
     conv = None
     if converted is not None:
         try:
-            conv = _Side(converted)
+            conv = _Side(converted, helpers_span, helpers)
         except (SyntaxError, ValueError, RecursionError):
             conv = None
     arguments = _arguments(orig.tree, orig.text)

@@ -30,6 +30,7 @@ class Outcome:
     converted_call_sites: int
     touched: bool = True       # False: no torch import, the file is not a conversion candidate
     compile_parts: tuple[str, ...] | None = None   # compiling these compiles ``code`` (imports.py)
+    helpers: tuple[str, ...] = ()                   # the prelude helpers ``code`` holds
 
 
 def mentions_torch(text: str) -> bool:
@@ -81,4 +82,4 @@ def run_pipeline(module: cst.Module, path: str, options, origin: str | None = No
     code, parts = finalize_code_parts(converted, ctx)
     ctx.place_diagnostics()     # positions in the original file, found in one cheap pass
     return Outcome(code, sorted(ctx.diagnostics), ctx.torch_call_sites, ctx.converted_call_sites,
-                   compile_parts=parts)
+                   compile_parts=parts, helpers=ctx.helpers_added)

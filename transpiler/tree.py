@@ -457,7 +457,8 @@ def _write_manifest(job: Job, data: bytes, record: FileRecord) -> None:
         return
     converted, _, err = decode(record.result.output)
     try:
-        manifest = build_manifest(original, converted if err is None else None, job.path)
+        manifest = build_manifest(original, converted if err is None else None, job.path,
+                                  record.result.helpers_span, record.result.helpers)
         if manifest is not None:
             target = os.path.join(os.path.dirname(job.target), sidecar_name(os.path.basename(job.target)))
             _atomic_write(target, dumps(manifest), None, job.roots)

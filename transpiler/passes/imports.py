@@ -271,7 +271,7 @@ def finalize(module: cst.Module, ctx: FileContext) -> cst.Module:
     return module.with_changes(body=body)
 
 
-_PLACEHOLDER = "__jaxport_prelude_helpers_go_here__"
+_PLACEHOLDER = HELPERS_PLACEHOLDER = "__jaxport_prelude_helpers_go_here__"
 
 
 def finalize_code(module: cst.Module, ctx: FileContext) -> str:
@@ -287,6 +287,7 @@ def finalize_code_parts(module: cst.Module, ctx: FileContext) -> tuple[str, tupl
     it if it compiles each part (see ``api._compile_parts_error``); the helpers' parts are
     the same in every file. None when the text was not put together that way."""
     module, body, at, helpers = _finalize(module, ctx)
+    ctx.helpers_added = tuple(h.name for h in helpers)
     if not helpers:
         return module_code(module.with_changes(body=body)), None
     placeholder = cst.SimpleStatementLine(body=[cst.Expr(cst.Name(_PLACEHOLDER))])
