@@ -10,7 +10,8 @@ import libcst as cst
 
 from .codegen import code_of as _code_of
 from .mapping import Entry
-from .template import BindError, Bound, bind, references, render_variants, _parse_template, _template_names
+from .template import (BindError, Bound, Signature, bind, emitted_roots, references, render,
+                       render_variants, template_parameters, _parse_template)
 
 
 @dataclass
@@ -34,10 +35,9 @@ def rewriter(name: str):
 
 
 def _unused_supplied(entry: Entry, bound: Bound, template: str) -> list[str]:
-    params = {p.name for p in entry.sig.params} if entry.sig else set()
-    used = _template_names(template) & params
-    supplied = set(bound.values) | {k for k, v in bound.varargs.items() if v} | {k for k, v in bound.varkw.items() if v}
-    return sorted(n for n in supplied if n not in used and n not in entry.ignore and n != "self")
+    used = template_parameters(template, entry.sig) if entry.sig else frozenset()
+    supplied = [*bound.values, *(k for k, v in bound.varargs.items() if v), *(k for k, v in bound.varkw.items() if v)]
+    return sorted({n for n in supplied if n not in used and n not in entry.ignore and n != "self"})
 
 
 def render_call(entry: Entry, args: Sequence[cst.Arg], receiver: cst.BaseExpression | None = None,
@@ -67,7 +67,6 @@ def render_call(entry: Entry, args: Sequence[cst.Arg], receiver: cst.BaseExpress
     if unused:
         names = ", ".join(repr(n) for n in unused)
         return Rendered(None, "JP103", f"{entry.key}: argument {names} has no JAX equivalent here")
-    from .template import emitted_roots
     return _finish(entry, expr, emitted_roots(template, entry.sig))
 
 
@@ -78,8 +77,7 @@ def render_value(entry: Entry) -> Rendered:
     if entry.sig is not None:
         return Rendered(None, "JP103", f"{entry.key} used as a value")
     text = entry.templates[0]
-    from .template import Signature, emitted_roots
-    return _finish(entry, _parse_template(text), emitted_roots(text, Signature(())))
+    return _finish(entry, _parse_template(text), emitted_roots(text, _NO_PARAMETERS))
 
 
 def _finish(entry: Entry, expr: cst.BaseExpression, emits: set[str]) -> Rendered:
@@ -88,16 +86,19 @@ def _finish(entry: Entry, expr: cst.BaseExpression, emits: set[str]) -> Rendered
     return Rendered(expr, None, "", emits)
 
 
+_NO_PARAMETERS = Signature(())
+_SELF_ONLY = Signature.parse("self")
+
+
 def code_of(node: cst.CSTNode) -> str:
     return _code_of(node)
 
 
 def render_attribute(entry: Entry, receiver: cst.BaseExpression) -> Rendered:
     """Render a tensor attribute read (``x.T``, ``x.data``); templates refer to ``self``."""
-    from .template import Signature, emitted_roots, render
     if entry.unsupported:
         return Rendered(None, "JP102", entry.unsupported)
-    sig = entry.sig or Signature.parse("self")
+    sig = entry.sig or _SELF_ONLY
     bound = Bound(values={"self": receiver})
     text = entry.templates[0]
     expr = render(text, sig, bound, entry.always)
