@@ -84,6 +84,9 @@ class FunctionInfo:
     needs: bool = False       # reads the state
     returns: bool = False     # changes the state
     creates: bool = False     # builds the optimizer (state is local)
+    called: set[str] = field(default_factory=set)   # names called in the body (f(x), not a.f(x)), by the pre-scan
+    text: str | None = None   # the body's source (printed once, by ScanMixin._body_text)
+    trains: bool | None = None  # StatementsMixin._scope_trains, asked once
 
 
 class Unsupported(Exception):

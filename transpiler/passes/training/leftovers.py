@@ -5,9 +5,9 @@ from __future__ import annotations
 import libcst as cst
 
 from ...names import dotted, qualify
-from ...walk import EXPRESSION_TYPES, walk
+from ...walk import walk
 from .common import OPTIMIZER_PREFIX
-from .syntax import assigned_names, bound_names, children, code_of, method_stmt, named_calls, names_read
+from .syntax import assigned_names, bound_names, children, code_of, find_all, method_stmt, named_calls, names_read
 
 APPENDS = {"append", "extend", "appendleft", "insert"}
 
@@ -101,7 +101,7 @@ class LeftoversMixin:
         self.held: dict[str, str] = {}    # attribute → class
         for cls in [s for s in node.body if isinstance(s, cst.ClassDef)]:
             for fn in [s for s in cls.body.body if isinstance(s, cst.FunctionDef)]:
-                for found in [x for x in _all(fn, cst.Assign)]:
+                for found in find_all(fn, cst.Assign):
                     q = qualify(found.value.func, self.ctx.aliases) if isinstance(found.value, cst.Call) else None
                     if q and q.startswith(OPTIMIZER_PREFIX) and "lr_scheduler" not in q:
                         for t in found.targets:
@@ -110,7 +110,7 @@ class LeftoversMixin:
 
     def _covered(self, loop: cst.CSTNode) -> None:
         """The backward() / step() statements of a loop that gets its own JP602."""
-        for stmt in _all(loop, cst.SimpleStatementLine):
+        for stmt in find_all(loop, cst.SimpleStatementLine):
             if method_stmt(stmt, "backward") or self._optimizer_step(stmt):
                 self.covered.add(id(stmt))
 
@@ -139,7 +139,7 @@ class LeftoversMixin:
         if backward is not None:
             what, reason = f"{code_of(backward[0])}.backward()", self._leftover_reason(original, scope)
         else:
-            first = next((s for s in _all(scope, cst.SimpleStatementLine) if method_stmt(s, "backward")), None)
+            first = next((s for s in find_all(scope, cst.SimpleStatementLine) if method_stmt(s, "backward")), None)
             what = f"{optimizer}.step()"
             reason = self._leftover_reason(first, scope, optimizer) if first is not None else \
                 "no backward() before it in this function: the gradients come from elsewhere"
@@ -231,19 +231,3 @@ class LeftoversMixin:
                     else:
                         tainted |= set(bound)
         return self._filled
-
-
-def _all(node: cst.CSTNode, kind) -> list:
-    out = []
-    # statements are never inside an expression: a search for statements skips expressions
-    statements = all(issubclass(k, (cst.BaseSmallStatement, cst.BaseStatement))
-                     for k in (kind if isinstance(kind, tuple) else (kind,)))
-
-    def visit(n):
-        if isinstance(n, kind):
-            out.append(n)
-        for child in children(n):
-            if not (statements and type(child) in EXPRESSION_TYPES):
-                visit(child)
-    visit(node)
-    return out

@@ -404,13 +404,20 @@ class PlanningMixin:
 
     def _local_names(self, loop: cst.For) -> set[str]:
         if self._in_trainer():
-            method = self.def_stack[0]
-            return set(assigned_names(method.params)) | set(assigned_names(method.body))
+            return self._function_locals(self.def_stack[0])
         fn = self._function()
         if fn is not None and fn in self.functions:
-            return set(assigned_names(self.functions[fn].node.params)) | set(assigned_names(self.functions[fn].node.body))
+            return self._function_locals(self.functions[fn].node)
         # module-level loop: names bound by the loop itself
         return set(assigned_names(loop))
+
+    def _function_locals(self, fn: cst.FunctionDef) -> set[str]:
+        """The names a function's parameters and body bind (found once per function: a
+        function may hold several training loops)."""
+        known = self.function_locals.get(id(fn))
+        if known is None or known[0] is not fn:
+            known = self.function_locals[id(fn)] = (fn, set(assigned_names(fn.params)) | set(assigned_names(fn.body)))
+        return set(known[1])
 
 
 def _walk(node: cst.CSTNode):

@@ -59,6 +59,7 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
         self.trainer: TrainerInfo | None = None      # the one whose body is being converted
         self.function_failed: dict[int, str] = {}    # id(single-step function) → why it is not converted
         self.step_callers: dict[str, str] = {}       # single-step function → why its calls cannot be threaded
+        self.function_locals: dict[int, tuple] = {}  # id(function) → (function, the names it binds)
 
     @property
     def multi(self) -> bool:

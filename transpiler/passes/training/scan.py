@@ -8,7 +8,7 @@ from ...names import dotted, qualify
 from ...walk import walk
 from .common import BATCHNORM_PREFIXES, FunctionInfo, OPTIMIZER_PREFIX, SCALERS, SCHEDULER_PREFIX
 from .optimizers import lr_write, param_groups_owner, parameter_selector
-from .syntax import calls_name, code_of, named_calls
+from .syntax import calls_name, code_of
 
 
 class ScanMixin:
@@ -20,26 +20,22 @@ class ScanMixin:
         self._scan_trainers(node)
         scan = _Scan(self)
         walk(node, scan)
+        if self.optimizers or (scan.sampling and None not in self.seed_scopes):
+            scan.walk_classes()     # (what class bodies call matters only then)
         self._keyed_functions(scan)
         if not self.optimizers:
             return      # (BatchNorm and sampling in the models matter to train steps only)
-        module_calls = _ModuleCalls(self)
-        for cls in scan.classes:
-            for sub in cls.body.body:
-                walk(sub, module_calls)
+        for call in scan.class_calls:
+            self._module_call(call)
         for info in self.functions.values():
             self._mark_function(info)
-        called: dict[int, set[str]] = {}     # the functions each one calls, found once
         changed = True
         while changed:
             changed = False
             for name, info in self.functions.items():
                 if info.creates:
                     continue
-                callees = called.get(id(info.node))
-                if callees is None:
-                    callees = called[id(info.node)] = self._called_functions(info.node)
-                for callee in callees:
+                for callee in info.called:
                     other = self.functions.get(callee)
                     if other is None or other is info:
                         continue
@@ -73,34 +69,51 @@ class ScanMixin:
                     changed = True
         self.keyed = keyed
 
-    def _called_functions(self, fn: cst.FunctionDef) -> set[str]:
-        return {c.func.value for c in named_calls(fn.body)}
+    def _calls_model(self, info: FunctionInfo) -> bool:
+        """Whether a function calls one of the models (``calls_name(body, self.models)``)."""
+        if any("." in m for m in self.models):
+            return calls_name(info.node.body, self.models)
+        return not info.called.isdisjoint(self.models)
+
+    def _body_text(self, info: FunctionInfo) -> str:
+        if info.text is None:
+            info.text = code_of(info.node.body)
+        return info.text
 
     def _mark_function(self, info: FunctionInfo) -> None:
-        body = info.node.body
         if info.creates:
             return
-        text = code_of(body)
-        if calls_name(body, self.models) or any(f"{m}.state_dict(" in text for m in self.models):
+        text = self._body_text(info)
+        if self._calls_model(info) or any(f"{m}.state_dict(" in text for m in self.models):
             info.needs = True
         if any(f"{s}.step(" in text for s in self.schedulers) or (
                 ".backward(" in text and any(f"{o}.step(" in text for o in self.optimizers)):
             info.needs = info.returns = True
 
+    def _module_call(self, n: cst.Call) -> None:
+        """A call in a class body: BatchNorm layers, sampling ops."""
+        q = qualify(n.func, self.ctx.aliases) or ""
+        if q.startswith(BATCHNORM_PREFIXES):
+            self.batchnorm = True
+        entry = self.ctx.tables.functions.get(q)
+        if entry is not None and "dropout" not in q and any("rng_key" in t for t in entry.templates or ()):
+            self.sample_stream = True    # the module draws from flax's "sample" rng stream
 
-class _ModuleCalls(cst.CSTVisitor):
-    """The calls in a class body: BatchNorm layers, sampling ops."""
 
-    def __init__(self, rule) -> None:
-        self.rule = rule
+class _ClassCalls(cst.CSTVisitor):
+    """The calls in a class body: all of them (looked at when there is an optimizer), and
+    the calls of plain names, recorded as made by the class (and by the function the class
+    is in)."""
+
+    def __init__(self, scan: "_Scan", label: str, function: FunctionInfo | None) -> None:
+        self.scan, self.label, self.function = scan, label, function
 
     def visit_Call(self, n: cst.Call) -> None:
-        q = qualify(n.func, self.rule.ctx.aliases) or ""
-        if q.startswith(BATCHNORM_PREFIXES):
-            self.rule.batchnorm = True
-        entry = self.rule.ctx.tables.functions.get(q)
-        if entry is not None and "dropout" not in q and any("rng_key" in t for t in entry.templates or ()):
-            self.rule.sample_stream = True    # the module draws from flax's "sample" rng stream
+        self.scan.class_calls.append(n)
+        if type(n.func) is cst.Name:
+            self.scan.callers.setdefault(n.func.value, set()).add(self.label)
+            if self.function is not None:
+                self.function.called.add(n.func.value)
 
 
 class _Scan(cst.CSTVisitor):
@@ -110,16 +123,21 @@ class _Scan(cst.CSTVisitor):
     def __init__(self, rule) -> None:
         self.rule = rule
         self.fn: str | None = None
-        self.classes: list[cst.ClassDef] = []     # their bodies are scanned when there is an optimizer
+        self.classes: list[tuple[cst.ClassDef, FunctionInfo | None]] = []   # (class, the function it is in)
+        self.class_calls: list[cst.Call] = []     # the calls in class bodies (BatchNorm, sampling)
         self.sampling: set[str] = set()           # top-level functions holding a random op
         self.calls: dict[str, set[str]] = {}      # function → the names it calls
         self.callers: dict[str, set] = {}         # name → the functions (None: module) calling it
 
     def visit_ClassDef(self, n: cst.ClassDef) -> bool:
-        self.classes.append(n)
-        for call in named_calls(n.body):     # a method calling a sampling function has no key to give it
-            self.callers.setdefault(call.func.value, set()).add(f"class {n.name.value}")
+        self.classes.append((n, self.rule.functions[self.fn] if self.fn is not None else None))
         return False
+
+    def walk_classes(self) -> None:
+        """The calls in the class bodies (a method calling a sampling function has no key to
+        give it)."""
+        for cls, function in self.classes:
+            walk(cls.body, _ClassCalls(self, f"class {cls.name.value}", function))
 
     def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
         if self.fn is None:
@@ -178,6 +196,7 @@ class _Scan(cst.CSTVisitor):
             self.callers.setdefault(n.func.value, set()).add(self.fn)
             if self.fn is not None:
                 self.calls.setdefault(self.fn, set()).add(n.func.value)
+                self.rule.functions[self.fn].called.add(n.func.value)
         entry = self.rule.ctx.tables.functions.get(q)
         if self.fn is not None and entry is not None and any("rng_key" in t for t in entry.templates or ()):
             self.sampling.add(self.fn)

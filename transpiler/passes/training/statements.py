@@ -10,7 +10,7 @@ from ...walk import transform
 from .common import COMMA, HOST_SCHEDULERS, OPTIMIZER_PREFIX, RNG_KEY, SCALERS, SCHEDULER_PREFIX, STATE
 from .optimizers import inject_learning_rate, selector_lambda
 from .rng import added_keys
-from .syntax import add_kwarg, assigned_names, calls_name, code_of, ends_with_return, is_docstring, method_stmt, with_param
+from .syntax import add_kwarg, assigned_names, code_of, ends_with_return, is_docstring, method_stmt, with_param
 
 
 class Returns(cst.CSTTransformer):
@@ -172,15 +172,21 @@ class StatementsMixin:
         fn = self._function()
         if fn is None or fn not in self.functions:
             return True
-        body = self.functions[fn].node.body
-        text = code_of(body)
-        if calls_name(body, self.models) or ".backward(" in text or any(
+        info = self.functions[fn]
+        if info.trains is None:     # (what it depends on is known from the pre-scan on)
+            info.trains = self._function_trains(fn, info)
+        return info.trains
+
+    def _function_trains(self, fn: str, info) -> bool:
+        if self._calls_model(info):
+            return True
+        text = self._body_text(info)
+        if ".backward(" in text or any(
                 f"{m}.state_dict(" in text or f"{m}.load_state_dict(" in text for m in self.models | set(self.optimizers)):
             return True
         if any(f"{s}.step(" in text for s in self.schedulers):
             return True
-        return any(self.functions[c].needs for c in self._called_functions(self.functions[fn].node)
-                   if c in self.functions and c != fn)
+        return any(self.functions[c].needs for c in info.called if c in self.functions and c != fn)
 
     def _thread_calls(self, original, updated):
         """``train(...)`` of a state-changing function → ``state = train(..., state=state)``."""

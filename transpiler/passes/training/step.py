@@ -271,7 +271,8 @@ class StepMixin:
         params = ", ".join([STATE, *plan.inputs])
         # inputs the forward pass rebinds (out, hidden = model(x, hidden)) are loss_fn's own
         # locals from the start: bound by default arguments
-        rebound = [n for n in plan.inputs if n in set(ordered_assigned(segment))]
+        assigned = set(ordered_assigned(segment))
+        rebound = [n for n in plan.inputs if n in assigned]
         loss_params = ", ".join(["params", *(f"{n}={n}" for n in rebound)])
         out = [decorator, f"def {plan.step_name}({params}):",
                (f'    dropout_rng, sample_rng, rng = jax.random.split({STATE}.rng, 3)' if sampling

@@ -8,7 +8,7 @@ import libcst as cst
 
 from ...codegen import code_of as _code_of
 from ...names import dotted
-from ...walk import TOKEN_TYPES, _is_node_type, child_fields
+from ...walk import TOKEN_TYPES, _is_node_type, child_fields, walk
 from .common import COMMA
 
 
@@ -43,6 +43,29 @@ def children(node: cst.CSTNode) -> list[cst.CSTNode]:
         elif vt not in TOKEN_TYPES and _is_node_type(vt):    # isinstance(value, CSTNode), cached
             out.append(value)
     return out
+
+
+class _Finder(cst.CSTVisitor):
+    walk_tokens = False     # (on_visit would otherwise be shown every token)
+
+    def __init__(self, kind, statements: bool) -> None:
+        self.kind, self.found = kind, []
+        if statements:
+            self.walk_expressions = False    # statements are never inside an expression
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, self.kind):
+            self.found.append(node)
+        return True
+
+
+def find_all(node: cst.CSTNode, kind) -> list:
+    """The nodes of type ``kind`` (a type or a tuple of types) in ``node``, ``node`` included,
+    in visiting order."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    finder = _Finder(kind, all(issubclass(k, (cst.BaseSmallStatement, cst.BaseStatement)) for k in kinds))
+    walk(node, finder)
+    return finder.found
 
 
 def _names(node: cst.CSTNode, out: list[str], targets: bool) -> None:

@@ -8,25 +8,13 @@ import libcst as cst
 
 from ...names import dotted, qualify
 from .common import COMMA, OPTIMIZER_PREFIX, SCHEDULER_PREFIX, STATE, TrainerInfo
-from .syntax import children, code_of, method_stmt
+from .syntax import code_of, find_all, method_stmt
 
 TRAINER_STATE = "self." + STATE
 
 # what a trainer class may do with its model and optimizer attributes, besides calling the model
 MODEL_METHODS = {"train", "eval", "state_dict", "load_state_dict", "parameters", "to", "cuda", "cpu"}
 OPTIMIZER_METHODS = {"zero_grad", "step", "state_dict", "load_state_dict"}
-
-
-def _nodes(node: cst.CSTNode, kind) -> list:
-    out = []
-
-    def visit(n):
-        if isinstance(n, kind):
-            out.append(n)
-        for child in children(n):
-            visit(child)
-    visit(node)
-    return out
 
 
 def _self_attr(node) -> str | None:
@@ -67,7 +55,7 @@ class TrainerMixin:
                 self._plan_function(method)
                 if id(method) in self.function_failed:
                     info.problem = self.function_failed[id(method)]
-                for loop in [n for n in _nodes(method.body, cst.For)]:
+                for loop in find_all(method.body, cst.For):
                     self.visit_For(loop)
         finally:
             self.trainer, self.class_depth, self.def_stack = saved
@@ -91,7 +79,7 @@ class TrainerMixin:
         info = TrainerInfo(cls.name.value, methods={m.name.value for m in methods})
         assigned: dict[str, list[cst.Assign]] = {}
         for m in methods:
-            for a in _nodes(m, cst.Assign):
+            for a in find_all(m, cst.Assign):
                 for t in a.targets:
                     attr = _self_attr(t.target)
                     if attr is not None:
@@ -100,7 +88,7 @@ class TrainerMixin:
         steppers: list[cst.FunctionDef] = []
         backward = False
         for m in methods:
-            for stmt in _nodes(m, cst.SimpleStatementLine):
+            for stmt in find_all(m, cst.SimpleStatementLine):
                 backward = backward or method_stmt(stmt, "backward") is not None
                 found = method_stmt(stmt, "step")
                 attr = _self_attr(found[0]) if found is not None else None
@@ -127,7 +115,7 @@ class TrainerMixin:
         if model is None:
             called = set()
             for m in steppers:
-                for call in _nodes(m, cst.Call):
+                for call in find_all(m, cst.Call):
                     attr = _self_attr(call.func)
                     if attr is not None and attr in assigned and attr not in info.methods and attr != opt \
                             and not any(self._loss_module(a.value) for a in assigned[attr]):
@@ -142,11 +130,11 @@ class TrainerMixin:
         if info.init is None:
             info.problem = "the class has no __init__ to start the training state in"
             return info
-        if any((qualify(c.func, self.ctx.aliases) or "").startswith(SCHEDULER_PREFIX) for c in _nodes(cls, cst.Call)):
+        if any((qualify(c.func, self.ctx.aliases) or "").startswith(SCHEDULER_PREFIX) for c in find_all(cls, cst.Call)):
             info.problem = "a learning-rate scheduler is built in the class (only schedulers of local optimizers " \
                            "are converted)"
             return info
-        for attr in _nodes(cls, cst.Attribute):
+        for attr in find_all(cls, cst.Attribute):
             owner = unwrap_module(dotted(attr.value))
             if owner == info.model and attr.attr.value not in MODEL_METHODS | {"module"}:
                 info.problem = f"the class uses {code_of(attr)} (only calls, train()/eval() and state_dict() of the model are converted)"
