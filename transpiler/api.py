@@ -115,6 +115,35 @@ def _compile_parts_error(parts: tuple[str, ...], text: str, path: str) -> tuple[
     return None
 
 
+# CPython refuses brackets nested 200 deep ("too many nested parentheses"), and a conversion
+# could drop some of them (redundant parentheses around a converted call): a text that may
+# nest half that deep is compiled before anything else. libcst's native parser would
+# overflow its stack some way beyond a thousand.
+DEEP_NESTING = 100
+_NOT_A_BRACKET = re.compile(r"[^()\[\]{}]+")
+
+
+def _may_nest_deeply(text: str) -> bool:
+    """Whether ``text``'s brackets may nest ``DEEP_NESTING`` deep (brackets in strings and
+    comments count too: an estimate, erring on the side of compiling first)."""
+    if text.count("(") + text.count("[") + text.count("{") < DEEP_NESTING:
+        return False
+    depth = deepest = 0
+    for c in _NOT_A_BRACKET.sub("", text):
+        if c in "([{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif depth > 0:
+            depth -= 1
+    return deepest >= DEEP_NESTING
+
+
+def _syntax_failure(path: str, data: bytes, problem: tuple[int, int, str]) -> FileResult:
+    line, col, message = problem
+    return FileResult(path, "failed", data, [diag.make("JP001", f"syntax error: {message}", line, col)])
+
+
 def _helpers_span(parts: tuple[str, ...] | None) -> tuple[int, int] | None:
     """(start, end) of the helpers' text in a converted text put together from ``parts``
     (the skeleton's placeholder line replaced by the helpers' texts: ``passes/imports.py``)."""
@@ -202,16 +231,24 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
 
     if not mentions_torch(text):
         return FileResult(path, "copied", data)
-    # CPython first: it rejects what libcst would accept but cannot compile ('return' outside a
-    # function), has the clearer messages (Python 2 print statements), and refuses nesting so
-    # deep that libcst's native parser would overflow its stack and kill the process.
-    problem = _compile_error(text, path)
-    if problem is not None:
-        line, col, message = problem
-        return FileResult(path, "failed", data, [diag.make("JP001", f"syntax error: {message}", line, col)])
+    # CPython has the last word on the input: it rejects what libcst accepts but cannot compile
+    # ('return' outside a function, inconsistent tabs) and has the clearer messages (Python 2
+    # print statements). It is asked first where the nesting could be deep enough to overflow
+    # libcst's native parser (which would kill the process), else only when something went
+    # wrong: libcst refused the text, a pass failed, or the output does not compile (the
+    # output keeps what the input had, so a broken input shows there).
+    checked = False
+    if _may_nest_deeply(text):
+        problem = _compile_error(text, path)
+        if problem is not None:
+            return _syntax_failure(path, data, problem)
+        checked = True
     try:
         module = _deep_if_needed(cst.parse_module, text)
     except cst.ParserSyntaxError as exc:
+        problem = None if checked else _compile_error(text, path)
+        if problem is not None:
+            return _syntax_failure(path, data, problem)
         return FileResult(path, "failed", data,
                           [diag.make("JP001", f"syntax error: {exc.message}", exc.raw_line, exc.raw_column)])
     except RecursionError:
@@ -219,17 +256,29 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     try:
         outcome = _deep_if_needed(run_pipeline, module, path, options, origin, text)
     except RecursionError:
+        problem = None if checked else _compile_error(text, path)
+        if problem is not None:
+            return _syntax_failure(path, data, problem)
         return FileResult(path, "failed", data, [diag.make(
             "JP001", "code nested too deeply to convert (Python compiles it, but jaxport's "
             "syntax-tree walk cannot follow it)")])
     except Exception as exc:  # a bug in a pass: report it per file, never crash the run
+        problem = None if checked else _compile_error(text, path)
+        if problem is not None:
+            return _syntax_failure(path, data, problem)
         return _internal_error(path, data, exc)
     if not getattr(outcome, "touched", True):
+        problem = None if checked else _compile_error(text, path)
+        if problem is not None:
+            return _syntax_failure(path, data, problem)
         return FileResult(path, "copied", data)
     new_text = outcome.code
     parts = getattr(outcome, "compile_parts", None)
     problem = _compile_error(new_text, path) if parts is None else _compile_parts_error(parts, new_text, path)
     if problem is not None:
+        source_problem = None if checked else _compile_error(text, path)
+        if source_problem is not None:
+            return _syntax_failure(path, data, source_problem)
         return FileResult(path, "failed", data, outcome.diagnostics + [diag.make(
             "JP004", f"converted code does not compile: {problem[2]} (output line {problem[0]})")])
     problems = [d for d in outcome.diagnostics if d.severity in ("warning", "error")]
