@@ -9,6 +9,7 @@ looking up their head. ``F.relu`` → ``torch.nn.functional.relu`` after
 from __future__ import annotations
 
 from functools import lru_cache
+from keyword import iskeyword
 
 import re
 
@@ -254,6 +255,18 @@ def collect_imports(module: cst.Module, text: str | None = None) -> AliasCollect
     else:
         walk(module, collector)
     return collector
+
+
+def qualified_expr(name: str) -> cst.BaseExpression:
+    """The expression spelling the dotted ``name``: the tree ``cst.parse_expression(name)``
+    makes, built directly (parsing costs about a hundred times more)."""
+    parts = name.split(".")
+    if not all(part.isidentifier() and not iskeyword(part) for part in parts):
+        return cst.parse_expression(name)
+    expr: cst.BaseExpression = cst.Name(parts[0])
+    for part in parts[1:]:
+        expr = cst.Attribute(value=expr, attr=cst.Name(part))
+    return expr
 
 
 def qualify(node: cst.CSTNode, aliases: dict[str, str]) -> str | None:

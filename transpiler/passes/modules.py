@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from ..names import dotted, qualify
+from ..names import dotted, qualified_expr, qualify
 from .base import Rule
 from .initialization import plan_initialization
 from ..walk import walk
@@ -134,7 +134,7 @@ def _item_kind(info: "ClassInfo", path: str) -> "SubmoduleKind | None":
 def _self_path(path: str) -> cst.BaseExpression:
     """``transformer.wte`` → ``self.transformer["wte"]`` (a ModuleDict item), ``lm_head`` → ``self.lm_head``."""
     attr, *keys = path.split(".")
-    expr: cst.BaseExpression = cst.parse_expression(f"self.{attr}")
+    expr: cst.BaseExpression = qualified_expr(f"self.{attr}")
     for key in keys:
         expr = cst.Subscript(value=expr, slice=[cst.SubscriptElement(cst.Index(cst.SimpleString(repr(key))))])
     return expr
@@ -736,7 +736,7 @@ class ModulesRule(Rule):
         args = updated.args
         if len(args) == 1 and args[0].star == "" and _looks_like_ordered_dict(args[0].value):
             self.ctx.report(original, "JP303", "nn.Sequential(OrderedDict(...)) is not converted yet")
-            return updated.with_changes(func=cst.parse_expression("torch.nn.Sequential"))
+            return updated.with_changes(func=qualified_expr("torch.nn.Sequential"))
         elements = []
         for a in args:
             if a.star == "*":
@@ -767,7 +767,7 @@ class ModulesRule(Rule):
         names = ["self", *(p.name.value for p in info.fields)]
         comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
         elements = [cst.DictElement(cst.SimpleString(repr(n)),
-                                    cst.Name("self") if n == "self" else cst.parse_expression(f"self.{n}"),
+                                    cst.Name("self") if n == "self" else qualified_expr(f"self.{n}"),
                                     comma=comma if i < len(names) - 1 else cst.MaybeSentinel.DEFAULT)
                     for i, n in enumerate(names)]
         return cst.Dict(elements)
@@ -806,7 +806,7 @@ class ModulesRule(Rule):
                 elements = [e.with_changes(comma=_COMMA) if i < len(elements) - 1 else e
                             for i, e in enumerate(elements)]
                 return updated.with_changes(body=[cst.Assign(
-                    targets=[cst.AssignTarget(cst.parse_expression("self.layers"))],
+                    targets=[cst.AssignTarget(qualified_expr("self.layers"))],
                     value=cst.List(elements))])
             if info.local_base:
                 # the parent's layers are built by its setup(); its constructor arguments are
@@ -895,7 +895,7 @@ class ModulesRule(Rule):
                 custom = self.ctx.init_plan.param_overrides.get((self._info().name, target[5:]))
                 if custom is not None:
                     # torch initialises the parameter in place afterwards: keep its shape only
-                    shape = cst.Call(func=cst.parse_expression("jnp.shape"), args=[cst.Arg(data)])
+                    shape = cst.Call(func=qualified_expr("jnp.shape"), args=[cst.Arg(data)])
                     data = cst.Call(func=custom, args=[cst.Arg(cst.Name("rng_key"), comma=cst.Comma(
                         whitespace_after=cst.SimpleWhitespace(" "))), cst.Arg(shape)])
                     self.ctx.emits.add("jnp")
@@ -912,7 +912,7 @@ class ModulesRule(Rule):
                     value = call.args[1].value
                     if "\n" in cst.Module([]).code_for_node(value) and not value.lpar:
                         value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-                    return cst.Assign(targets=[cst.AssignTarget(target=cst.parse_expression(f"self.{attr}"))],
+                    return cst.Assign(targets=[cst.AssignTarget(target=qualified_expr(f"self.{attr}"))],
                                       value=value)
         return None
 
@@ -1004,7 +1004,7 @@ class ModulesRule(Rule):
         for base in updated.bases:
             q = qualify(base.value, self.ctx.aliases)
             if q in MODULE_BASES:
-                bases.append(base.with_changes(value=cst.parse_expression("nn.Module")))
+                bases.append(base.with_changes(value=qualified_expr("nn.Module")))
                 self.ctx.emits.add("nn")
             else:
                 bases.append(base)

@@ -6,12 +6,10 @@ qualified torch name (so local torch aliases such as ``F`` can go away) and repo
 """
 from __future__ import annotations
 
-from keyword import iskeyword
-
 import libcst as cst
 
 from ..codegen import code_of
-from ..names import dotted, qualify
+from ..names import dotted, qualified_expr, qualify
 from ..render import Rendered, render_attribute, render_call, render_value
 from ..template import Signature, _parse_template, emitted_roots
 from .base import Rule
@@ -51,18 +49,6 @@ class _ReplaceName(cst.CSTTransformer):
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
         return self.replacement if original.value == self.name else updated
-
-
-def qualified_expr(name: str) -> cst.BaseExpression:
-    """The expression spelling the dotted ``name``: the tree ``cst.parse_expression(name)``
-    makes, built directly (parsing costs about a hundred times more)."""
-    parts = name.split(".")
-    if not all(part.isidentifier() and not iskeyword(part) for part in parts):
-        return cst.parse_expression(name)
-    expr: cst.BaseExpression = cst.Name(parts[0])
-    for part in parts[1:]:
-        expr = cst.Attribute(value=expr, attr=cst.Name(part))
-    return expr
 
 
 class OpsRule(Rule):
