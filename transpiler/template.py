@@ -49,7 +49,7 @@ from typing import Sequence
 import libcst as cst
 
 from .codegen import code_of
-from .walk import TOKEN_TYPES, _copy_with, _rebuilt, node_fields, walk
+from .walk import TOKEN_TYPES, copy_with, rebuilt, node_fields, walk
 
 POSITIONAL = "positional"   # may be given positionally or by keyword
 VAR_POSITIONAL = "var_positional"
@@ -326,7 +326,7 @@ _ATOMS = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Flo
 
 def _with(node: cst.CSTNode, **changes) -> cst.CSTNode:
     """``node.with_changes(**changes)`` (the same construction and validation), cheaper."""
-    return _copy_with(node, changes)
+    return copy_with(node, changes)
 
 
 def _needs_parens(node: cst.BaseExpression) -> bool:
@@ -549,7 +549,7 @@ def _rebuild(node: cst.CSTNode, changed: dict[int, object], fields: list[str]) -
     as libcst's rebuild makes it, without its detour through a visitor: the node is
     constructed and validated anew; in a call's arguments, one left out is dropped and one
     spliced is spread (libcst's rule for a sequence). Anything else that is not a node goes
-    through libcst's own rebuild (:func:`walk._rebuilt`)."""
+    through libcst's own rebuild (:func:`walk.rebuilt`)."""
     updates = {}
     for name in fields:
         value = getattr(node, name)
@@ -557,15 +557,15 @@ def _rebuild(node: cst.CSTNode, changed: dict[int, object], fields: list[str]) -
             items = [changed.get(id(item), item) for item in value]
             if any(type(item) in _SENTINEL_TYPES for item in items):
                 if type(node) is not cst.Call:
-                    return _rebuilt(node, changed, fields)
+                    return rebuilt(node, changed, fields)
                 items = _spliced(items)
             updates[name] = tuple(items)
         else:
             result = changed[id(value)]
             if type(result) in _SENTINEL_TYPES:
-                return _rebuilt(node, changed, fields)
+                return rebuilt(node, changed, fields)
             updates[name] = result
-    return _copy_with(node, updates)
+    return copy_with(node, updates)
 
 
 _SENTINEL_TYPES = (cst.RemovalSentinel, cst.FlattenSentinel)

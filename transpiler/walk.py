@@ -254,7 +254,7 @@ class _Replay(cst.CSTTransformer):
 
 def transform_children(node: CSTNode, rec, fields: tuple[str, ...], skip: frozenset):
     """``node`` with each child (in ``fields``, types in ``skip`` left alone) replaced by
-    ``rec(child)``: ``node`` itself when no child changed, else rebuilt (:func:`_rebuilt`)."""
+    ``rec(child)``: ``node`` itself when no child changed, else rebuilt (:func:`rebuilt`)."""
     changed = None
     changed_fields = None
     node_type = _NODE_TYPE
@@ -278,10 +278,10 @@ def transform_children(node: CSTNode, rec, fields: tuple[str, ...], skip: frozen
                     changed, changed_fields = {}, []
                 changed[id(value)] = result
                 changed_fields.append(name)
-    return _rebuilt(node, changed, changed_fields) if changed else node
+    return rebuilt(node, changed, changed_fields) if changed else node
 
 
-def _rebuilt(node: CSTNode, changed: dict[int, object], changed_fields: list[str]) -> CSTNode:
+def rebuilt(node: CSTNode, changed: dict[int, object], changed_fields: list[str]) -> CSTNode:
     """``node`` with its children replaced as ``changed`` says (``id(old child)`` → result).
     Children replaced by nodes: a copy with those fields changed (libcst's constructor and
     validation, as its own rebuild). A child removed or flattened into several: libcst's own
@@ -295,14 +295,14 @@ def _rebuilt(node: CSTNode, changed: dict[int, object], changed_fields: list[str
             updates[name] = tuple(changed.get(id(item), item) for item in value)
         else:
             updates[name] = changed[id(value)]
-    return _copy_with(node, updates)
+    return copy_with(node, updates)
 
 
 _SENTINEL_TYPES = (RemovalSentinel, FlattenSentinel)
 _DATACLASS_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
-def _copy_with(node: CSTNode, updates: dict[str, object]) -> CSTNode:
+def copy_with(node: CSTNode, updates: dict[str, object]) -> CSTNode:
     """``node.with_changes(**updates)`` without its keyword-argument machinery: what a
     frozen dataclass's constructor does (set every field, then ``__post_init__``, where
     libcst validates the node)."""
