@@ -142,17 +142,34 @@ def _qualify(node: ast.AST, aliases: dict[str, str]) -> str | None:
     return name
 
 
+def _nodes(node: ast.AST) -> list[ast.AST]:
+    """``list(ast.walk(node))`` (the same breadth-first order), built without generators."""
+    out = [node]
+    for n in out:       # (the list grows while it is read)
+        for name in n._fields:
+            value = getattr(n, name, None)
+            if isinstance(value, ast.AST):
+                out.append(value)
+            elif isinstance(value, list):
+                out += [item for item in value if isinstance(item, ast.AST)]
+    return out
+
+
 def _names_read(node: ast.AST) -> set[str]:
     """Free names a node reads (names bound by its lambdas and comprehensions excluded)."""
     bound = set()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Lambda):
+    read = set()
+    for n in _nodes(node):
+        if isinstance(n, ast.Name):
+            if isinstance(n.ctx, ast.Load):
+                read.add(n.id)
+        elif isinstance(n, ast.Lambda):
             a = n.args
             bound |= {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
             bound |= {x.arg for x in (a.vararg, a.kwarg) if x is not None}
         elif isinstance(n, ast.comprehension):
             bound |= set(_target_names(n.target))
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
+    return read - bound
 
 
 def _target_names(target: ast.AST) -> list[str]:
@@ -256,6 +273,8 @@ class Scope:
     node: ast.AST
     body: list[ast.stmt]
     params: list[str] = field(default_factory=list)
+    # name → the statements assigning it (not for loops), in _statements order: built on first use
+    assigning: dict[str, list[ast.stmt]] | None = field(default=None, repr=False, compare=False)
 
 
 def _scopes(tree: ast.Module) -> dict[str, Scope]:
@@ -271,18 +290,24 @@ def _scopes(tree: ast.Module) -> dict[str, Scope]:
     return out
 
 
-def _statements(body: list[ast.stmt]):
+def _statements(body: list[ast.stmt]) -> list[ast.stmt]:
     """Every statement of a body, nested blocks included, nested defs/classes excluded."""
+    out: list[ast.stmt] = []
+    _add_statements(body, out)
+    return out
+
+
+def _add_statements(body: list[ast.stmt], out: list[ast.stmt]) -> None:
     for stmt in body:
-        yield stmt
+        out.append(stmt)
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
         for attr in ("body", "orelse", "finalbody"):
             inner = getattr(stmt, attr, None)
             if isinstance(inner, list):
-                yield from _statements(inner)
+                _add_statements(inner, out)
         for h in getattr(stmt, "handlers", []) or []:
-            yield from _statements(h.body)
+            _add_statements(h.body, out)
 
 
 def _walk_scope(body: list[ast.stmt]):
@@ -491,13 +516,18 @@ class _Side:
         return word in "".join(lines[node.lineno - 1:node.end_lineno])
 
     def assignments(self, scope: Scope, name: str, before: int | None = None) -> list[ast.stmt]:
-        out = []
-        for stmt in _statements(scope.body):
-            if before is not None and stmt.lineno >= before:
-                continue
-            if name in _assigned(stmt) and not isinstance(stmt, ast.For):
-                out.append(stmt)
-        return out
+        """The statements of ``scope`` (nested blocks included) that assign ``name``, in order;
+        only those on lines before ``before`` when it is given."""
+        if scope.assigning is None:     # one pass over the scope answers every name
+            scope.assigning = {}
+            for stmt in _statements(scope.body):
+                if not isinstance(stmt, ast.For):
+                    for n in dict.fromkeys(_assigned(stmt)):
+                        scope.assigning.setdefault(n, []).append(stmt)
+        found = scope.assigning.get(name, [])
+        if before is None:
+            return list(found)
+        return [stmt for stmt in found if stmt.lineno < before]
 
     def first_call_assignment(self, scope: Scope, name: str) -> ast.stmt | None:
         for stmt in self.assignments(scope, name):
@@ -567,6 +597,7 @@ def _setup_closure(side: _Side, scope: Scope, stmts: list[ast.stmt], known: set[
     missing: list[str] = []
     todo = list(stmts)
     defined_by_chosen: set[str] = set()
+    builtin = set(dir(__builtins__)) | (set(__builtins__) if isinstance(__builtins__, dict) else set())
     while todo:
         stmt = todo.pop()
         v = _value(stmt) if not isinstance(stmt, ast.Expr) else stmt.value
@@ -574,8 +605,7 @@ def _setup_closure(side: _Side, scope: Scope, stmts: list[ast.stmt], known: set[
         if isinstance(stmt, ast.AugAssign):
             reads |= set(_assigned(stmt))
         for name in sorted(reads):
-            if name in known or name in side.module_names or name in stubs or name in dir(__builtins__) \
-                    or (isinstance(__builtins__, dict) and name in __builtins__):
+            if name in known or name in side.module_names or name in stubs or name in builtin:
                 continue
             prior = [s for s in side.assignments(scope, name, before=stmt.lineno)]
             if not prior:

@@ -95,18 +95,22 @@ class _Path(cst.CSTVisitor):
 class LeftoversMixin:
     """JP602 on every backward() / optimizer step() left in the output."""
 
-    def _scan_held(self, node: cst.Module) -> None:
+    @property
+    def held(self) -> dict[str, str]:
         """Optimizers built in a class (``self.optimizer = optim.Adam(self.parameters())``):
-        the attribute names, and the classes holding them."""
-        self.held: dict[str, str] = {}    # attribute → class
-        for cls in [s for s in node.body if isinstance(s, cst.ClassDef)]:
-            for fn in [s for s in cls.body.body if isinstance(s, cst.FunctionDef)]:
-                for found in find_all(fn, cst.Assign):
-                    q = qualify(found.value.func, self.ctx.aliases) if isinstance(found.value, cst.Call) else None
-                    if q and q.startswith(OPTIMIZER_PREFIX) and "lr_scheduler" not in q:
-                        for t in found.targets:
-                            if isinstance(t.target, cst.Attribute) and dotted(t.target.value) == "self":
-                                self.held[t.target.attr.value] = cls.name.value
+        the attribute names → the classes holding them. Looked for on first use (only a
+        ``self.x.step()`` left in the output asks)."""
+        if self._held is None:
+            self._held = {}
+            for cls in [s for s in self.module_node.body if isinstance(s, cst.ClassDef)]:
+                for fn in [s for s in cls.body.body if isinstance(s, cst.FunctionDef)]:
+                    for found in find_all(fn, cst.Assign):
+                        q = qualify(found.value.func, self.ctx.aliases) if isinstance(found.value, cst.Call) else None
+                        if q and q.startswith(OPTIMIZER_PREFIX) and "lr_scheduler" not in q:
+                            for t in found.targets:
+                                if isinstance(t.target, cst.Attribute) and dotted(t.target.value) == "self":
+                                    self._held[t.target.attr.value] = cls.name.value
+        return self._held
 
     def _covered(self, loop: cst.CSTNode) -> None:
         """The backward() / step() statements of a loop that gets its own JP602."""

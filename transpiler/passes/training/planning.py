@@ -273,7 +273,7 @@ class PlanningMixin:
             later |= names_read(stmt)
         fn = self._function()
         if fn is not None and fn in self.functions:
-            later |= names_read(self.functions[fn].node.body) - reads_of(segment)
+            later |= self._once("reads", self.functions[fn].node.body, names_read) - reads_of(segment)
         loss_name = dotted(loss_expr) if isinstance(loss_expr, cst.Name) else None
         outputs = [n for n in ordered_assigned(segment) if n in later and n != loss_name]
         plan.outputs = [loss_name or "loss_value", *outputs]
@@ -412,12 +412,8 @@ class PlanningMixin:
         return set(assigned_names(loop))
 
     def _function_locals(self, fn: cst.FunctionDef) -> set[str]:
-        """The names a function's parameters and body bind (found once per function: a
-        function may hold several training loops)."""
-        known = self.function_locals.get(id(fn))
-        if known is None or known[0] is not fn:
-            known = self.function_locals[id(fn)] = (fn, set(assigned_names(fn.params)) | set(assigned_names(fn.body)))
-        return set(known[1])
+        """The names a function's parameters and body bind."""
+        return set(self._once("locals", fn, lambda f: set(assigned_names(f.params)) | set(assigned_names(f.body))))
 
 
 def _walk(node: cst.CSTNode):

@@ -52,14 +52,14 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
         self.track_ids: set[int] = set()          # statements whose converted form leave_For looks for
         self.converted_all: dict[int, list] = {}   # id(tracked original) → every statement it became
         self.covered: set[int] = set()            # backward()/step() statements of loops reported JP602
-        self.held: dict[str, str] = {}            # optimizer attribute of a class (self.optimizer) → class
+        self._held: dict[str, str] | None = None  # optimizer attribute of a class (self.optimizer) → class
         self.def_stack: list[cst.FunctionDef] = []
         self.class_stack: list[cst.ClassDef] = []
         self.trainers: dict[str, TrainerInfo] = {}   # plain classes holding a model and its optimizer
         self.trainer: TrainerInfo | None = None      # the one whose body is being converted
         self.function_failed: dict[int, str] = {}    # id(single-step function) → why it is not converted
         self.step_callers: dict[str, str] = {}       # single-step function → why its calls cannot be threaded
-        self.function_locals: dict[int, tuple] = {}  # id(function) → (function, the names it binds)
+        self.answers: dict[tuple[str, int], tuple] = {}   # (question, id(node)) → (node, answer): _once
 
     @property
     def multi(self) -> bool:
@@ -99,6 +99,15 @@ class TrainingRule(ScanMixin, PlanningMixin, MultiModelMixin, StepMixin, Stateme
         if not self.class_depth:
             self.trainer = None
         return updated
+
+    def _once(self, question: str, node: cst.CSTNode, answer):
+        """``answer(node)``, computed once per node for the file (a function may hold several
+        training loops, each asking about the whole function). The result is shared: callers
+        do not change it."""
+        known = self.answers.get((question, id(node)))
+        if known is None or known[0] is not node:   # (holding the node keeps its id unique)
+            known = self.answers[question, id(node)] = (node, answer(node))
+        return known[1]
 
     def _function(self) -> str | None:
         return self.function_stack[0] if self.function_stack and self.class_depth == 0 else None

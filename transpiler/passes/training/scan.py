@@ -16,7 +16,6 @@ class ScanMixin:
 
     def visit_Module(self, node: cst.Module) -> None:
         self.module_node = node
-        self._scan_held(node)
         self._scan_trainers(node)
         scan = _Scan(self)
         walk(node, scan)

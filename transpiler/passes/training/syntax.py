@@ -8,7 +8,7 @@ import libcst as cst
 
 from ...codegen import code_of as _code_of
 from ...names import dotted
-from ...walk import TOKEN_TYPES, _is_node_type, child_fields, walk
+from ...walk import _NODE_TYPE, TOKEN_TYPES, _is_node_type, child_fields, walk
 from .common import COMMA
 
 
@@ -39,9 +39,11 @@ def children(node: cst.CSTNode) -> list[cst.CSTNode]:
         value = getattr(node, name)
         vt = type(value)
         if vt is tuple or vt is list:
-            out += [item for item in value if type(item) not in TOKEN_TYPES]
-        elif vt not in TOKEN_TYPES and _is_node_type(vt):    # isinstance(value, CSTNode), cached
-            out.append(value)
+            for item in value:
+                if type(item) not in TOKEN_TYPES:
+                    out.append(item)
+        elif vt not in TOKEN_TYPES and ((known := _NODE_TYPE.get(vt)) or (known is None and _is_node_type(vt))):
+            out.append(value)       # (isinstance(value, CSTNode), cached by type)
     return out
 
 

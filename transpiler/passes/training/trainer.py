@@ -76,27 +76,32 @@ class TrainerMixin:
         if any(dotted(b.value) != "object" for b in cls.bases) or cls.keywords:
             return None
         methods = [s for s in cls.body.body if isinstance(s, cst.FunctionDef)]
+        statements = [(m, find_all(m, (cst.Assign, cst.SimpleStatementLine))) for m in methods]
+        if not any(type(s) is cst.SimpleStatementLine and method_stmt(s, "backward") for _, nodes in statements
+                   for s in nodes):
+            return None     # (no training step in the class)
         info = TrainerInfo(cls.name.value, methods={m.name.value for m in methods})
         assigned: dict[str, list[cst.Assign]] = {}
-        for m in methods:
-            for a in find_all(m, cst.Assign):
-                for t in a.targets:
-                    attr = _self_attr(t.target)
-                    if attr is not None:
-                        assigned.setdefault(attr, []).append(a)
+        for m, nodes in statements:
+            for a in nodes:
+                if type(a) is cst.Assign:
+                    for t in a.targets:
+                        attr = _self_attr(t.target)
+                        if attr is not None:
+                            assigned.setdefault(attr, []).append(a)
         stepped: set[str] = set()
         steppers: list[cst.FunctionDef] = []
-        backward = False
-        for m in methods:
-            for stmt in find_all(m, cst.SimpleStatementLine):
-                backward = backward or method_stmt(stmt, "backward") is not None
+        for m, nodes in statements:
+            for stmt in nodes:
+                if type(stmt) is not cst.SimpleStatementLine:
+                    continue
                 found = method_stmt(stmt, "step")
                 attr = _self_attr(found[0]) if found is not None else None
                 if attr is not None and attr in assigned and not found[1].args:
                     stepped.add(attr)
                     if m not in steppers:
                         steppers.append(m)
-        if not stepped or not backward:
+        if not stepped:
             return None
         if len(stepped) > 1:
             info.problem = (f"the class steps {len(stepped)} optimizers ({', '.join(sorted(stepped))}): only a "
