@@ -86,17 +86,16 @@ def _dotted(node: ast.AST) -> str | None:
 _BLOCKS = (ast.stmt, ast.excepthandler, ast.match_case)
 
 
-def _walk_statements(tree: ast.AST):
+def _walk_statements(tree: ast.AST) -> list[ast.AST]:
     """The statements of ``tree`` at any depth, in ``ast.walk``'s (breadth-first) order; the
     expressions around them, which hold no statements, are not entered."""
-    todo = deque([tree])
-    while todo:
-        node = todo.popleft()
-        yield node
+    out = [tree]
+    for node in out:    # (the list grows while it is read)
         for name in node._fields:
             value = getattr(node, name, None)
             if type(value) is list:
-                todo.extend(v for v in value if isinstance(v, _BLOCKS))
+                out += [v for v in value if isinstance(v, _BLOCKS)]
+    return out
 
 
 def _walk_lines(tree: ast.AST, lines: list[int]):
@@ -472,6 +471,7 @@ class _Side:
         they define is read from each helper's source, parsed once per process."""
         self.text = text
         self._lines: list[bytes] | None = None
+        self.callers: dict[int, tuple] = {}     # id(scope) → (scope, _caller_binding's answer)
         helper_names: set[str] = set()
         if helpers_span is not None and helpers:
             start, end = helpers_span
@@ -552,7 +552,16 @@ def _model_of_optimizer(call: ast.Call) -> str | None:
 
 
 def _caller_binding(side: _Side, loop_scope: Scope) -> tuple[Scope | None, dict[str, str]]:
-    """The scope that calls ``loop_scope`` and ``{parameter: caller's name}`` for the call."""
+    """The scope that calls ``loop_scope`` and ``{parameter: caller's name}`` for the call
+    (looked for once per scope)."""
+    known = side.callers.get(id(loop_scope))
+    if known is None or known[0] is not loop_scope:
+        known = side.callers[id(loop_scope)] = (loop_scope, _find_caller(side, loop_scope))
+    caller, binding = known[1]
+    return caller, dict(binding)
+
+
+def _find_caller(side: _Side, loop_scope: Scope) -> tuple[Scope | None, dict[str, str]]:
     fname = loop_scope.name.split(".")[-1]
     for scope in side.scopes.values():
         if scope is loop_scope or not side.may_mention(scope, fname):
@@ -1015,7 +1024,7 @@ def _analyse_converted(conv: _Side, entry: dict, replay: dict, setup_name: str, 
     step_fn = _dotted(_value(step_stmt).func)
     fdef = next((n for n in conv.tree.body if isinstance(n, ast.FunctionDef) and n.name == step_fn), None)
     if fdef is not None:
-        found = [st for st in ast.walk(fdef) if isinstance(st, (ast.Assign, ast.AugAssign)) and loss in _assigned(st)]
+        found = [st for st in _nodes(fdef) if isinstance(st, (ast.Assign, ast.AugAssign)) and loss in _assigned(st)]
         found = [st for st in found if "value_and_grad" not in conv.src(st.value)] or found
         for lo in entry["losses"]:
             if "function" in lo and found:
@@ -1036,13 +1045,15 @@ def _analyse_converted(conv: _Side, entry: dict, replay: dict, setup_name: str, 
     csched = None
     if sched is not None:
         # where the converted code steps the scheduler: a statement calling <name>.step(<state>)
-        in_loop = [s for s in cloop.body[idx + 1:] if _calls_method_on(s, _sched_alias(conv, cloop_scope, csetup, sched[0]), "step")]
+        loop_alias = _sched_alias(conv, cloop_scope, csetup, sched[0])
+        in_loop = [s for s in cloop.body[idx + 1:] if _calls_method_on(s, loop_alias, "step")]
         if in_loop:
             step += in_loop
         else:
             for where in (cloop_scope, csetup):
-                alias = _sched_alias(conv, cloop_scope, csetup, sched[0]) if where is cloop_scope else sched[0]
-                hits = [s for s in _statements(where.body) if _calls_method_on(s, alias, "step") and not isinstance(s, (ast.For, ast.If, ast.While, ast.With))]
+                alias = loop_alias if where is cloop_scope else sched[0]
+                hits = [s for s in _statements(where.body) if not isinstance(s, (ast.For, ast.If, ast.While, ast.With))
+                        and _calls_method_on(s, alias, "step")]
                 if hits:
                     csched = conv.src(hits[0])
                     break
