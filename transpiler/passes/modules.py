@@ -191,29 +191,13 @@ class MethodFacts:
 
 class _MethodFactsVisitor(cst.CSTVisitor):
     """Fills :class:`MethodFacts` for a function: calls and attribute reads anywhere in it;
-    assignments, returns and bound names in its body (statements hold no expressions'
-    statements, so a walk of the whole function finds the same ones)."""
+    assignments, returns and bound names in its body (:func:`method_facts` walks the header
+    with ``in_body`` off, then the body with it on)."""
 
-    def __init__(self, facts: MethodFacts, aliases: dict, body: cst.CSTNode) -> None:
-        self.facts, self.aliases, self.body = facts, aliases, body
-        self.in_body = 0            # inside the body (names bound in defaults do not count)
+    def __init__(self, facts: MethodFacts, aliases: dict) -> None:
+        self.facts, self.aliases = facts, aliases
+        self.in_body = False        # names bound and calls made in defaults do not count
         self.in_attribute = 0       # inside an attribute (``[x for x in y].z`` binds nothing here)
-
-    def visit_IndentedBlock(self, node) -> None:
-        if node is self.body:
-            self.in_body += 1
-
-    def leave_IndentedBlock(self, node) -> None:
-        if node is self.body:
-            self.in_body -= 1
-
-    def visit_SimpleStatementSuite(self, node) -> None:
-        if node is self.body:
-            self.in_body += 1
-
-    def leave_SimpleStatementSuite(self, node) -> None:
-        if node is self.body:
-            self.in_body -= 1
 
     def visit_Call(self, node: cst.Call) -> None:
         facts = self.facts
@@ -254,20 +238,20 @@ class _MethodFactsVisitor(cst.CSTVisitor):
         name = dotted(node.target)
         if name and name.startswith("self.") and name.count(".") == 1:
             self.facts.aug_assigned.add(name[5:])
-        if self.in_body and not self.in_attribute:
-            self.facts.rebound.update(_bound_by(node.target))
+        self._binds(node.target)
 
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        if self.in_body and not self.in_attribute:
-            self.facts.rebound.update(_bound_by(node.target))
+        self._binds(node.target)
 
     def visit_For(self, node: cst.For) -> None:
-        if self.in_body and not self.in_attribute:
-            self.facts.rebound.update(_bound_by(node.target))
+        self._binds(node.target)
 
     def visit_CompFor(self, node: cst.CompFor) -> None:
+        self._binds(node.target)
+
+    def _binds(self, target: cst.BaseExpression) -> None:
         if self.in_body and not self.in_attribute:
-            self.facts.rebound.update(_bound_by(node.target))
+            self.facts.rebound.update(_bound_by(target))
 
     def visit_Return(self, node: cst.Return) -> None:
         if node.value is not None:
@@ -276,7 +260,12 @@ class _MethodFactsVisitor(cst.CSTVisitor):
 
 def method_facts(fn: cst.FunctionDef, aliases: dict) -> MethodFacts:
     facts = MethodFacts()
-    walk(fn, _MethodFactsVisitor(facts, aliases, fn.body))
+    visitor = _MethodFactsVisitor(facts, aliases)
+    for part in (*fn.decorators, fn.params, fn.returns):
+        if part is not None:
+            walk(part, visitor)
+    visitor.in_body = True
+    walk(fn.body, visitor)
     return facts
 
 
