@@ -238,17 +238,23 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     # wrong: libcst refused the text, a pass failed, or the output does not compile (the
     # output keeps what the input had, so a broken input shows there).
     checked = False
+
+    def refused() -> FileResult | None:
+        """The syntax error CPython finds in the input, unless it was checked already."""
+        problem = None if checked else _compile_error(text, path)
+        return None if problem is None else _syntax_failure(path, data, problem)
+
     if _may_nest_deeply(text):
-        problem = _compile_error(text, path)
-        if problem is not None:
-            return _syntax_failure(path, data, problem)
+        failure = refused()
+        if failure is not None:
+            return failure
         checked = True
     try:
         module = _deep_if_needed(cst.parse_module, text)
     except cst.ParserSyntaxError as exc:
-        problem = None if checked else _compile_error(text, path)
-        if problem is not None:
-            return _syntax_failure(path, data, problem)
+        failure = refused()
+        if failure is not None:
+            return failure
         return FileResult(path, "failed", data,
                           [diag.make("JP001", f"syntax error: {exc.message}", exc.raw_line, exc.raw_column)])
     except RecursionError:
@@ -256,29 +262,29 @@ def _convert_text(text: str, encoding: str, data: bytes, path: str, options: Opt
     try:
         outcome = _deep_if_needed(run_pipeline, module, path, options, origin, text)
     except RecursionError:
-        problem = None if checked else _compile_error(text, path)
-        if problem is not None:
-            return _syntax_failure(path, data, problem)
+        failure = refused()
+        if failure is not None:
+            return failure
         return FileResult(path, "failed", data, [diag.make(
             "JP001", "code nested too deeply to convert (Python compiles it, but jaxport's "
             "syntax-tree walk cannot follow it)")])
     except Exception as exc:  # a bug in a pass: report it per file, never crash the run
-        problem = None if checked else _compile_error(text, path)
-        if problem is not None:
-            return _syntax_failure(path, data, problem)
+        failure = refused()
+        if failure is not None:
+            return failure
         return _internal_error(path, data, exc)
     if not getattr(outcome, "touched", True):
-        problem = None if checked else _compile_error(text, path)
-        if problem is not None:
-            return _syntax_failure(path, data, problem)
+        failure = refused()
+        if failure is not None:
+            return failure
         return FileResult(path, "copied", data)
     new_text = outcome.code
     parts = getattr(outcome, "compile_parts", None)
     problem = _compile_error(new_text, path) if parts is None else _compile_parts_error(parts, new_text, path)
     if problem is not None:
-        source_problem = None if checked else _compile_error(text, path)
-        if source_problem is not None:
-            return _syntax_failure(path, data, source_problem)
+        failure = refused()
+        if failure is not None:
+            return failure
         return FileResult(path, "failed", data, outcome.diagnostics + [diag.make(
             "JP004", f"converted code does not compile: {problem[2]} (output line {problem[0]})")])
     problems = [d for d in outcome.diagnostics if d.severity in ("warning", "error")]
